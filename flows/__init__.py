@@ -1,0 +1,1 @@
+"""litflow flows."""

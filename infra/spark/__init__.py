@@ -1,0 +1,1 @@
+"""Spark: a standalone cluster (master + workers) and client sessions against it."""
