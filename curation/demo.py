@@ -1,0 +1,28 @@
+"""The demo's ingestion: real demo data served from loopback, downloaded by img2dataset.
+
+Used by ``make demo`` (through the build-corpus flow), the tests and the benchmark, so the
+three exercise the same path: fetch (idempotent) → serve the cache on 127.0.0.1 → write a URL
+list for that server → ingest, allowing exactly that loopback host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from curation.demo_data import fetch_all, write_url_list
+from curation.file_server import serve_folder
+from curation.ingest import IngestConfig, ingest
+
+LOOPBACK = "127.0.0.1"
+
+
+def ingest_demo(out_dir: str | Path, per_source: int | None = 200, config: IngestConfig | None = None,
+                cache: str | Path | None = None) -> dict:
+    """Ingest ``per_source`` images of each demo source (None: all ~10,000) into ``out_dir``."""
+    out_dir = Path(out_dir)
+    data = fetch_all(cache)
+    config = replace(config or IngestConfig(), allow=tuple({*(config.allow if config else ()), LOOPBACK}))
+    with serve_folder(data.cache, host=LOOPBACK) as base_url:
+        url_list = write_url_list(data.catalogue, base_url, out_dir / "demo_urls.parquet", per_source)
+        return ingest(url_list, out_dir, config)

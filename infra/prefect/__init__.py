@@ -1,0 +1,1 @@
+"""A project-local Prefect server and serve process: start, wait, run, stop."""
