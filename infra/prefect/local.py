@@ -143,7 +143,7 @@ class LocalPrefect:
             cmd += ["--params", json.dumps(params)]
         return subprocess.run(cmd, env=self.env(), cwd=PROJECT_ROOT, timeout=timeout_s).returncode
 
-    def stop(self, grace_s: float = 20) -> list[str]:
+    def stop(self, grace_s: float = 10) -> list[str]:
         """Stop the serve process, then the server; returns what was stopped."""
         stopped = []
         for name in ("serve", "prefect-server"):

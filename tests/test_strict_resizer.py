@@ -1,0 +1,71 @@
+"""The decode gate in front of img2dataset's resizer."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from curation.reasons import IngestReason, classify_error
+from curation.strict_resizer import inspect_image_bytes
+
+
+def encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def real_image(demo_data):
+    return Image.open(demo_data.cache / "emoji/img/google/64/1f600.png").convert("RGB").resize((300, 200))
+
+
+def reason_of(data: bytes, **kwargs) -> IngestReason | None:
+    message = inspect_image_bytes(data, **kwargs)
+    return None if message is None else classify_error(message)
+
+
+def test_valid_images_pass(real_image):
+    for fmt in ("JPEG", "PNG", "WEBP", "GIF"):
+        assert reason_of(encoded(real_image, fmt)) is None, fmt
+
+
+def test_pixel_limit_boundary(real_image):
+    data = encoded(real_image, "PNG")  # 300 x 200 = 60,000 pixels
+    assert reason_of(data, max_pixels=60_000) is None
+    assert reason_of(data, max_pixels=59_999) is IngestReason.IMAGE_TOO_LARGE
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_images_are_decode_errors(real_image, fmt):
+    data = encoded(real_image, fmt)
+    assert reason_of(data[: len(data) * 2 // 3]) is IngestReason.DECODE_ERROR
+
+
+def test_empty_and_non_images(real_image):
+    assert reason_of(b"") is IngestReason.EMPTY_FILE
+    assert reason_of(b"<html><body>404</body></html>") is IngestReason.NOT_AN_IMAGE
+    assert reason_of(b"\xff\xd8\xff" + b"\x00" * 20) is not None  # a JPEG header and nothing else
+
+
+@pytest.mark.parametrize(
+    "message, reason",
+    [
+        ("HTTP Error 404: Not Found", IngestReason.HTTP_404),
+        ("HTTP Error 403: Forbidden", IngestReason.HTTP_403),
+        ("HTTP Error 503: Service Unavailable", IngestReason.HTTP_ERROR),
+        ("<urlopen error [Errno 111] Connection refused>", IngestReason.CONNECTION_REFUSED),
+        ("<urlopen error timed out>", IngestReason.TIMEOUT),
+        ("The read operation timed out", IngestReason.TIMEOUT),
+        ("<urlopen error [Errno -2] Name or service not known>", IngestReason.DNS_FAILURE),
+        ("Use of image disallowed by X-Robots-Tag directive", IngestReason.ROBOTS_DISALLOWED),
+        ("Image decoding error", IngestReason.DECODE_ERROR),
+        ("image area too large", IngestReason.IMAGE_TOO_LARGE),
+        ("something nobody has seen", IngestReason.OTHER),
+        (None, IngestReason.OTHER),
+    ],
+)
+def test_img2dataset_messages_map_to_reasons(message, reason):
+    assert classify_error(message) is reason
