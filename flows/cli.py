@@ -117,7 +117,26 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve the Prefect deployments (build-corpus/demo, ...) until stopped",
                         description="Register and serve litflow's Prefect deployments against PREFECT_API_URL.")
     sv.set_defaults(func=_serve)
+    _add_library_commands(sub)
     return parser
+
+
+# Each library may contribute subcommands through a module ``<library>/cli.py`` with
+# ``add_commands(subparsers)``; a library that has none yet is simply skipped.
+LIBRARY_COMMAND_MODULES = ("curation.cli", "dedup.cli", "training.cli")
+
+
+def _add_library_commands(sub) -> None:
+    import importlib
+
+    for name in LIBRARY_COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+            continue
+        module.add_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

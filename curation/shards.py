@@ -1,0 +1,85 @@
+"""Webdataset shards, written atomically and byte-for-byte reproducibly.
+
+A shard is ``NAME.tar`` holding ``KEY.jpg``, ``KEY.txt`` and ``KEY.json`` per sample (the
+webdataset convention) plus ``NAME.parquet``, its manifest (one row per sample). Both are
+written under a temporary name and renamed when complete, so a crash never leaves a half
+shard that looks whole. The tar is written with the standard library rather than
+``webdataset.TarWriter`` because we need fixed mtimes/owners for identical bytes across runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.records import PAIR_SCHEMA
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shard(directory: str | Path, name: str, samples: Iterable[tuple[dict, bytes]],
+                schema: pa.Schema = PAIR_SCHEMA) -> Path:
+    """Write ``samples`` ((record, jpeg bytes), in the given order) as shard ``name``.
+
+    The record's ``caption`` becomes ``KEY.txt``; the whole record is ``KEY.json`` and a
+    manifest row. Returns the tar's path.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tar_path, manifest_path = directory / f"{name}.tar", directory / f"{name}.parquet"
+    tmp_tar, tmp_manifest = directory / f".{name}.tar.tmp", directory / f".{name}.parquet.tmp"
+    records = []
+    with tarfile.open(tmp_tar, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for record, image in samples:
+            key = record["key"]
+            _add(tar, f"{key}.jpg", image)
+            _add(tar, f"{key}.txt", (record.get("caption") or "").encode("utf-8"))
+            _add(tar, f"{key}.json", json.dumps(record, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+            records.append(record)
+    table = pa.Table.from_pylist(records, schema=schema) if records else schema.empty_table()
+    pq.write_table(table, tmp_manifest)
+    os.replace(tmp_manifest, manifest_path)
+    os.replace(tmp_tar, tar_path)  # the tar last: its presence means the shard is complete
+    return tar_path
+
+
+def read_shard(tar_path: str | Path) -> Iterator[dict[str, bytes]]:
+    """Yield samples as {"__key__": key, ext: bytes, ...}, grouping members by key in order.
+
+    Tolerates what raw shards can contain: a key with only some of its files, and a key that
+    appears again later (yielded again, for the caller to reject as a duplicate).
+    """
+    current: dict[str, bytes] | None = None
+    with tarfile.open(tar_path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            base = os.path.basename(member.name)
+            key, _, ext = base.partition(".")
+            data = tar.extractfile(member).read()
+            if current is None or current["__key__"] != key or ext in current:
+                if current is not None:
+                    yield current
+                current = {"__key__": key}
+            current[ext] = data
+    if current is not None:
+        yield current
+
+
+def list_shards(directory: str | Path) -> list[Path]:
+    """Complete shards in a folder, in name order (temporary files are ignored)."""
+    return sorted(p for p in Path(directory).glob("*.tar") if not p.name.startswith("."))
