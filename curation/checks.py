@@ -1,0 +1,168 @@
+"""Per-record work of the curation pipeline, free of Beam so that a test can run it alone.
+
+:func:`examine` turns one raw sample into a *candidate*: a pair record (see
+:mod:`curation.records`) plus what the corpus-wide steps need (content hash, normalised
+text, unigrams/bigrams) and the per-record rules it fails. :func:`decide` later gives each
+candidate its single final reason — the first failing rule in :data:`RULE_ORDER` — once
+the corpus-wide counts are known.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import imagehash
+
+from curation.config import CurationConfig
+from curation.decode import ImageRejected, decode_image, encode_jpeg
+from curation.language import UNDETERMINED, tag
+from curation.records import KEPT, REJECTED, CurationReason as R, empty_pair
+from curation.text import TextRejected, normalise, unigrams, unigrams_and_bigrams
+
+# the order in which rules are attributed: structure, validity, image, text, language, eval
+RULE_ORDER = (
+    R.DUPLICATE_KEY, R.MISSING_IMAGE, R.MISSING_TEXT,
+    R.DECODE_ERROR, R.IMAGE_TOO_LARGE, R.UNSUPPORTED_IMAGE,
+    R.TEXT_INVALID, R.TEXT_EMPTY, R.TEXT_TOO_LONG,
+    R.TOO_SMALL, R.ASPECT_RATIO, R.IMAGE_TOO_MANY_TEXTS,
+    R.TEXT_TOO_SHORT, R.TEXT_TOO_MANY_WORDS, R.TEXT_TOO_COMMON, R.TEXT_RARE_TOKENS,
+    R.LANGUAGE_NOT_ALLOWED, R.EVAL_DUPLICATE, R.CORPUS_DUPLICATE,
+)
+STAGE_OF = {
+    **dict.fromkeys((R.DUPLICATE_KEY, R.MISSING_IMAGE, R.MISSING_TEXT), "read"),
+    **dict.fromkeys((R.DECODE_ERROR, R.IMAGE_TOO_LARGE, R.UNSUPPORTED_IMAGE), "decode"),
+    **dict.fromkeys((R.TEXT_INVALID, R.TEXT_EMPTY, R.TEXT_TOO_LONG), "text_normalise"),
+    **dict.fromkeys((R.TOO_SMALL, R.ASPECT_RATIO, R.IMAGE_TOO_MANY_TEXTS), "image_filters"),
+    **dict.fromkeys((R.TEXT_TOO_SHORT, R.TEXT_TOO_MANY_WORDS, R.TEXT_TOO_COMMON, R.TEXT_RARE_TOKENS), "text_filters"),
+    R.LANGUAGE_NOT_ALLOWED: "language",
+    R.EVAL_DUPLICATE: "eval_dedup",
+    R.CORPUS_DUPLICATE: "corpus_dedup",
+}
+STAGES = ("read", "decode", "text_normalise", "image_filters", "text_filters", "language", "eval_dedup", "corpus_dedup")
+VALIDITY = {r for r in RULE_ORDER if STAGE_OF[r] in ("read", "decode", "text_normalise")}
+
+
+@dataclass
+class Candidate:
+    record: dict                       # the pair record (contract fields only)
+    position: tuple[str, int]          # (source shard, index in it): tie-break for duplicates
+    image: bytes | None = None         # bytes to write into the curated shard
+    text_key: str | None = None        # case-folded normalised caption, for text frequency
+    grams: frozenset = frozenset()     # distinct unigrams + bigrams
+    failures: dict[str, str] = field(default_factory=dict)  # per-record rule failed -> detail
+
+    @property
+    def valid(self) -> bool:
+        """Passed structure and decoding: counts toward corpus-wide statistics."""
+        return not any(R(f) in VALIDITY for f in self.failures)
+
+
+def _meta(raw: dict) -> dict:
+    try:
+        meta = json.loads(raw["json"]) if raw.get("json") else {}
+        return meta if isinstance(meta, dict) else {}
+    except (ValueError, UnicodeDecodeError):
+        return {}
+
+
+def _image_bytes(raw: dict) -> bytes | None:
+    for ext in ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tiff"):
+        if ext in raw:
+            return raw[ext]
+    return None
+
+
+def examine(raw: dict, shard: str, index: int, config: CurationConfig) -> Candidate:
+    """Everything about one raw sample that does not need the rest of the corpus."""
+    meta = _meta(raw)
+    record = empty_pair(key=raw["__key__"], url=meta.get("url"), source_shard=shard)
+    candidate = Candidate(record, (shard, index))
+    data = _image_bytes(raw)
+
+    try:
+        decoded = decode_image(data, config.decode.max_pixels)
+    except ImageRejected as err:
+        candidate.failures[err.reason] = err.detail
+        decoded = None
+    try:
+        text = normalise(raw.get("txt"), config.text.max_chars, config.text.too_long)
+        record["caption"] = text.text
+        if text.truncated_from is not None:
+            record["detail"] = f"caption truncated from {text.truncated_from} characters"
+    except TextRejected as err:
+        candidate.failures[err.reason] = err.detail
+        text = None
+
+    if decoded is not None:
+        image = decoded.image
+        record["width"], record["height"] = image.size
+        record["original_width"] = int(meta.get("original_width") or image.size[0])
+        record["original_height"] = int(meta.get("original_height") or image.size[1])
+        # img2dataset hashes the bytes it downloaded; the same picture re-encoded elsewhere
+        # would differ, which is what ALIGN's "same image" meant too (content hash)
+        record["sha256"] = meta.get("sha256") or hashlib.sha256(data).hexdigest()
+        record["phash"] = int(str(imagehash.phash(image)), 16)
+        candidate.image = encode_jpeg(image, config.decode.jpeg_quality) if decoded.converted else data
+        short, long = sorted((record["original_width"], record["original_height"]))
+        rules = config.image
+        if rules.min_side_enabled and short <= rules.min_side:
+            candidate.failures[R.TOO_SMALL.value] = f"shorter side {short} px <= {rules.min_side}"
+        if rules.aspect_enabled and long >= rules.max_aspect * short:
+            candidate.failures[R.ASPECT_RATIO.value] = f"aspect {long}/{short} = {long / short:.3f} >= {rules.max_aspect}"
+
+    if text is not None:
+        tokens, words = unigrams(text.text, config.text.chars_per_word_unsegmented)
+        candidate.text_key = " ".join(tokens) if tokens else text.text.casefold()
+        candidate.grams = frozenset(unigrams_and_bigrams(tokens))
+        rules = config.text
+        if rules.min_words_enabled and words < rules.min_words:
+            candidate.failures[R.TEXT_TOO_SHORT.value] = f"{words} unigram(s) < {rules.min_words}"
+        if rules.max_words_enabled and words > rules.max_words:
+            candidate.failures[R.TEXT_TOO_MANY_WORDS.value] = f"{words} unigrams > {rules.max_words}"
+        if config.language.enabled:
+            record["lang"], record["lang_prob"] = tag(text.text, config.language.min_prob)
+            allow = config.language.allow
+            if allow and record["lang"] not in allow:
+                candidate.failures[R.LANGUAGE_NOT_ALLOWED.value] = f"language {record['lang']} not in {allow}"
+    return candidate
+
+
+@dataclass(frozen=True)
+class CorpusVerdicts:
+    """What the corpus-wide steps found (small sets, broadcast to every worker)."""
+
+    duplicate_positions: frozenset = frozenset()   # (shard, index) of later copies of a key
+    images_with_too_many_texts: dict = field(default_factory=dict)  # sha256 -> alt-texts
+    texts_too_common: dict = field(default_factory=dict)            # text_key -> images
+    frequent_grams: frozenset | None = None        # the K most frequent grams; None: rule off
+    limits: dict = field(default_factory=dict)     # thresholds, for the details
+
+
+def decide(candidate: Candidate, verdicts: CorpusVerdicts) -> dict:
+    """The final pair record: kept, or rejected with the first failing rule's reason."""
+    failures = dict(candidate.failures)
+    record = dict(candidate.record)
+    if candidate.position in verdicts.duplicate_positions:
+        failures[R.DUPLICATE_KEY.value] = "key already read from an earlier sample"
+    if candidate.valid:
+        texts = verdicts.images_with_too_many_texts.get(record["sha256"])
+        if texts is not None:
+            failures[R.IMAGE_TOO_MANY_TEXTS.value] = f"image has {texts} alt-texts > {verdicts.limits.get('max_texts_per_image')}"
+        images = verdicts.texts_too_common.get(candidate.text_key)
+        if images is not None:
+            failures[R.TEXT_TOO_COMMON.value] = f"alt-text on {images} images > {verdicts.limits.get('max_images_per_text')}"
+        if verdicts.frequent_grams is not None:
+            rare = sorted(candidate.grams - verdicts.frequent_grams)
+            if rare:
+                failures[R.TEXT_RARE_TOKENS.value] = f"outside the top {verdicts.limits.get('rare_tokens_k')}: {rare[:3]}"
+    for reason in RULE_ORDER:
+        if reason.value in failures:
+            record["status"], record["reason"], record["detail"] = REJECTED, reason.value, failures[reason.value]
+            return record
+    record["status"] = KEPT
+    return record
+
+
+__all__ = ["Candidate", "CorpusVerdicts", "RULE_ORDER", "STAGES", "STAGE_OF", "UNDETERMINED", "decide", "examine"]

@@ -1,0 +1,40 @@
+"""``litflow curate``: subcommand registration (see flows/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+
+
+def _curate(args: argparse.Namespace) -> int:
+    from curation.config import load_config
+    from curation.curate import curate
+
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    config = load_config(args.preset, args.set)
+    manifest = curate(args.raw, args.output, config, workers=args.workers, beam_args=args.beam_arg)
+    print(json.dumps({k: manifest[k] for k in ("inputs", "kept", "rejected", "accounting")}, indent=2))
+    print(f"manifest: {os.path.join(args.output, 'corpus.json')}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser(
+        "curate",
+        help="Beam pipeline: raw shards -> curated shards, rejections and corpus.json",
+        description="Curate raw webdataset shards (an ingest output's shards/ folder) with ALIGN-style "
+        "image and text filters, language tags and perceptual hashes. Writes OUTPUT/shards/*.tar+.parquet, "
+        "OUTPUT/rejected.parquet and OUTPUT/corpus.json (every rule and threshold, counts per stage and "
+        "reason, per-language counts). OUTPUT is replaced. Fails if inputs != kept + rejected.",
+    )
+    p.add_argument("raw", help="folder of raw shards (*.tar), e.g. work/demo/ingest/shards")
+    p.add_argument("output", help="output folder (replaced)")
+    p.add_argument("--preset", default="align", choices=("align", "lit-relaxed"), help="filter preset (default align)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a rule, e.g. --set image.min_side=100 --set text.rare_tokens_enabled=false (repeatable)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DirectRunner worker processes (default: CPU count)")
+    p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
+                   help="a Beam pipeline option passed through, e.g. --beam-arg=--runner=FlinkRunner (repeatable)")
+    p.set_defaults(func=_curate)

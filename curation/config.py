@@ -1,0 +1,138 @@
+"""Curation configuration: every rule and threshold, as data, with two presets.
+
+Like big_vision's configs, a preset is a plain function returning the config tree; any rule
+can be switched off (``enabled=False``) or re-thresholded from the command line
+(``--set text.max_words=30``). The whole tree is written into the run manifest.
+
+Presets:
+
+* ``align`` — ALIGN (Jia et al. 2021) as published: shorter side > 200 px, aspect ratio < 3,
+  drop images with > 1000 alt-texts; drop alt-texts shared by > 10 images, with a token
+  outside the K most frequent unigrams/bigrams, or with < 3 or > 20 unigrams.
+* ``lit-relaxed`` — ours. LiT kept ALIGN's image filters and used "simpler text-based
+  filtering" without publishing it. For a *multilingual* corpus we keep the
+  language-neutral text rules and drop the ones that penalise languages rather than noise:
+  alt-texts shared by > 10 images are still dropped (boilerplate such as "image" or
+  "click here" in any language); at least 1 unigram (a short caption in Chinese is still a
+  caption) and at most 64 (LiT truncates to 16 tokens anyway, so long captions cost
+  little); no rare-token filter — on a corpus that is mostly English, the tokens of
+  low-resource languages are exactly the "rare" ones, so that rule removes languages,
+  not junk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DecodeRules:
+    max_pixels: int = 89_478_485            # Pillow's own decompression-bomb threshold
+    jpeg_quality: int = 95                  # when an image must be re-encoded
+
+
+@dataclass
+class ImageRules:
+    min_side_enabled: bool = True
+    min_side: int = 200                     # keep when shorter side of the ORIGINAL > min_side
+    aspect_enabled: bool = True
+    max_aspect: float = 3.0                 # keep when long/short < max_aspect
+    max_texts_enabled: bool = True
+    max_texts_per_image: int = 1000         # drop images (by content hash) with > N alt-texts
+
+
+@dataclass
+class TextRules:
+    max_chars: int = 4096                   # bound on a normalised caption
+    too_long: str = "truncate"              # "truncate" (at a word boundary) or "reject"
+    min_words_enabled: bool = True
+    min_words: int = 3                      # keep when unigrams >= min_words
+    max_words_enabled: bool = True
+    max_words: int = 20                     # keep when unigrams <= max_words
+    chars_per_word_unsegmented: float = 4.0  # Thai, Lao, Khmer, Myanmar: see curation.text
+    max_images_per_text_enabled: bool = True
+    max_images_per_text: int = 10           # drop alt-texts shared by > N distinct images
+    rare_tokens_enabled: bool = True
+    rare_tokens_top_k: int | None = None    # K; None = scale ALIGN's 100M per 1.8B pairs
+    rare_tokens_per_pair: float = 100e6 / 1.8e9
+    rare_tokens_min_k: int = 1000           # floor for small corpora
+
+
+@dataclass
+class LanguageRules:
+    enabled: bool = True
+    min_prob: float = 0.5                   # below: "und"
+    allow: list[str] = field(default_factory=list)  # empty = every language
+
+
+@dataclass
+class OutputRules:
+    shard_size: int = 1000
+
+
+@dataclass
+class CurationConfig:
+    preset: str = "align"
+    decode: DecodeRules = field(default_factory=DecodeRules)
+    image: ImageRules = field(default_factory=ImageRules)
+    text: TextRules = field(default_factory=TextRules)
+    language: LanguageRules = field(default_factory=LanguageRules)
+    output: OutputRules = field(default_factory=OutputRules)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def rare_tokens_k(self, pairs: int) -> int:
+        if self.text.rare_tokens_top_k is not None:
+            return self.text.rare_tokens_top_k
+        return max(self.text.rare_tokens_min_k, math.ceil(self.text.rare_tokens_per_pair * pairs))
+
+    def override(self, assignment: str) -> "CurationConfig":
+        """Apply ``section.field=value`` (value parsed as JSON when it parses, else a string)."""
+        path, sep, raw = assignment.partition("=")
+        section_name, dot, field_name = path.strip().partition(".")
+        if not sep or not dot:
+            raise ValueError(f"override {assignment!r}: expected section.field=value")
+        section = getattr(self, section_name, None)
+        if not dataclasses.is_dataclass(section):
+            raise ValueError(f"override {assignment!r}: unknown section {section_name!r}; "
+                             f"one of {[f.name for f in dataclasses.fields(self) if f.name != 'preset']}")
+        names = {f.name for f in dataclasses.fields(section)}
+        if field_name not in names:
+            raise ValueError(f"override {assignment!r}: {section_name} has no field {field_name!r} "
+                             f"(you probably got a typo); fields: {sorted(names)}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        setattr(section, field_name, value)
+        return self
+
+
+def align() -> CurationConfig:
+    return CurationConfig(preset="align")
+
+
+def lit_relaxed() -> CurationConfig:
+    config = CurationConfig(preset="lit-relaxed")
+    config.text.min_words = 1
+    config.text.max_words = 64
+    config.text.rare_tokens_enabled = False
+    return config
+
+
+PRESETS = {"align": align, "lit-relaxed": lit_relaxed}
+
+
+def load_config(preset: str = "align", overrides: list[str] | tuple[str, ...] = ()) -> CurationConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    config = PRESETS[preset]()
+    for assignment in overrides:
+        config.override(assignment)
+    if config.text.too_long not in ("truncate", "reject"):
+        raise ValueError(f"text.too_long must be 'truncate' or 'reject', not {config.text.too_long!r}")
+    return config

@@ -1,0 +1,91 @@
+"""Safe image decoding for curation: Pillow with a pixel limit, odd modes made plain.
+
+Modes: RGB and L pass as they are; alpha (RGBA, LA, PA, P with transparency) is matted onto
+white, as img2dataset does; P, CMYK, YCbCr, 1 become RGB or L; 16-bit and 32-bit grey are
+scaled to 8 bits; animated images keep their first frame. Anything else is rejected as
+``unsupported_image``. Truncated data is an error (Pillow's LOAD_TRUNCATED_IMAGES stays off).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class ImageRejected(ValueError):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class DecodedImage:
+    image: Image.Image      # mode RGB or L, first frame
+    format: str | None      # what the bytes were: JPEG, PNG, ...
+    source_mode: str
+    converted: bool         # True when the output must be re-encoded (not plain JPEG RGB/L)
+
+
+def _flatten_alpha(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _plain(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode in ("RGB", "L"):
+        return image
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
+        return _flatten_alpha(image)
+    if mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
+        return image.convert("RGB")
+    if mode == "1":
+        return image.convert("L")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(np.round(array * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
+    raise ImageRejected("unsupported_image", f"image mode {mode} is not supported")
+
+
+def decode_image(data: bytes | None, max_pixels: int) -> DecodedImage:
+    if data is None:
+        raise ImageRejected("missing_image", "no image in the sample")
+    if not data:
+        raise ImageRejected("decode_error", "0 bytes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DecompressionBombWarning, palette warnings: we decide
+        try:
+            image = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as err:
+            raise ImageRejected("image_too_large", str(err)[:200]) from None
+        except UnidentifiedImageError:
+            raise ImageRejected("decode_error", "not a recognised image format") from None
+        except Exception as err:  # noqa: BLE001 - hostile bytes can raise anything
+            raise ImageRejected("decode_error", f"{type(err).__name__}: {err}"[:200]) from None
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageRejected("image_too_large", f"{width}x{height} pixels > limit {max_pixels}")
+        source_format, source_mode = image.format, image.mode
+        animated = getattr(image, "n_frames", 1) > 1
+        try:
+            image.seek(0)
+            image.load()
+            plain = _plain(image)
+        except ImageRejected:
+            raise
+        except Exception as err:  # noqa: BLE001
+            raise ImageRejected("decode_error", f"{type(err).__name__}: {err}"[:200]) from None
+    converted = animated or source_format != "JPEG" or plain is not image
+    return DecodedImage(plain, source_format, source_mode, converted)
+
+
+def encode_jpeg(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
