@@ -1,0 +1,79 @@
+"""The two-tower model: image side (cached features, a locked tower, or a trained one), text
+tower, optional linear heads to a shared size, and the learned temperature.
+
+Locking is declared, not coded around: in ``Lu`` the image tower is either absent (features
+come from the cache) or frozen and run under ``no_grad``; only ``trainable_parameters`` reach
+the optimiser, and the same list drives gradient sync and checkpoints, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from training.loss import LogTemperature
+from training.text_towers import TextTower
+
+
+class LiTModel(nn.Module):
+    def __init__(self, text: TextTower, image_dim: int, image_tower: nn.Module | None = None,
+                 image_locked: bool = True, embed_dim: int | None = None, image_head: bool = False,
+                 text_head: bool = True):
+        super().__init__()
+        out_dim = embed_dim or image_dim
+        self.text = text
+        self.image = image_tower
+        self.image_locked = image_locked
+        if image_tower is not None and image_locked:
+            image_tower.requires_grad_(False)
+            image_tower.eval()
+        self.image_head = nn.Linear(image_dim, out_dim) if image_head or out_dim != image_dim else nn.Identity()
+        self.text_head = nn.Linear(text.dim, out_dim) if text_head or out_dim != text.dim else nn.Identity()
+        self.temperature = LogTemperature()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.image is not None and self.image_locked:
+            self.image.eval()  # a locked tower keeps its batch-norm statistics
+        return self
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        if self.image is None:
+            return self.image_head(image)
+        if self.image_locked:
+            with torch.no_grad():
+                features = self.image(image)
+            return self.image_head(features.float())
+        return self.image_head(self.image(image))
+
+    def forward(self, image: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
+        return self.encode_image(image), self.text_head(self.text(ids, mask)), self.temperature()
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint holds: every parameter and buffer outside a locked image tower."""
+        skip = "image." if self.image is not None and self.image_locked else None
+        return {k: v for k, v in self.state_dict().items() if skip is None or not k.startswith(skip)}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self.trainable_state())
+        unexpected, missing = set(state) - expected, expected - set(state)
+        if unexpected or missing:
+            raise ValueError(f"checkpoint does not fit this model: unexpected {sorted(unexpected)[:5]}, "
+                             f"missing {sorted(missing)[:5]}")
+        self.load_state_dict(state, strict=False)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay on matrices only (not biases, norms, embeddings' scale, temperature)."""
+        decay, no_decay, temperature = [], [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            if name.startswith("temperature."):
+                temperature.append(param)
+            elif param.ndim >= 2:
+                decay.append(param)
+            else:
+                no_decay.append(param)
+        return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+                {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+                {"params": temperature, "weight_decay": 0.0, "name": "temperature"}]

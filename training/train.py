@@ -1,0 +1,243 @@
+"""LiT training: one function, run once per process (plain ``python`` or under torchrun).
+
+Modes (LiT's ablation): ``Lu`` locked pretrained image tower, unlocked text tower — image
+features come from the embedding cache (``image_source="cache"``, the fast path) or from the
+locked tower run on every batch (``"images"``, what open_clip's ``--lock-image`` does);
+``Uu`` image tower initialised from pretrained and trained; ``uu`` both from scratch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from training import distributed as D
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.data import PairStream, make_loader
+from training.embed_cache import open_cache
+from training.image_towers import build_image_tower
+from training.loss import contrastive_loss
+from training.metrics import MetricsLog, plot_metrics
+from training.model import LiTModel
+from training.schedule import warmup_cosine
+from training.shard_inputs import read_manifest, resolve_shards
+from training.text_towers import EmptyCaptionError, TextSpec, build_text_tower, file_sha256, train_tokenizer
+
+MODES = ("Lu", "Uu", "uu")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or gradient norm) became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    shards: list[str]
+    out: str
+    mode: str = "Lu"
+    image_tower: str = "efficientnet-lite0"
+    image_source: str = "cache"          # Lu only: "cache" or "images" (locked tower every batch)
+    cache: str | None = None             # embedding cache root (Lu from cache)
+    text: TextSpec = field(default_factory=TextSpec)
+    embed_dim: int | None = None         # None: the image feature size
+    image_head: bool = False
+    text_head: bool = True
+    batch_size: int = 256                # global batch, split evenly over ranks
+    steps: int = 1000
+    lr: float = 1e-3
+    weight_decay: float | None = None    # None: 0 for Lu (LiT, private data), 1e-4 otherwise
+    warmup: int = 100
+    clip: float = 1.0
+    seed: int = 0
+    shuffle_buffer: int = 1000
+    workers: int = 0
+    precision: str = "auto"              # auto: bf16 on a CUDA device that supports it, else fp32
+    checkpoint_every: int = 100
+    device: str = "auto"
+
+    def __post_init__(self):
+        if isinstance(self.text, dict):
+            self.text = TextSpec(**self.text)
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+        if self.image_source not in ("cache", "images"):
+            raise ValueError(f"image_source must be 'cache' or 'images', not {self.image_source!r}")
+        if self.mode != "Lu" and self.image_source == "cache":
+            self.image_source = "images"  # a trained image tower needs pixels
+        if self.mode == "Lu" and self.image_source == "cache" and not self.cache:
+            raise ValueError("mode Lu from the cache needs --cache (run `litflow embed` first)")
+        if self.weight_decay is None:
+            self.weight_decay = 0.0 if self.mode == "Lu" else 1e-4
+
+    def identity(self, world: int, tokenizer_sha: str | None) -> dict:
+        """The fields that define a run; a checkpoint with other values cannot be resumed."""
+        keep = ("mode", "image_tower", "image_source", "embed_dim", "image_head", "text_head", "batch_size",
+                "steps", "lr", "weight_decay", "warmup", "clip", "seed", "shuffle_buffer", "precision")
+        ident = {k: getattr(self, k) for k in keep}
+        ident["text"] = dataclasses.asdict(self.text)
+        ident["shards"] = [str(s) for s in self.shards]
+        ident["world"] = world
+        ident["tokenizer_sha256"] = tokenizer_sha
+        return json.loads(json.dumps(ident))
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def autocast_for(precision: str, device: torch.device):
+    """bf16 autocast where the device supports it ("auto"), forced ("bf16") or off ("fp32")."""
+    use = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use else contextlib.nullcontext
+
+
+def tokenize(model: LiTModel, captions: list[str], sources: list[tuple[str, str]]):
+    try:
+        return model.text.tokenize(captions)
+    except EmptyCaptionError:
+        for caption, (shard, key) in zip(captions, sources):
+            try:
+                model.text.tokenize([caption])
+            except EmptyCaptionError:
+                raise EmptyCaptionError(f"{shard}: caption of sample {key!r} tokenises to nothing: {caption!r}") from None
+        raise
+
+
+def _tokenizer(config: TrainConfig, shards: list[Path], info: D.DistInfo) -> Path | None:
+    """Scratch text towers: train a WordPiece tokenizer on the corpus captions once (rank 0)."""
+    if config.text.name != "scratch":
+        return None
+    path = Path(config.out) / "tokenizer.json"
+    if info.main and not path.exists():
+        captions = (c for shard in shards for c in read_manifest(shard, ("caption",))["caption"])
+        train_tokenizer(captions, config.text.vocab_size, path)
+    D.barrier()
+    return path
+
+
+def build_model(config: TrainConfig, tokenizer: Path | None, device: torch.device):
+    """(model, image preprocessing or None, cache or None), identical on every rank (seeded)."""
+    tower = build_image_tower(config.image_tower, pretrained=config.mode != "uu", seed=config.seed)
+    cache = preprocess = None
+    if config.image_source == "cache":
+        cache = open_cache(config.cache, tower)
+        image_module, image_dim = None, cache.dim
+    else:
+        if tower.module is None:
+            if config.mode != "Lu":
+                raise ValueError(f"image tower {tower.name!r} cannot be trained (mode {config.mode} needs a torch tower)")
+            image_module = _Encode(tower.encode)
+        else:
+            image_module = tower.module
+        image_dim, preprocess = tower.dim, tower.preprocess
+    torch.manual_seed(config.seed)
+    text = build_text_tower(config.text, tokenizer)
+    model = LiTModel(text, image_dim, image_module, image_locked=config.mode == "Lu", embed_dim=config.embed_dim,
+                     image_head=config.image_head, text_head=config.text_head).to(device)
+    return model, preprocess, cache
+
+
+class _Encode(torch.nn.Module):
+    """Wraps a non-torch locked tower (ONNX) so the model can call it like a module."""
+
+    def __init__(self, encode):
+        super().__init__()
+        self.encode = encode
+
+    def forward(self, x):
+        return self.encode(x)
+
+
+def train(config: TrainConfig) -> dict:
+    """Train to ``config.steps``, resuming from ``out/checkpoint.pt`` when it exists."""
+    start = time.time()
+    device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    info = D.init_from_env(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if config.batch_size % info.world:
+        raise ValueError(f"global batch {config.batch_size} does not split over {info.world} ranks")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = resolve_shards(config.shards)
+    for shard in shards:
+        read_manifest(shard)  # missing/empty/broken shards fail here, by name, before training
+    tokenizer = _tokenizer(config, shards, info)
+    identity = config.identity(info.world, file_sha256(tokenizer) if tokenizer else None)
+    model, preprocess, cache = build_model(config, tokenizer, device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(model.param_groups(config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
+    scheduler = warmup_cosine(optimizer, config.warmup, config.steps)
+    ckpt_path = out / "checkpoint.pt"
+    step = 0
+    if ckpt_path.exists():
+        payload = load_checkpoint(ckpt_path, identity)
+        model.load_trainable_state(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        step = int(payload["step"])
+    metrics = MetricsLog(out / "metrics.jsonl", step) if info.main else None
+    stream = PairStream(shards, config.batch_size // info.world, cache=cache, preprocess=preprocess,
+                        seed=config.seed, shuffle_buffer=config.shuffle_buffer, rank=info.rank,
+                        world=info.world, start_batch=step)
+    autocast = autocast_for(config.precision, device)
+    temperature_params = list(model.temperature.parameters())
+    sum_params = [p for p in trainable if all(p is not t for t in temperature_params)]
+    model.train()
+    last_good = step if ckpt_path.exists() else None
+    tick, result = time.time(), {"out": str(out), "start_step": step}
+    batches = make_loader(stream, config.workers) if step < config.steps else []
+    for batch in batches:
+        if step >= config.steps:
+            break
+        ids, mask = tokenize(model, batch.captions, batch.sources)
+        with autocast():
+            image, text, temperature = model(batch.image.to(device, non_blocking=True), ids.to(device), mask.to(device))
+        out_loss = contrastive_loss(image, text, temperature)
+        optimizer.zero_grad(set_to_none=True)
+        out_loss["loss"].backward()
+        D.sync_gradients(sum_params, temperature_params)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.clip)
+        loss = float(out_loss["loss"].detach())
+        if not D.all_ranks_ok(math.isfinite(loss) and math.isfinite(float(grad_norm)), device):
+            where = f"{ckpt_path} (step {last_good})" if last_good is not None else "none (no checkpoint yet)"
+            if metrics:
+                metrics.write({"step": step + 1, "loss": loss, "grad_norm": float(grad_norm), "stopped": "non-finite"})
+            raise TrainingDiverged(f"loss became {loss} (grad norm {float(grad_norm)}) at step {step + 1}; "
+                                   f"stopped; last good checkpoint kept: {where}")
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        now = time.time()
+        if metrics:
+            metrics.write({"step": step, "loss": loss, "accuracy": float(out_loss["accuracy"]),
+                           "temperature": float(temperature.detach()), "lr": lr, "grad_norm": float(grad_norm),
+                           "global_batch": int(out_loss["global_batch"]),
+                           "pairs_per_s": config.batch_size / max(now - tick, 1e-9), "time": now - start})
+        tick = now
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            if info.main:
+                save_checkpoint(ckpt_path, step=step, identity=identity, model_state=model.trainable_state(),
+                                optimizer=optimizer, scheduler=scheduler)
+                plot_metrics(out / "metrics.jsonl", out / "metrics.png")
+            D.barrier()
+            last_good = step
+    result.update(step=step, checkpoint=str(ckpt_path), metrics=str(out / "metrics.jsonl"),
+                  seconds=time.time() - start, rank=info.rank, world=info.world)
+    return result
