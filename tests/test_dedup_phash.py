@@ -1,0 +1,99 @@
+"""pHash: equal to imagehash on real images, mirror signal exact, reduced JPEG decode bounded."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from dedup.phash import (DEFAULT_SETTINGS, HashSettings, HashSettingsMismatch, check_same_settings,
+                         hamming, hash_image_bytes, hash_many_bytes, mirror_phash64, phash64,
+                         phash64_batch)
+
+
+def _imagehash_int(image: Image.Image) -> int:
+    return int(str(imagehash.phash(image)), 16)
+
+
+@pytest.fixture(scope="module")
+def real_images(demo_data):
+    """Real emoji, MNIST digits and small openclipart PNGs, chosen by sorted name (stable)."""
+    cache = demo_data.cache
+    paths = sorted((cache / "emoji/img/google/64").glob("*.png"))[::12]
+    paths += sorted((cache / "mnist-png").rglob("*.png"))[::200]
+    clip = [p for p in sorted((cache / "openclipart/png").rglob("*.png")) if p.stat().st_size < 150_000]
+    paths += clip[::60]
+    images = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in paths:
+            image = Image.open(path)
+            image.load()
+            images.append(image)
+    assert len(images) > 250
+    return images
+
+
+def test_phash64_equals_imagehash_bit_for_bit(real_images):
+    expected = [_imagehash_int(im) for im in real_images]
+    assert [phash64(im) for im in real_images[:20]] == expected[:20]
+    assert phash64_batch(real_images).tolist() == expected
+
+
+def test_bit_order_is_imagehash_hex_order():
+    # a left-bright / right-dark image: the DC term (bit 0 of the 8x8, the MSB) is above median
+    image = Image.fromarray(np.tile(np.linspace(255, 0, 64), (64, 1)).astype(np.uint8))
+    value = phash64(image)
+    assert f"{value:016x}" == str(imagehash.phash(image))
+    bits = np.asarray(imagehash.phash(image).hash).reshape(-1)
+    assert bool(value >> 63) == bool(bits[0]) and bool(value & 1) == bool(bits[-1])
+
+
+def test_mirror_hash_equals_hash_of_mirrored_image(real_images):
+    for image in real_images[::3]:
+        assert mirror_phash64(image) == _imagehash_int(ImageOps.mirror(image))
+
+
+def _shard_jpeg(image: Image.Image) -> bytes:
+    """Like a curated shard image: RGB JPEG q95, shorter side at most 256 px."""
+    rgb = image.convert("RGB")
+    scale = 256 / min(rgb.size)
+    if scale < 1:
+        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))))
+    buffer = io.BytesIO()
+    rgb.save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_reduced_jpeg_decode_disagreement_is_bounded(real_images):
+    """Draft decode vs full decode: the same image, a few bits apart at most (measured bound)."""
+    blobs = [_shard_jpeg(im) for im in real_images]
+    full = np.array([phash64(Image.open(io.BytesIO(b))) for b in blobs], np.uint64)
+    draft = np.array([hash_image_bytes(b)[0] for b in blobs], np.uint64)
+    exact = np.array([hash_image_bytes(b, HashSettings(jpeg_draft=None))[0] for b in blobs], np.uint64)
+    assert np.array_equal(exact, full)  # no draft = the full decode, exactly
+    dist = hamming(full, draft)
+    assert dist.max() <= 8, np.bincount(dist)
+    assert np.mean(dist <= 4) >= 0.95, np.bincount(dist)
+    assert dist.any()  # the draft really changes the decode (else this test proves nothing)
+
+
+def test_batched_bytes_hashing_keeps_order_and_reports_bad_bytes(real_images):
+    blobs = [_shard_jpeg(im) for im in real_images[:5]]
+    mixed = blobs[:2] + [b"not an image", blobs[2][: len(blobs[2]) // 3]] + blobs[2:]
+    results = list(hash_many_bytes(mixed, batch=2))
+    assert len(results) == len(mixed)
+    assert isinstance(results[2], Exception)
+    good = [r for i, r in enumerate(results) if i not in (2, 3)]
+    assert good == [hash_image_bytes(b) for b in blobs]
+
+
+def test_settings_mismatch_is_a_clear_error():
+    check_same_settings(DEFAULT_SETTINGS, HashSettings())
+    with pytest.raises(HashSettingsMismatch, match="jpeg_draft"):
+        check_same_settings(HashSettings(jpeg_draft=None), DEFAULT_SETTINGS)
+    assert HashSettings.from_dict(DEFAULT_SETTINGS.to_dict()) == DEFAULT_SETTINGS
