@@ -37,6 +37,10 @@ class Preprocess:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __call__(self, image: Image.Image) -> np.ndarray:
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")  # transparency goes on white, as curated JPEGs have it
+            image = Image.new("RGB", rgba.size, "white")
+            image.paste(rgba, mask=rgba.split()[-1])
         image = image.convert("RGB")
         w, h = image.size
         scale = self.size / min(w, h)
@@ -71,6 +75,10 @@ class ImageTower:
     module: nn.Module | None
     fingerprint: str
     info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.module is not None:
+            self.module.eval()  # towers start in inference mode (batch norm uses its statistics)
 
     @property
     def trainable(self) -> bool:

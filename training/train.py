@@ -24,11 +24,11 @@ from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import PairStream, make_loader
 from training.embed_cache import open_cache
 from training.image_towers import build_image_tower
-from training.loss import contrastive_loss
 from training.metrics import MetricsLog, plot_metrics
 from training.model import LiTModel
 from training.schedule import warmup_cosine
 from training.shard_inputs import read_manifest, resolve_shards
+from training.step import compute_gradients
 from training.text_towers import EmptyCaptionError, TextSpec, build_text_tower, file_sha256, train_tokenizer
 
 MODES = ("Lu", "Uu", "uu")
@@ -62,6 +62,7 @@ class TrainConfig:
     precision: str = "auto"              # auto: bf16 on a CUDA device that supports it, else fp32
     checkpoint_every: int = 100
     device: str = "auto"
+    stop_after: int | None = None        # end this session after N steps (preemptible jobs); not part of the run's identity
 
     def __post_init__(self):
         if isinstance(self.text, dict):
@@ -196,22 +197,17 @@ def train(config: TrainConfig) -> dict:
                         seed=config.seed, shuffle_buffer=config.shuffle_buffer, rank=info.rank,
                         world=info.world, start_batch=step)
     autocast = autocast_for(config.precision, device)
-    temperature_params = list(model.temperature.parameters())
-    sum_params = [p for p in trainable if all(p is not t for t in temperature_params)]
     model.train()
     last_good = step if ckpt_path.exists() else None
     tick, result = time.time(), {"out": str(out), "start_step": step}
     batches = make_loader(stream, config.workers) if step < config.steps else []
     for batch in batches:
-        if step >= config.steps:
+        if step >= config.steps or (config.stop_after is not None and step - result["start_step"] >= config.stop_after):
             break
         ids, mask = tokenize(model, batch.captions, batch.sources)
-        with autocast():
-            image, text, temperature = model(batch.image.to(device, non_blocking=True), ids.to(device), mask.to(device))
-        out_loss = contrastive_loss(image, text, temperature)
-        optimizer.zero_grad(set_to_none=True)
-        out_loss["loss"].backward()
-        D.sync_gradients(sum_params, temperature_params)
+        out_loss = compute_gradients(model, batch.image.to(device, non_blocking=True), ids.to(device),
+                                     mask.to(device), autocast)
+        temperature = out_loss["temperature"]
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.clip)
         loss = float(out_loss["loss"].detach())
         if not D.all_ranks_ok(math.isfinite(loss) and math.isfinite(float(grad_norm)), device):
@@ -231,13 +227,16 @@ def train(config: TrainConfig) -> dict:
                            "global_batch": int(out_loss["global_batch"]),
                            "pairs_per_s": config.batch_size / max(now - tick, 1e-9), "time": now - start})
         tick = now
-        if step % config.checkpoint_every == 0 or step == config.steps:
+        stopping = config.stop_after is not None and step - result["start_step"] >= config.stop_after
+        if step % config.checkpoint_every == 0 or step == config.steps or stopping:
             if info.main:
                 save_checkpoint(ckpt_path, step=step, identity=identity, model_state=model.trainable_state(),
                                 optimizer=optimizer, scheduler=scheduler)
                 plot_metrics(out / "metrics.jsonl", out / "metrics.png")
             D.barrier()
             last_good = step
+        if stopping:
+            break
     result.update(step=step, checkpoint=str(ckpt_path), metrics=str(out / "metrics.jsonl"),
                   seconds=time.time() - start, rank=info.rank, world=info.world)
     return result
