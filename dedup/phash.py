@@ -9,7 +9,8 @@ The curation pipeline calls these (stable signatures):
 * :func:`phash64_batch` ``(images) -> np.ndarray[uint64]`` — the same, with the DCTs done as
   one batched call (imagehash does two ``dct`` calls per image; batching removes the
   per-image Python/SciPy overhead, which was most of the hashing cost after the resize).
-* :func:`hash_image_bytes` ``(data, settings) -> (phash, mirror_phash)`` — from encoded bytes,
+* :func:`hash_image_bytes` ``(data, settings) -> (phash, mirror_phash)`` — from encoded bytes
+  (transparent images flattened on white first, like img2dataset does to the corpus),
   with a reduced JPEG decode (``Image.draft``) when ``settings.jpeg_draft`` is set: the
   JPEG decoder's DCT scaling skips most of the decode work when the image is only going to be
   shrunk to 32×32 anyway. This changes the pixels that reach the resize slightly, so the hash
@@ -49,17 +50,22 @@ class HashSettings:
 
     ``jpeg_draft``: when set, JPEG input is decoded at the smallest DCT scale (1/2, 1/4, 1/8)
     whose shorter side is still >= this many pixels; ``None`` = full decode.
+    ``flatten_alpha``: images with transparency are composited on white before hashing, as
+    img2dataset's resizer does to every corpus image (imagehash's ``convert('L')`` would instead
+    read the colour under transparent pixels, so an eval PNG and its own corpus copy would differ).
     """
 
     algorithm: str = "phash"
     hash_size: int = HASH_SIZE
     highfreq_factor: int = HIGHFREQ_FACTOR
     jpeg_draft: int | None = 64
+    flatten_alpha: bool = True
 
     @property
     def id(self) -> str:
         draft = f"draft{self.jpeg_draft}" if self.jpeg_draft else "fulldecode"
-        return f"{self.algorithm}-{self.hash_size}x{self.highfreq_factor}-{draft}"
+        alpha = "-onwhite" if self.flatten_alpha else ""
+        return f"{self.algorithm}-{self.hash_size}x{self.highfreq_factor}-{draft}{alpha}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,6 +155,10 @@ def open_for_hash(data: bytes, settings: HashSettings = DEFAULT_SETTINGS) -> Ima
         # Pillow's RGB->L conversion, which measured up to 20 bits off instead of 6
         image.draft(image.mode, (settings.jpeg_draft, settings.jpeg_draft))
     image.load()
+    if settings.flatten_alpha and (image.mode in ("RGBA", "LA", "PA", "RGBa", "La")
+                                   or (image.mode == "P" and "transparency" in image.info)):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return image
 
 

@@ -17,10 +17,12 @@ pick_python() {
   return 1
 }
 
-# System tools: Java for Spark, npm / apt-get / dpkg-deb for fetching the demo data.
+# System tools: Java for Spark, npm / apt-get / dpkg-deb for fetching the demo data, chromium for the dedup report test.
 need_apt=()
 command -v java >/dev/null 2>&1 || need_apt+=(default-jre-headless)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# headless browser for the de-duplication report's page test (tests/test_dedup_report.py)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

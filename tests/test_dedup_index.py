@@ -104,7 +104,7 @@ def test_only_changed_splits_are_reindexed(tmp_path, emoji_paths):
     third = build_index([a, b], tmp_path / "idx")
     assert third.reindexed == [("b", "test")] and third.reused == [("a", "test")]
     index = EvalIndex.load(tmp_path / "idx")
-    assert index.match(phash64(Image.open(emoji_paths[30])), 0)[0].eval_set == "b"
+    assert index.match(hash_image_bytes(emoji_paths[30].read_bytes())[0], 0)[0].eval_set == "b"
     # other hash settings: nothing reused
     fourth = build_index([a, b], tmp_path / "idx", HashSettings(jpeg_draft=None))
     assert fourth.reused == []
@@ -117,8 +117,8 @@ def test_modes_select_splits_and_match_fields(tmp_path, emoji_paths):
     evalset = EvalSet("demo", (Split("train", ImageFolder(str(train_root)), "train"),
                                Split("test", ImageFolder(str(test_root)), "test")))
     build_index([evalset], tmp_path / "idx")
-    train_hash = phash64(Image.open(emoji_paths[0]))
-    test_hash = phash64(Image.open(emoji_paths[10]))
+    train_hash = hash_image_bytes(emoji_paths[0].read_bytes())[0]
+    test_hash = hash_image_bytes(emoji_paths[10].read_bytes())[0]
     full = EvalIndex.load(tmp_path / "idx", mode="train+test")
     assert [m.split for m in full.match(train_hash, 0)] == ["train"]
     assert full.with_mode("test").match(train_hash, 0) == []
@@ -134,13 +134,16 @@ def test_radius_boundary_and_mirror_signal(tmp_path, emoji_paths):
     _folder_set(tmp_path / "s", emoji_paths[:20])
     build_index([EvalSet("s", (Split("test", ImageFolder(str(tmp_path / "s"))),))], tmp_path / "idx")
     index = EvalIndex.load(tmp_path / "idx")
-    image = Image.open(emoji_paths[3])
-    h = phash64(image)
+    image = Image.open(io.BytesIO(emoji_paths[3].read_bytes()))
+    h, mirror = hash_image_bytes(emoji_paths[3].read_bytes())
     near = h ^ 0b1111_1111  # 8 bits away from the eval image
     hits = [m for m in index.match(near, 8) if m.eval_key.endswith(emoji_paths[3].name)]
     assert hits and hits[0].distance == 8
     assert not [m for m in index.match(near, 7) if m.eval_key.endswith(emoji_paths[3].name)]
-    mirrored = phash64(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    buffer = io.BytesIO()
+    image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(buffer, "PNG")
+    mirrored = hash_image_bytes(buffer.getvalue())[0]
+    assert mirrored == mirror  # the mirror signal is the hash of the mirrored image
     if mirrored != h:  # a non-symmetric emoji: found through the mirror signal
         best = index.match(mirrored, 0)
         assert best and best[0].signal == "mirror" and best[0].eval_key.endswith(emoji_paths[3].name)
@@ -154,11 +157,13 @@ def test_index_pickles_compactly_and_checks_settings(tmp_path, emoji_paths):
     blob = pickle.dumps(index)
     assert len(blob) < 8_000  # 40 images: hashes + keys, no search tables
     again = pickle.loads(blob)
-    h = phash64(Image.open(emoji_paths[5]))
+    h = hash_image_bytes(emoji_paths[5].read_bytes())[0]
     assert again.match(h, 4) == index.match(h, 4) != []
     index.check_settings(HashSettings())
     with pytest.raises(HashSettingsMismatch):
         index.check_settings({"algorithm": "phash", "hash_size": 8, "highfreq_factor": 4, "jpeg_draft": None})
+    with pytest.raises(HashSettingsMismatch, match="flatten_alpha"):
+        index.check_settings(HashSettings(flatten_alpha=False))
 
 
 def test_demo_sets_are_registered(demo_data):

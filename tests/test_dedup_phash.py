@@ -92,6 +92,20 @@ def test_batched_bytes_hashing_keeps_order_and_reports_bad_bytes(real_images):
     assert good == [hash_image_bytes(b) for b in blobs]
 
 
+def test_transparency_is_flattened_on_white_like_the_corpus(real_images):
+    """An RGBA eval PNG hashes like its img2dataset corpus copy (alpha matted on white)."""
+    rgba = [im for im in real_images if im.mode == "RGBA"][:20]
+    assert rgba
+    for image in rgba:
+        png = io.BytesIO()
+        image.save(png, "PNG")
+        pixels = np.asarray(image, np.float64)
+        alpha = pixels[..., 3:] / 255
+        matted = Image.fromarray(np.rint(alpha * pixels[..., :3] + 255 * (1 - alpha)).astype(np.uint8))
+        assert hamming(hash_image_bytes(png.getvalue())[0], phash64(matted)) <= 2
+        assert hash_image_bytes(png.getvalue(), HashSettings(flatten_alpha=False))[0] == phash64(image)
+
+
 def test_settings_mismatch_is_a_clear_error():
     check_same_settings(DEFAULT_SETTINGS, HashSettings())
     with pytest.raises(HashSettingsMismatch, match="jpeg_draft"):

@@ -1,0 +1,64 @@
+"""``litflow dedup index`` and ``litflow dedup report`` (hooked in by flows/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _default_index() -> Path:
+    from curation.paths import default_work_dir
+
+    return default_work_dir() / "dedup" / "index"
+
+
+def _index(args: argparse.Namespace) -> int:
+    from dedup import evalsets
+    from dedup.index import build_index
+    from dedup.phash import HashSettings
+
+    names = args.sets.split(",") if args.sets else evalsets.names()
+    settings = HashSettings(jpeg_draft=args.jpeg_draft or None)
+    report = build_index([evalsets.get(n) for n in names], args.out or _default_index(), settings, log=print)
+    unreadable = {k: len(v) for k, v in report.unreadable.items() if v}
+    print(json.dumps({"index": str(report.path), "settings": settings.id,
+                      "reindexed": [f"{a}/{b}" for a, b in report.reindexed],
+                      "unchanged": [f"{a}/{b}" for a, b in report.reused], "unreadable": unreadable}, indent=2))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from dedup.report import build_report
+
+    summary = build_report(args.corpus, args.index or _default_index(), args.out, radius=args.radius,
+                           mode=args.mode, near_radius=None if args.near_radius < 0 else args.near_radius,
+                           page_size=args.page_size)
+    print(json.dumps({"out": str(args.out), "pairs": summary["corpus"]["pairs"],
+                      "matched": summary["corpus"]["matched"], "removed": summary["corpus"]["removed"]}, indent=2))
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    dedup = subparsers.add_parser("dedup", help="de-duplicate a corpus against evaluation sets (index, report)")
+    sub = dedup.add_subparsers(dest="dedup_command", required=True, metavar="ACTION")
+    p = sub.add_parser("index", help="hash every image of every split of the eval sets into an index",
+                       description="Hash (pHash + mirror pHash) every image of the registered eval sets. "
+                       "Splits whose content is unchanged are not re-hashed; unreadable images are listed.")
+    p.add_argument("--sets", help="comma-separated eval set names (default: every registered set)")
+    p.add_argument("--out", help="index folder (default: work/dedup/index)")
+    p.add_argument("--jpeg-draft", type=int, default=64,
+                   help="reduced JPEG decode: shorter side >= this many px (0 = full decode; default 64). "
+                   "Must be the corpus's setting")
+    p.set_defaults(func=_index)
+    r = sub.add_parser("report", help="match a corpus against the index; write report.json, matches.parquet, report.html",
+                       description="Match the corpus's shards against the eval index and write the audit report.")
+    r.add_argument("corpus", help="folder of webdataset shards (or with shards/), optionally corpus.json")
+    r.add_argument("out", help="output folder")
+    r.add_argument("--index", help="index folder (default: work/dedup/index)")
+    r.add_argument("--radius", type=int, default=8, help="pHash Hamming radius (default 8)")
+    r.add_argument("--mode", choices=("none", "test", "train+test"), default="train+test",
+                   help="which eval splits count as removals (default train+test, as LiT)")
+    r.add_argument("--near-radius", type=int, default=4, help="intra-corpus near-duplicate radius (-1 = skip)")
+    r.add_argument("--page-size", type=int, default=50, help="matches per page in report.html")
+    r.set_defaults(func=_report)

@@ -1,0 +1,135 @@
+"""``litflow dedup report``: match a corpus against the eval index and write the audit.
+
+Writes into ``out/``:
+
+* ``matches.parquet`` — every (corpus pair, eval image) within the radius, all splits, with
+  ``removed`` = counted under the chosen mode; plus embedding matches when given.
+* ``report.json`` — settings, radius, mode; per eval set and split: eval images, unreadable
+  (count and list), corpus pairs matched, removed; intra-corpus duplicate groups.
+* ``corpus_duplicates.parquet`` — exact/near duplicate groups inside the corpus.
+* ``report.html`` — the page a person checks by eye (:mod:`dedup.html`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from dedup.corpus import read_corpus
+from dedup.evalsets import read_ref
+from dedup.html import render, thumbnail_data_uri
+from dedup.index import SIGNALS, EvalIndex
+from dedup.intra import duplicate_groups
+
+
+def _eval_metadata(index_dir: Path, manifest: dict) -> pd.DataFrame:
+    frames = []
+    for set_name, info in manifest["sets"].items():
+        for split, split_info in info["splits"].items():
+            frame = pq.read_table(index_dir / split_info["file"], columns=["key", "ref", "label", "caption"]).to_pandas()
+            frames.append(frame.assign(eval_set=set_name, eval_split=split))
+    return pd.concat(frames, ignore_index=True).rename(
+        columns={"key": "eval_key", "ref": "eval_ref", "label": "eval_label", "caption": "eval_caption"})
+
+
+def build_report(corpus_dir: str | Path, index_dir: str | Path, out: str | Path, radius: int = 8,
+                 mode: str = "train+test", near_radius: int | None = 4, page_size: int = 50,
+                 embedding_matches: pd.DataFrame | None = None) -> dict:
+    """Match, write matches.parquet / report.json / report.html / corpus_duplicates.parquet."""
+    index_dir, out = Path(index_dir), Path(out)
+    full = EvalIndex.load(index_dir, mode="train+test")
+    corpus = read_corpus(corpus_dir, full.settings)  # settings mismatch raises here
+    removed_splits = {(s, sp) for s, sp, role in full.splits
+                      if mode == "train+test" or (mode == "test" and role == "test")}
+    q, image, dist, signal = full.match_many(corpus.phash, radius)
+    where = [full.describe(int(i)) for i in image]
+    matches = pd.DataFrame({
+        "corpus_key": [corpus.keys[i] for i in q], "corpus_ref": [corpus.refs[i] for i in q],
+        "corpus_caption": [corpus.captions[i] for i in q], "corpus_sha256": [corpus.sha256[i] for i in q],
+        "corpus_phash": corpus.phash[q] if len(q) else np.zeros(0, np.uint64),
+        "eval_set": [w[0] for w in where], "eval_split": [w[1] for w in where], "eval_key": [w[2] for w in where],
+        "distance": dist.astype(np.int32), "signal": [SIGNALS[s] for s in signal],
+        "cosine": np.full(len(q), np.nan, np.float32),
+    })
+    if embedding_matches is not None and len(embedding_matches):
+        emb = embedding_matches.rename(columns={"key": "corpus_key"})
+        lookup = {k: i for i, k in enumerate(corpus.keys)}
+        emb = emb[emb["corpus_key"].isin(lookup)].copy()
+        idx = [lookup[k] for k in emb["corpus_key"]]
+        emb = emb.assign(corpus_ref=[corpus.refs[i] for i in idx], corpus_caption=[corpus.captions[i] for i in idx],
+                         corpus_sha256=[corpus.sha256[i] for i in idx], corpus_phash=corpus.phash[idx],
+                         distance=np.int32(-1), signal="embedding")
+        key_cols = ["corpus_key", "eval_set", "eval_split", "eval_key"]
+        both = matches.merge(emb[key_cols + ["cosine"]], on=key_cols, how="left", suffixes=("", "_emb"))
+        matches["cosine"] = both["cosine_emb"].to_numpy(np.float32)
+        matches.loc[matches["cosine"].notna(), "signal"] += "+embedding"
+        only = emb.merge(matches[key_cols], on=key_cols, how="left", indicator=True)
+        only = only[only["_merge"] == "left_only"].drop(columns="_merge")
+        matches = pd.concat([matches, only[matches.columns]], ignore_index=True)
+    matches["removed"] = [(s, sp) in removed_splits for s, sp in zip(matches["eval_set"], matches["eval_split"])]
+    meta = _eval_metadata(index_dir, full.manifest)
+    matches = matches.merge(meta, on=["eval_set", "eval_split", "eval_key"], how="left")
+    # nearest first; embedding-only matches (no pHash distance) after, by falling cosine
+    matches["_order"] = np.where(matches["distance"] >= 0, matches["distance"], 65)
+    matches = matches.sort_values(["_order", "cosine", "corpus_key", "eval_set", "eval_split", "eval_key"],
+                                  ascending=[True, False, True, True, True, True]).drop(columns="_order")
+    matches = matches.reset_index(drop=True)
+
+    groups = duplicate_groups(corpus.keys, corpus.sha256, corpus.phash, near_radius) if near_radius is not None else None
+    summary = {
+        "radius": radius, "mode": mode, "settings": full.settings.to_dict(), "settings_id": full.settings.id,
+        "corpus": {"dir": str(corpus_dir), "pairs": len(corpus), "unreadable": corpus.unreadable,
+                   "hashed_here": corpus.hashed_here,
+                   "matched": int(matches["corpus_key"].nunique()),
+                   "removed": int(matches.loc[matches["removed"], "corpus_key"].nunique())},
+        "eval_sets": {},
+    }
+    for set_name, info in full.manifest["sets"].items():
+        summary["eval_sets"][set_name] = {}
+        for split, split_info in info["splits"].items():
+            sel = (matches["eval_set"] == set_name) & (matches["eval_split"] == split)
+            summary["eval_sets"][set_name][split] = {
+                "role": split_info["role"], "eval_images": split_info["images"],
+                "unreadable": len(split_info["unreadable"]), "unreadable_images": split_info["unreadable"],
+                "corpus_pairs_matched": int(matches.loc[sel, "corpus_key"].nunique()),
+                "removed": int(matches.loc[sel & matches["removed"], "corpus_key"].nunique()),
+            }
+    out.mkdir(parents=True, exist_ok=True)
+    if groups is not None:
+        summary["corpus_duplicates"] = {
+            "radius": near_radius,
+            "exact_groups": int(groups.loc[groups["kind"] == "exact", "group"].nunique()),
+            "near_groups": int(groups.loc[groups["kind"] == "near", "group"].nunique()),
+            "pairs_in_groups": len(groups), "removable": int((~groups["keep"]).sum()),
+        }
+        groups.to_parquet(out / "corpus_duplicates.parquet", index=False)
+    matches.to_parquet(out / "matches.parquet", index=False)
+    (out / "report.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+    thumbs: dict[str, str] = {}
+
+    def thumb(ref):
+        if ref not in thumbs:
+            try:
+                thumbs[ref] = thumbnail_data_uri(read_ref(ref))
+            except (OSError, KeyError):
+                thumbs[ref] = ""
+        return thumbs[ref]
+
+    rows = [{
+        "distance": "-" if r.distance < 0 else int(r.distance),
+        "signals": r.signal + ("" if np.isnan(r.cosine) else f" (cos {r.cosine:.3f})"),
+        "corpus_key": r.corpus_key, "corpus_caption": r.corpus_caption, "corpus_thumb": thumb(r.corpus_ref),
+        "eval_set": r.eval_set, "eval_split": r.eval_split, "eval_key": r.eval_key, "eval_label": r.eval_label,
+        "eval_caption": r.eval_caption, "eval_thumb": thumb(r.eval_ref) if isinstance(r.eval_ref, str) else "",
+        "removed": bool(r.removed),
+    } for r in matches.itertuples()]
+    tmp = out / "report.html.tmp"
+    tmp.write_text(render(summary, rows, page_size), encoding="utf-8")
+    os.replace(tmp, out / "report.html")
+    return summary

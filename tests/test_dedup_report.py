@@ -1,0 +1,145 @@
+"""Audit report: matches, per-set counts, intra-corpus groups, settings mismatch, real chromium."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageEnhance
+
+from curation.records import empty_pair
+from curation.shards import write_shard
+from dedup.evalsets import EvalSet, ImageFolder, Split
+from dedup.index import build_index
+from dedup.phash import DEFAULT_SETTINGS, HashSettings, HashSettingsMismatch, hash_image_bytes
+from dedup.report import build_report
+
+RADIUS = 8
+
+
+def _jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def _on_white(path: Path) -> Image.Image:
+    image = Image.open(path).convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB").resize((128, 128))
+
+
+@pytest.fixture(scope="module")
+def setup(demo_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    emoji = sorted((demo_data.cache / "emoji/img/google/64").glob("1f4*.png"))
+    clip = [p for p in sorted((demo_data.cache / "openclipart/png/animals").rglob("*.png")) if p.stat().st_size < 100_000]
+    train, test = root / "eval" / "train", root / "eval" / "test"
+    for folder, paths in ((train, emoji[:30]), (test, emoji[30:60])):
+        for p in paths:
+            (folder / "c").mkdir(parents=True, exist_ok=True)
+            _on_white(p).save(folder / "c" / p.name)
+    evalset = EvalSet("emo", (Split("train", ImageFolder(str(train)), "train"), Split("test", ImageFolder(str(test)), "test")))
+    build_index([evalset], root / "index")
+    # corpus: copies (JPEG, brighter) of 10 train + 10 test eval images, 25 unrelated clipart,
+    # and an exact + near duplicate inside the corpus
+    images = [_jpeg(_on_white(p)) for p in emoji[:10] + emoji[30:40]]
+    images += [_jpeg(ImageEnhance.Brightness(_on_white(p)).enhance(1.2)) for p in emoji[10:12]]
+    images += [_jpeg(Image.open(p).convert("RGB").resize((160, 120))) for p in clip[:25]]
+    images += [images[-1], _jpeg(Image.open(clip[0]).convert("RGB").resize((160, 120)), quality=40)]
+    samples = []
+    for i, data in enumerate(images):
+        ph, _ = hash_image_bytes(data)
+        samples.append((empty_pair(key=f"{i:05d}", caption=f"caption <{i}>", phash=ph, status="kept"), data))
+    corpus = root / "corpus"
+    write_shard(corpus, "00000", samples[:20])
+    write_shard(corpus, "00001", samples[20:])
+    (corpus / "corpus.json").write_text(json.dumps({"config": {"hash_settings": DEFAULT_SETTINGS.to_dict()}}))
+    return root, images
+
+
+def _expected(root: Path, images: list[bytes], mode: str) -> tuple[int, int, int]:
+    """From the rule: a corpus image matches an eval image whose hash or mirror is within RADIUS.
+
+    Returns (corpus images matched, corpus images removed under mode, (corpus, eval) pairs).
+    """
+    index = pd.concat([pd.read_parquet(p).assign(split=p.stem.split("__")[1]) for p in (root / "index/splits").glob("*.parquet")])
+    matched = removed = pairs = 0
+    for data in images:
+        h = np.uint64(hash_image_bytes(data)[0])
+        d = np.minimum(np.bitwise_count(index["phash"].to_numpy(np.uint64) ^ h),
+                       np.bitwise_count(index["mirror"].to_numpy(np.uint64) ^ h))
+        near = d <= RADIUS
+        matched += bool(near.any())
+        pairs += int(near.sum())
+        removed += bool((near & (index["split"].to_numpy() == "test")).any()) if mode == "test" else bool(near.any())
+    return matched, removed, pairs
+
+
+def test_report_counts_follow_the_rule(setup, tmp_path):
+    root, images = setup
+    summary = build_report(root / "corpus", root / "index", tmp_path / "r", radius=RADIUS, mode="test")
+    matched, removed, pairs = _expected(root, images, "test")
+    assert matched >= 22 and removed < matched  # the copies are found; train copies not removed in test mode
+    assert summary["corpus"]["pairs"] == len(images)
+    assert (summary["corpus"]["matched"], summary["corpus"]["removed"]) == (matched, removed)
+    assert not summary["corpus"]["hashed_here"]  # stored phashes used, settings checked
+    splits = json.loads((tmp_path / "r/report.json").read_text())["eval_sets"]["emo"]
+    assert splits["train"]["eval_images"] == 30 and splits["train"]["removed"] == 0
+    frame = pd.read_parquet(tmp_path / "r/matches.parquet")
+    assert len(frame) == pairs
+    assert frame["distance"].max() <= RADIUS and frame["distance"].is_monotonic_increasing
+    assert set(frame.loc[frame["removed"], "eval_split"]) == {"test"}
+    # intra-corpus: the exact copy and the q40 re-encode group with their originals
+    groups = pd.read_parquet(tmp_path / "r/corpus_duplicates.parquet")
+    assert summary["corpus_duplicates"]["exact_groups"] >= 1
+    exact = groups[groups["kind"] == "exact"]
+    assert {f"{len(images) - 3:05d}", f"{len(images) - 2:05d}"} <= set(exact["key"])
+
+
+def test_settings_mismatch_is_refused(setup, tmp_path):
+    root, _ = setup
+    corpus = tmp_path / "corpus"
+    shutil.copytree(root / "corpus", corpus)
+    (corpus / "corpus.json").write_text(json.dumps({"hash_settings": HashSettings(jpeg_draft=None).to_dict()}))
+    with pytest.raises(HashSettingsMismatch, match="jpeg_draft"):
+        build_report(corpus, root / "index", tmp_path / "r")
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (infra/install.sh installs it)")
+def test_report_html_in_headless_chromium(setup, tmp_path):
+    root, images = setup
+    page_size = 7
+    summary = build_report(root / "corpus", root / "index", tmp_path / "r", radius=RADIUS, page_size=page_size)
+    html = (tmp_path / "r/report.html").read_text()
+    assert "http://" not in html and "https://" not in html  # self-contained
+    n = len(pd.read_parquet(tmp_path / "r/matches.parquet"))
+    assert n == _expected(root, images, "train+test")[2] and summary["corpus"]["removed"] == summary["corpus"]["matched"]
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    url = (tmp_path / "r/report.html").as_uri()
+    dom = subprocess.run([_chromium(), *flags, "--virtual-time-budget=3000", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert 'data-ready="1"' in dom  # the page's script ran
+    assert re.search(r"<span id=\"match-count\">(\d+)</span>", dom).group(1) == str(n)
+    assert dom.count('class="match"') == n
+    assert dom.count('data-visible="1"') == min(page_size, n)
+    assert f"page 1 of {-(-n // page_size)}" in dom
+    shot = tmp_path / "shot.png"  # kept where a person can look: pytest's tmp folder
+    subprocess.run([_chromium(), *flags, "--window-size=1280,1600", f"--screenshot={shot}", url],
+                   capture_output=True, timeout=120)
+    image = Image.open(shot)
+    assert image.size == (1280, 1600)
+    # thumbnails were drawn: the screenshot is not a blank page
+    assert np.asarray(image.convert("L")).std() > 20
