@@ -121,12 +121,29 @@ def examine(raw: dict, shard: str, index: int, config: CurationConfig) -> Candid
             candidate.failures[R.TEXT_TOO_SHORT.value] = f"{words} unigram(s) < {rules.min_words}"
         if rules.max_words_enabled and words > rules.max_words:
             candidate.failures[R.TEXT_TOO_MANY_WORDS.value] = f"{words} unigrams > {rules.max_words}"
-        if config.language.enabled:
-            record["lang"], record["lang_prob"] = tag(text.text, config.language.min_prob)
-            allow = config.language.allow
-            if allow and record["lang"] not in allow:
-                candidate.failures[R.LANGUAGE_NOT_ALLOWED.value] = f"language {record['lang']} not in {allow}"
+    if candidate.failures:
+        candidate.image = None  # rejected whatever the corpus says: do not carry the bytes on
     return candidate
+
+
+def tag_language(record: dict, config: CurationConfig) -> dict:
+    """Language of a decided record's caption; may reject a kept one as language_not_allowed.
+
+    Runs after :func:`decide`, on kept records only unless ``language.tag_rejected``: at
+    2–5 ms per caption langdetect costs more than decoding and hashing together, and most
+    web pairs are rejected by cheaper rules first.
+    """
+    rules = config.language
+    if not rules.enabled or record["caption"] is None:
+        return record
+    if record["status"] != KEPT and not rules.tag_rejected:
+        return record
+    record = dict(record)
+    record["lang"], record["lang_prob"] = tag(record["caption"], rules.min_prob)
+    if record["status"] == KEPT and rules.allow and record["lang"] not in rules.allow:
+        record["status"], record["reason"] = REJECTED, R.LANGUAGE_NOT_ALLOWED.value
+        record["detail"] = f"language {record['lang']} not in {rules.allow}"
+    return record
 
 
 @dataclass(frozen=True)
@@ -165,4 +182,4 @@ def decide(candidate: Candidate, verdicts: CorpusVerdicts) -> dict:
     return record
 
 
-__all__ = ["Candidate", "CorpusVerdicts", "RULE_ORDER", "STAGES", "STAGE_OF", "UNDETERMINED", "decide", "examine"]
+__all__ = ["Candidate", "CorpusVerdicts", "RULE_ORDER", "STAGES", "STAGE_OF", "UNDETERMINED", "decide", "examine", "tag_language"]

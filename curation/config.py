@@ -65,6 +65,8 @@ class TextRules:
 class LanguageRules:
     enabled: bool = True
     min_prob: float = 0.5                   # below: "und"
+    tag_rejected: bool = False              # also tag rejected captions (per-language audit of
+                                            # what the filters drop; costs langdetect on all)
     allow: list[str] = field(default_factory=list)  # empty = every language
 
 

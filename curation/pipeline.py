@@ -2,12 +2,12 @@
 
 Graph (every arrow a Beam transform; the heavy per-record work is one Map):
 
-    shard paths ─► read samples ─► examine (decode, text, hash, language) ─► candidates
+    shard paths ─► read samples ─► examine (decode, text, hash) ─► candidates
     candidates ─► duplicate keys (GroupByKey on key) ──────────────────────┐
     valid, first copies ─► alt-texts per image (CombinePerKey) ────────────┤ side inputs
                         ─► images per alt-text (Distinct + Count) ─────────┤ (small)
                         ─► unigram/bigram document frequency → top K ──────┘
-    candidates + side inputs ─► decide ─► kept ─► shard index (sorted keys) ─► write shards
+    candidates + side inputs ─► decide ─► language (kept) ─► kept ─► shard index (sorted keys) ─► write shards
                                       └─► rejected ─► rejected.parquet
 
 Side inputs hold only what is *over* a threshold (or the top-K grams), which stays small
@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from curation.checks import Candidate, CorpusVerdicts, decide, examine
+from curation.checks import Candidate, CorpusVerdicts, decide, examine, tag_language
 from curation.config import CurationConfig
 from curation.records import KEPT, PAIR_SCHEMA
 from curation.shards import list_shards, read_shard, write_shard
@@ -180,6 +180,7 @@ def build(p: beam.Pipeline, raw_shards: list[str], out_dir: str, config: Curatio
         frequent_side,
         beam.pvalue.AsSingleton(valid_count),
     )
+    decided = decided | "Language" >> beam.MapTuple(lambda record, image: (tag_language(record, config), image))
     kept = decided | "Kept" >> beam.Filter(lambda ri: ri[0]["status"] == KEPT)
     rejected = decided | "Rejected" >> beam.FlatMap(lambda ri: [ri[0]] if ri[0]["status"] != KEPT else [])
 

@@ -1,0 +1,115 @@
+"""Curation benchmark: records/s/core for the whole Beam stage and per step, next to the
+decode + pHash floor measured in the same run on the same samples.
+
+    .venv/bin/python bench/bench_curate.py [--per-source 1100] [--workers 2]
+
+The raw shards come from a real ingestion of the demo data (openclipart resized to 256 px on
+the shorter side, 64 px emoji), made once and cached under bench/results/. Per-step figures
+are single-process, in-process timings of the library functions the pipeline calls; the
+whole-stage figure is the pipeline's wall time × workers (cores used), Beam start-up included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import imagehash  # noqa: E402
+
+from curation import language  # noqa: E402
+from curation.checks import examine  # noqa: E402
+from curation.config import load_config  # noqa: E402
+from curation.curate import curate  # noqa: E402
+from curation.decode import decode_image  # noqa: E402
+from curation.demo import ingest_demo  # noqa: E402
+from curation.ingest import IngestConfig  # noqa: E402
+from curation.shards import list_shards, read_shard  # noqa: E402
+from curation.text import normalise, unigrams  # noqa: E402
+
+
+def raw_samples(raw_dir: Path) -> list[tuple[str, int, dict]]:
+    return [(s.stem, i, raw) for s in list_shards(raw_dir) for i, raw in enumerate(read_shard(s))]
+
+
+def per_second(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def step_timings(samples, config) -> dict:
+    n = len(samples)
+    timings = {}
+    started = time.perf_counter()
+    images = [decode_image(raw.get("jpg"), config.decode.max_pixels).image for _, _, raw in samples]
+    timings["decode"] = time.perf_counter() - started
+    started = time.perf_counter()
+    for image in images:
+        imagehash.phash(image)
+    timings["phash"] = time.perf_counter() - started
+    started = time.perf_counter()
+    texts = [normalise(raw.get("txt")).text for _, _, raw in samples]
+    for text in texts:
+        unigrams(text)
+    timings["text"] = time.perf_counter() - started
+    language.detect.cache_clear()
+    started = time.perf_counter()
+    for text in texts:
+        language.tag(text, 0.5)
+    timings["language"] = time.perf_counter() - started
+    timings["language_unique_texts"] = len(set(texts))
+    language.detect.cache_clear()
+    started = time.perf_counter()
+    for shard, index, raw in samples:
+        examine(raw, shard, index, config)
+    timings["examine_all"] = time.perf_counter() - started
+    rates = {k: per_second(n, v) for k, v in timings.items() if k != "language_unique_texts"}
+    rates["floor_decode_phash"] = per_second(n, timings["decode"] + timings["phash"])
+    return {"seconds": timings, "records_per_s_per_core": rates}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--per-source", type=int, default=1100, help="demo images per source to ingest (default 1100)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--preset", default="align")
+    parser.add_argument("--out", default="bench/results/curate.json")
+    args = parser.parse_args()
+
+    work = Path("bench/results/curate-data")
+    raw_dir = work / f"ingest-{args.per_source}" / "shards"
+    if not list_shards(raw_dir):
+        ingest_demo(raw_dir.parent, args.per_source, IngestConfig(samples_per_shard=500))
+    config = load_config(args.preset)
+    samples = raw_samples(raw_dir)
+    steps = step_timings(samples, config)
+
+    started = time.perf_counter()
+    manifest = curate(raw_dir, work / f"curated-{args.preset}", config, workers=args.workers)
+    wall = time.perf_counter() - started
+    whole = manifest["inputs"] / (wall * args.workers)
+    floor = steps["records_per_s_per_core"]["floor_decode_phash"]
+    result = {"records": len(samples), "workers": args.workers, "preset": args.preset, "pipeline_wall_s": wall,
+              "whole_stage_records_per_s_per_core": whole, "ratio_to_floor": whole / floor, **steps}
+
+    print(f"\nCuration benchmark: {len(samples)} real raw samples, preset {args.preset}, {args.workers} workers, "
+          f"{os.cpu_count()} cores")
+    print(f"{'step (single process)':<28}{'records/s/core':>16}{'ms/record':>11}")
+    for name in ("decode", "phash", "text", "language", "examine_all", "floor_decode_phash"):
+        rate = steps["records_per_s_per_core"][name]
+        print(f"{name:<28}{rate:>16.1f}{1000 / rate:>11.3f}")
+    print(f"language: {steps['seconds']['language_unique_texts']} unique captions of {len(samples)} (cache hits are free)")
+    print(f"{'whole stage (Beam, wall)':<28}{whole:>16.1f}{1000 / whole:>11.3f}")
+    print(f"whole stage / decode+pHash floor: {whole / floor:.2f}  (goal >= 0.70)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
