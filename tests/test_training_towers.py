@@ -92,6 +92,7 @@ def test_scratch_tokenizer_trained_on_real_captions(demo_data, tmp_path):
     path = train_tokenizer(captions, 2000, tmp_path / "tokenizer.json")
     tower = build_text_tower(TextSpec(name="scratch", width=32, depth=1, heads=2), path)
     assert tower.tokenizer.get_vocab_size() <= 2000
+    assert train_tokenizer(captions, 2000, tmp_path / "again.json").read_bytes() == path.read_bytes()  # deterministic
     ids, mask = tower.tokenize(["grinning face", "smiling face with open mouth"])
     assert ids.shape == (2, 16)
     # frequent corpus words are whole tokens, not [UNK] (id 1)

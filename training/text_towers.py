@@ -84,14 +84,31 @@ class BertTower(TextTower):
 
 
 def train_tokenizer(captions: Iterable[str], vocab_size: int, path: str | Path) -> Path:
-    """Train a lower-casing WordPiece tokenizer on the captions and save it as JSON (atomically)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    """Build a lower-casing WordPiece tokenizer from the captions and save it as JSON (atomically).
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False)
-    tokenizer.train_from_iterator(captions, trainer)
+    The vocabulary is every character seen (alone and as a ``##`` continuation, so nothing
+    becomes [UNK]) plus the most frequent whole words, ties broken alphabetically. We count
+    words ourselves rather than use ``tokenizers``' WordPieceTrainer because that trainer breaks
+    ties between equally frequent merges in hash order: two runs on the same captions give
+    different vocabularies, and so different models from the same seed.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for caption in captions:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(caption)))
+    chars = sorted({ch for word in counts for ch in word})
+    vocab = SPECIALS + chars + [f"##{ch}" for ch in chars]
+    words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    vocab += words[: max(0, vocab_size - len(vocab))]
+    tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]",
+                                           max_input_chars_per_word=100))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     path = Path(path)
