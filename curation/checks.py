@@ -13,9 +13,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-import imagehash
-
 from curation.config import CurationConfig
+from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS, hash_image_bytes
 from curation.decode import ImageRejected, decode_image, encode_jpeg
 from curation.language import UNDETERMINED, tag
 from curation.records import KEPT, REJECTED, CurationReason as R, empty_pair
@@ -103,8 +102,10 @@ def examine(raw: dict, shard: str, index: int, config: CurationConfig) -> Candid
         # img2dataset hashes the bytes it downloaded; the same picture re-encoded elsewhere
         # would differ, which is what ALIGN's "same image" meant too (content hash)
         record["sha256"] = meta.get("sha256") or hashlib.sha256(data).hexdigest()
-        record["phash"] = int(str(imagehash.phash(image)), 16)
         candidate.image = encode_jpeg(image, config.decode.jpeg_quality) if decoded.converted else data
+        # hashed from the bytes that are written, with the settings the eval index uses, so a
+        # later `litflow dedup report` over the curated shards computes the very same values
+        record["phash"] = hash_image_bytes(candidate.image, HASH_SETTINGS)[0]
         short, long = sorted((record["original_width"], record["original_height"]))
         rules = config.image
         if rules.min_side_enabled and short <= rules.min_side:

@@ -71,6 +71,13 @@ class LanguageRules:
 
 
 @dataclass
+class EvalDedupRules:
+    index: str | None = None                # folder written by `litflow dedup index`; None: off
+    mode: str = "train+test"                # none | test | train+test (LiT's Table 5 ablation)
+    radius: int = 8                         # Hamming radius on the 64-bit pHash (and its mirror)
+
+
+@dataclass
 class OutputRules:
     shard_size: int = 1000
 
@@ -82,6 +89,7 @@ class CurationConfig:
     image: ImageRules = field(default_factory=ImageRules)
     text: TextRules = field(default_factory=TextRules)
     language: LanguageRules = field(default_factory=LanguageRules)
+    eval_dedup: EvalDedupRules = field(default_factory=EvalDedupRules)
     output: OutputRules = field(default_factory=OutputRules)
 
     def to_dict(self) -> dict:
@@ -135,6 +143,8 @@ def load_config(preset: str = "align", overrides: list[str] | tuple[str, ...] = 
     config = PRESETS[preset]()
     for assignment in overrides:
         config.override(assignment)
+    if config.eval_dedup.mode not in ("none", "test", "train+test"):
+        raise ValueError(f"eval_dedup.mode must be none, test or train+test, not {config.eval_dedup.mode!r}")
     if config.text.too_long not in ("truncate", "reject"):
         raise ValueError(f"text.too_long must be 'truncate' or 'reject', not {config.text.too_long!r}")
     return config

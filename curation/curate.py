@@ -14,6 +14,12 @@ def curate(raw_dir: str | Path, out_dir: str | Path, config: CurationConfig, wor
            beam_args: list[str] | None = None) -> dict:
     """Curate the raw shards in ``raw_dir`` (an ingest output's ``shards/``) into ``out_dir``."""
     raw_dir, out_dir = Path(raw_dir).resolve(), Path(out_dir).resolve()
+    if config.eval_dedup.index and config.eval_dedup.mode != "none":
+        # fail before the run, not inside a worker: missing index, wrong hash settings
+        from dedup.index import EvalIndex
+        from dedup.phash import DEFAULT_SETTINGS
+
+        EvalIndex.load(config.eval_dedup.index, config.eval_dedup.mode).check_settings(DEFAULT_SETTINGS)
     started = time.perf_counter()
     run_pipeline(raw_dir, out_dir, config, workers, beam_args)
     pipeline_s = time.perf_counter() - started

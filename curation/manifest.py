@@ -21,6 +21,7 @@ from curation.config import CurationConfig
 from curation.pipeline import COUNTS_DIR
 from curation.provenance import code_revision, library_versions
 from curation.records import CurationReason
+from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS
 from curation.shards import list_shards
 
 
@@ -46,6 +47,15 @@ def _stage_counts(inputs: int, rejected_by_reason: dict[str, int]) -> dict:
     return stages
 
 
+def _eval_duplicates(rejected: pd.DataFrame) -> dict:
+    """{eval set: {split: pairs removed}} for the audit trail."""
+    dups = rejected[rejected["reason"] == CurationReason.EVAL_DUPLICATE.value]
+    out: dict = {}
+    for (set_name, split), n in dups.groupby(["eval_set", "eval_split"]).size().items():
+        out.setdefault(set_name, {})[split] = int(n)
+    return out
+
+
 def build_manifest(raw_dir: Path, out_dir: Path, config: CurationConfig) -> dict:
     counts_dir = out_dir / COUNTS_DIR
     inputs = json.loads((counts_dir / "inputs.json").read_text())
@@ -53,7 +63,7 @@ def build_manifest(raw_dir: Path, out_dir: Path, config: CurationConfig) -> dict
     shards = list_shards(out_dir / "shards")
     kept_frames = [pd.read_parquet(s.with_suffix(".parquet"), columns=["key", "lang"]) for s in shards]
     kept = pd.concat(kept_frames, ignore_index=True) if kept_frames else pd.DataFrame(columns=["key", "lang"])
-    rejected = pd.read_parquet(out_dir / "rejected.parquet", columns=["key", "reason", "lang"])
+    rejected = pd.read_parquet(out_dir / "rejected.parquet", columns=["key", "reason", "lang", "eval_set", "eval_split"])
     by_reason = {str(r): int(n) for r, n in sorted(Counter(rejected["reason"]).items())}
     total = len(kept) + len(rejected)
     if total != inputs:
@@ -79,6 +89,8 @@ def build_manifest(raw_dir: Path, out_dir: Path, config: CurationConfig) -> dict
             "kept": dict(sorted(Counter(kept["lang"].fillna("none")).items())),
             "rejected": {lang: {r: int(n) for r, n in row.items() if n} for lang, row in by_lang_reason.iterrows()},
         },
+        "hash_settings": HASH_SETTINGS.to_dict(),
+        "eval_duplicates": _eval_duplicates(rejected),
         "shards": [
             {"name": s.name, "samples": int(len(f)), "sha256": _sha256(s)} for s, f in zip(shards, kept_frames)
         ],

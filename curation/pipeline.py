@@ -7,7 +7,8 @@ Graph (every arrow a Beam transform; the heavy per-record work is one Map):
     valid, first copies ─► alt-texts per image (CombinePerKey) ────────────┤ side inputs
                         ─► images per alt-text (Distinct + Count) ─────────┤ (small)
                         ─► unigram/bigram document frequency → top K ──────┘
-    candidates + side inputs ─► decide ─► language (kept) ─► kept ─► shard index (sorted keys) ─► write shards
+    candidates + side inputs ─► decide ─► language (kept) ─► eval index match (kept) ─► kept
+    kept ─► shard index (sorted keys) ─► write shards
                                       └─► rejected ─► rejected.parquet
 
 Side inputs hold only what is *over* a threshold (or the top-K grams), which stays small
@@ -34,7 +35,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from curation.checks import Candidate, CorpusVerdicts, decide, examine, tag_language
 from curation.config import CurationConfig
-from curation.records import KEPT, PAIR_SCHEMA
+from curation.records import KEPT, PAIR_SCHEMA, REJECTED, CurationReason
 from curation.shards import list_shards, read_shard, write_shard
 
 COUNTS_DIR = "_counts"
@@ -48,6 +49,39 @@ def _read(path: str):
             yield name, index, raw
     except Exception as err:  # noqa: BLE001 - a corrupt tar must not crash the run
         raise RuntimeError(f"{path}: unreadable raw shard: {err}") from err
+
+
+class MatchEvalSets(beam.DoFn):
+    """Reject kept pairs whose pHash (or mirror) is within the radius of an eval image.
+
+    The eval index is loaded once per worker in ``setup`` from its folder rather than shipped
+    as a pickled side input: every worker reads the same files, and the search tables are
+    built where they are used.
+    """
+
+    def __init__(self, rules):
+        self.rules = rules
+        self.index = None
+
+    def setup(self):
+        if self.rules.index and self.rules.mode != "none":
+            from dedup.index import EvalIndex
+
+            self.index = EvalIndex.load(self.rules.index, self.rules.mode)
+
+    def process(self, item):
+        record, image = item
+        if self.index is not None and record["status"] == KEPT and record["phash"] is not None:
+            matches = self.index.match(record["phash"], self.rules.radius)
+            if matches:
+                from dedup.index import eval_duplicate_fields
+
+                best = min(matches)
+                record = {**record, **eval_duplicate_fields(matches), "status": REJECTED,
+                          "reason": CurationReason.EVAL_DUPLICATE.value,
+                          "detail": f"{best.signal} distance {best.distance} to {best.eval_set}/{best.split}/{best.eval_key}"
+                                    + (f" (+{len(matches) - 1} more)" if len(matches) > 1 else "")}
+        yield record, image
 
 
 def _duplicate_positions(key_positions):
@@ -180,7 +214,11 @@ def build(p: beam.Pipeline, raw_shards: list[str], out_dir: str, config: Curatio
         frequent_side,
         beam.pvalue.AsSingleton(valid_count),
     )
-    decided = decided | "Language" >> beam.MapTuple(lambda record, image: (tag_language(record, config), image))
+    decided = (
+        decided
+        | "Language" >> beam.MapTuple(lambda record, image: (tag_language(record, config), image))
+        | "Eval duplicates" >> beam.ParDo(MatchEvalSets(config.eval_dedup))
+    )
     kept = decided | "Kept" >> beam.Filter(lambda ri: ri[0]["status"] == KEPT)
     rejected = decided | "Rejected" >> beam.FlatMap(lambda ri: [ri[0]] if ri[0]["status"] != KEPT else [])
 
