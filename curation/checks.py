@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from curation.config import CurationConfig
 from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS, hash_image_bytes
 from curation.decode import ImageRejected, decode_image, encode_jpeg
-from curation.language import UNDETERMINED, tag
+from curation.language import UNDETERMINED, tag_many
 from curation.records import KEPT, REJECTED, CurationReason as R, empty_pair
 from curation.text import TextRejected, normalise, unigrams, unigrams_and_bigrams
 
@@ -127,24 +127,28 @@ def examine(raw: dict, shard: str, index: int, config: CurationConfig) -> Candid
     return candidate
 
 
-def tag_language(record: dict, config: CurationConfig) -> dict:
-    """Language of a decided record's caption; may reject a kept one as language_not_allowed.
+def tag_languages(records: list[dict], config: CurationConfig) -> list[dict]:
+    """Languages of decided records' captions (a batch); may reject kept ones as
+    language_not_allowed.
 
-    Runs after :func:`decide`, on kept records only unless ``language.tag_rejected``: at
-    2–5 ms per caption langdetect costs more than decoding and hashing together, and most
-    web pairs are rejected by cheaper rules first.
+    Runs after :func:`decide`, on kept records only unless ``language.tag_rejected``:
+    langdetect costs more than decoding and hashing together, and most web pairs are
+    rejected by cheaper rules first.
     """
     rules = config.language
-    if not rules.enabled or record["caption"] is None:
-        return record
-    if record["status"] != KEPT and not rules.tag_rejected:
-        return record
-    record = dict(record)
-    record["lang"], record["lang_prob"] = tag(record["caption"], rules.min_prob)
-    if record["status"] == KEPT and rules.allow and record["lang"] not in rules.allow:
-        record["status"], record["reason"] = REJECTED, R.LANGUAGE_NOT_ALLOWED.value
-        record["detail"] = f"language {record['lang']} not in {rules.allow}"
-    return record
+    if not rules.enabled:
+        return records
+    wanted = [i for i, r in enumerate(records)
+              if r["caption"] is not None and (r["status"] == KEPT or rules.tag_rejected)]
+    tags = tag_many([records[i]["caption"] for i in wanted], rules.min_prob)
+    out = list(records)
+    for i, (lang, prob) in zip(wanted, tags):
+        record = dict(records[i], lang=lang, lang_prob=prob)
+        if record["status"] == KEPT and rules.allow and lang not in rules.allow:
+            record["status"], record["reason"] = REJECTED, R.LANGUAGE_NOT_ALLOWED.value
+            record["detail"] = f"language {lang} not in {rules.allow}"
+        out[i] = record
+    return out
 
 
 @dataclass(frozen=True)
@@ -183,4 +187,4 @@ def decide(candidate: Candidate, verdicts: CorpusVerdicts) -> dict:
     return record
 
 
-__all__ = ["Candidate", "CorpusVerdicts", "RULE_ORDER", "STAGES", "STAGE_OF", "UNDETERMINED", "decide", "examine", "tag_language"]
+__all__ = ["Candidate", "CorpusVerdicts", "RULE_ORDER", "STAGES", "STAGE_OF", "UNDETERMINED", "decide", "examine", "tag_languages"]

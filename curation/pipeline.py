@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from curation.checks import Candidate, CorpusVerdicts, decide, examine, tag_language
+from curation.checks import Candidate, CorpusVerdicts, decide, examine, tag_languages
 from curation.config import CurationConfig
 from curation.records import KEPT, PAIR_SCHEMA, REJECTED, CurationReason
 from curation.shards import list_shards, read_shard, write_shard
@@ -82,6 +82,11 @@ class MatchEvalSets(beam.DoFn):
                           "detail": f"{best.signal} distance {best.distance} to {best.eval_set}/{best.split}/{best.eval_key}"
                                     + (f" (+{len(matches) - 1} more)" if len(matches) > 1 else "")}
         yield record, image
+
+
+def _tag_batch(batch, config):
+    records = tag_languages([record for record, _ in batch], config)
+    return [(record, image) for record, (_, image) in zip(records, batch)]
 
 
 def _duplicate_positions(key_positions):
@@ -216,7 +221,8 @@ def build(p: beam.Pipeline, raw_shards: list[str], out_dir: str, config: Curatio
     )
     decided = (
         decided
-        | "Language" >> beam.MapTuple(lambda record, image: (tag_language(record, config), image))
+        | "Batch for language" >> beam.BatchElements(min_batch_size=64, max_batch_size=2048)
+        | "Language" >> beam.FlatMap(_tag_batch, config)
         | "Eval duplicates" >> beam.ParDo(MatchEvalSets(config.eval_dedup))
     )
     kept = decided | "Kept" >> beam.Filter(lambda ri: ri[0]["status"] == KEPT)

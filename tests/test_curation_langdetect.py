@@ -1,0 +1,46 @@
+"""The batched engine gives langdetect's own answers, bit for bit, on real multilingual text."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from curation import language
+from curation.demo_data import udhr_texts
+from curation.langdetect_batch import detect_batch, factory
+
+
+def langdetect_answer(text: str):
+    detector = factory().create()
+    detector.append(text)
+    try:
+        best = detector.get_probabilities()
+    except Exception:  # noqa: BLE001 - langdetect raises when a text has no features
+        return None
+    return (best[0].lang, best[0].prob) if best else None
+
+
+def test_identical_to_langdetect_on_udhr_and_demo_captions(demo_data):
+    udhr = udhr_texts(demo_data.udhr_dir)
+    captions = pd.read_parquet(demo_data.catalogue)["caption"].drop_duplicates().sample(600, random_state=0).tolist()
+    texts = udhr["title"].tolist() + udhr["article1"].tolist() + captions + ["", "   ", "123 456", "http://x.y/z"]
+    expected = [langdetect_answer(t) for t in texts]
+    got = detect_batch(texts)
+    mismatches = [(t[:40], e, g) for t, e, g in zip(texts, expected, got) if e != g]
+    assert not mismatches, mismatches[:5]
+    assert len({e[0] for e in expected if e}) > 40  # many languages really exercised
+
+
+def test_order_and_batch_size_do_not_matter(demo_data):
+    texts = udhr_texts(demo_data.udhr_dir)["title"].tolist()[:120]
+    whole = detect_batch(texts)
+    assert detect_batch(texts[::-1]) == whole[::-1]
+    assert [detect_batch([t])[0] for t in texts[:20]] == whole[:20]
+
+
+def test_cache_and_undetermined():
+    language.clear_cache()
+    assert language.tag_many(["12345", "", "grinning face"], min_prob=0.5)[:2] == [("und", 0.0), ("und", 0.0)]
+    first = language.detect_many(["Ein Hund spielt im Garten mit einem Ball"])
+    assert first == language.detect_many(["Ein Hund spielt im Garten mit einem Ball"]) and first[0][0] == "de"
+    lang, prob = language.tag_many(["grinning face"], min_prob=1.01)[0]
+    assert lang == "und" and 0 < prob <= 1  # below min_prob: und, probability kept
