@@ -164,8 +164,12 @@ class _Encode(torch.nn.Module):
         return self.encode(x)
 
 
-def train(config: TrainConfig) -> dict:
-    """Train to ``config.steps``, resuming from ``out/checkpoint.pt`` when it exists."""
+def train(config: TrainConfig, on_step=None) -> dict:
+    """Train to ``config.steps``, resuming from ``out/checkpoint.pt`` when it exists.
+
+    ``on_step(step, row)``, if given, is called after each step's metrics, before any
+    checkpoint (progress reporting, or a benchmark reading memory at a chosen step).
+    """
     start = time.time()
     device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     info = D.init_from_env(device)
@@ -227,6 +231,8 @@ def train(config: TrainConfig) -> dict:
                            "global_batch": int(out_loss["global_batch"]),
                            "pairs_per_s": config.batch_size / max(now - tick, 1e-9), "time": now - start})
         tick = now
+        if on_step is not None:
+            on_step(step, {"loss": loss, "lr": lr, "grad_norm": float(grad_norm)})
         stopping = config.stop_after is not None and step - result["start_step"] >= config.stop_after
         if step % config.checkpoint_every == 0 or step == config.steps or stopping:
             if info.main:
