@@ -42,7 +42,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dedup.embedding import calibrate_threshold, embed_all  # noqa: E402
+from dedup.embedding import calibrate_threshold, embed_all, tower_embedder  # noqa: E402
 from dedup.phash import DEFAULT_SETTINGS, hash_image_bytes  # noqa: E402
 
 
@@ -148,21 +148,6 @@ def originals(clipart: int, emoji: int) -> list[tuple[str, Image.Image]]:
     return out
 
 
-def tower_embed(name: str):
-    import torch
-
-    from training.image_towers import build_image_tower
-
-    tower = build_image_tower(name)
-
-    def embed(images):
-        batch = torch.from_numpy(np.stack([tower.preprocess(im) for im in images]))
-        with torch.no_grad():
-            return tower.encode(batch).numpy()
-
-    return embed
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clipart", type=int, default=120)
@@ -183,7 +168,7 @@ def main() -> None:
           f"{sum(n.startswith('emoji') for n in names)} emoji, {sum(n.startswith('skimage') for n in names)} photos), "
           f"{len(EDITS)} edits, radius {args.radius}", flush=True)
 
-    embed = None if args.tower == "none" else tower_embed(args.tower)
+    embed = None if args.tower == "none" else tower_embedder(args.tower)
     if embed:
         t = time.perf_counter()
         eval_vec = embed_all(embed, [Image.open(io.BytesIO(b)) for b in eval_blobs])

@@ -24,6 +24,8 @@ Embed = Callable[[Sequence], np.ndarray]
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, np.float32)
+    if vectors.ndim == 2 and len(vectors) == 0:
+        return vectors
     if vectors.ndim != 2:
         raise ValueError(f"embeddings must be 2-D (N x D), got shape {vectors.shape}")
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -94,3 +96,64 @@ def calibrate_threshold(negative_cosines: np.ndarray, max_false_positive_rate: f
     allowed = int(np.floor(max_false_positive_rate * len(negatives)))
     # threshold just above the (allowed+1)-th largest negative
     return float(np.nextafter(negatives[len(negatives) - allowed - 1], np.inf))
+
+
+# ---- the real locked tower (training/), imported only when used -------------------------------
+
+
+def tower_embedder(name: str = "efficientnet-lite0") -> Embed:
+    """``embed(images)`` with training's image tower ``name`` and its own preprocessing."""
+    import torch
+
+    from training.image_towers import build_image_tower
+
+    tower = build_image_tower(name)
+
+    def embed(images):
+        batch = torch.from_numpy(np.stack([tower.preprocess(image) for image in images]))
+        with torch.no_grad():
+            return tower.encode(batch).float().numpy()
+
+    embed.tower = tower  # type: ignore[attr-defined]
+    return embed
+
+
+def eval_embedding_index(embed: Embed, index_dir, mode: str = "train+test", batch: int = 64) -> EmbeddingIndex:
+    """Embed every readable eval image of an eval index (``litflow dedup index`` output)."""
+    import io
+    import json
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from dedup.evalsets import read_ref
+
+    manifest = json.loads((Path(index_dir) / "index.json").read_text())
+    sets, splits, keys, images = [], [], [], []
+    for set_name, info in sorted(manifest["sets"].items()):
+        for split, split_info in sorted(info["splits"].items()):
+            if mode == "none" or (mode == "test" and split_info["role"] != "test"):
+                continue
+            table = pq.read_table(Path(index_dir) / split_info["file"], columns=["key", "ref", "error"]).to_pylist()
+            for row in table:
+                if row["error"] is None:
+                    sets.append(set_name)
+                    splits.append(split)
+                    keys.append(row["key"])
+                    images.append(Image.open(io.BytesIO(read_ref(row["ref"]))))
+    return EmbeddingIndex(embed_all(embed, images, batch), sets, splits, keys)
+
+
+def flag_cached_corpus(cache, shards, index: EmbeddingIndex, threshold: float):
+    """Flags for every curated shard from training's embedding cache (no image is re-embedded).
+
+    ``cache`` is a ``training.embed_cache.EmbeddingCache``; returns one frame (with ``shard``)
+    for ``eval_flags.parquet``, which training reads to skip those keys.
+    """
+    frames = []
+    for shard in shards:
+        vectors, keys = cache.load(shard)
+        frame = flag_duplicates(keys, np.asarray(vectors, np.float32), index, threshold)
+        frames.append(frame.assign(shard=str(shard)))
+    return pd.concat(frames, ignore_index=True) if frames else flag_duplicates([], np.zeros((0, index.vectors.shape[1])), index, threshold)

@@ -17,6 +17,12 @@ probe of every query of a batch is one vectorised numpy gather, which is what ma
 
 ``m`` is chosen per radius from a cost model fed with the real bucket sizes (expected
 candidates per probe = sum(count^2)/N, which accounts for clustered real pHashes).
+
+Bits are interleaved before cutting (substring i holds bits i, i+m, i+2m, ...): Hamming
+distance does not change under a fixed bit permutation, but pHash bits are row-major DCT
+signs whose first rows are strongly correlated, so contiguous substrings made very uneven
+buckets on real pHashes (largest bucket 1,784 and sum(c^2)/N = 26 for the top 22 bits of
+1.2 M real hashes, vs 89 and 2.7 interleaved; measured 4x more lookups/s at radius 4).
 """
 
 from __future__ import annotations
@@ -70,6 +76,18 @@ def _layout(m: int) -> list[tuple[int, int]]:
     return out
 
 
+def _interleave(m: int) -> np.ndarray:
+    """Bit permutation (MSB-first positions) putting bits i, i+m, i+2m, ... side by side."""
+    return np.concatenate([np.arange(i, 64, m) for i in range(m)])
+
+
+def permute_bits(hashes: np.ndarray, permutation: np.ndarray) -> np.ndarray:
+    """Apply a bit permutation to uint64 hashes (bit k of the result = bit permutation[k])."""
+    bits = np.unpackbits(np.asarray(hashes, np.uint64).astype(">u8").view(np.uint8).reshape(-1, 8), axis=1)
+    packed = np.ascontiguousarray(np.packbits(bits[:, permutation], axis=1))
+    return packed.view(">u8").reshape(-1).astype(np.uint64)
+
+
 def _radii(m: int, radius: int) -> list[int]:
     """Per-substring search radius from the pigeonhole rule (-1 = table not needed)."""
     s, a = divmod(radius, m)
@@ -111,6 +129,7 @@ class HammingIndex:
         self.hashes = np.ascontiguousarray(np.asarray(hashes, np.uint64))
         self.max_table_bits = max_table_bits
         self._tables: dict[int, list[_Table]] = {}
+        self._permutations: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -125,7 +144,9 @@ class HammingIndex:
         if m not in self._tables:
             if _layout(m)[0][1] > 24:
                 raise ValueError(f"{m} substrings of 64 bits need {_layout(m)[0][1]}-bit tables; at most 24")
-            self._tables[m] = [_Table(self.hashes, shift, bits) for shift, bits in _layout(m)]
+            self._permutations[m] = _interleave(m)
+            permuted = permute_bits(self.hashes, self._permutations[m])
+            self._tables[m] = [_Table(permuted, shift, bits) for shift, bits in _layout(m)]
         return self._tables[m]
 
     def _candidate_ms(self) -> list[int]:
@@ -161,20 +182,22 @@ class HammingIndex:
         radii = _radii(m, radius)
         probes_per_query = sum(len(_flip_masks(t.bits, r)) for t, r in zip(tables, radii) if r >= 0)
         step = max(1, batch_probes // probes_per_query)
-        parts = [self._search_batch(queries[i:i + step], i, radius, tables, radii)
+        perm = self._permutations[m]
+        parts = [self._search_batch(queries[i:i + step], permute_bits(queries[i:i + step], perm), i, radius, tables, radii)
                  for i in range(0, len(queries), step)]
         q = np.concatenate([p[0] for p in parts])
         d = np.concatenate([p[1] for p in parts])
         dist = np.concatenate([p[2] for p in parts])
         return q, d, dist
 
-    def _search_batch(self, queries, first, radius, tables, radii):
+    def _search_batch(self, queries, permuted, first, radius, tables, radii):
+        """``permuted``: the queries with the tables' bit permutation (tables hold permuted hashes)."""
         found_q, found_d = [], []
         for table, r in zip(tables, radii):
             if r < 0:
                 continue
             masks = _flip_masks(table.bits, r)
-            probes = (table.substrings(queries)[:, None] ^ masks[None, :]).reshape(-1)
+            probes = (table.substrings(permuted)[:, None] ^ masks[None, :]).reshape(-1)
             sizes = table.count8[probes]
             hit = np.flatnonzero(sizes)
             if len(hit) == 0:
@@ -188,7 +211,7 @@ class HammingIndex:
             # positions start..start+count-1 of every non-empty bucket, flattened
             positions = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
             qidx = np.repeat(hit // len(masks), counts)
-            keep = np.flatnonzero(np.bitwise_count(table.sorted_hashes[positions] ^ queries[qidx]) <= radius)
+            keep = np.flatnonzero(np.bitwise_count(table.sorted_hashes[positions] ^ permuted[qidx]) <= radius)
             found_q.append(qidx[keep])
             found_d.append(table.ids[positions[keep]])
         if not found_q:
