@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 
 from curation.config import CurationConfig
-from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS, hash_image_bytes
+from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS, hash_image_bytes, phash64
 from curation.decode import ImageRejected, decode_image, encode_jpeg
 from curation.language import UNDETERMINED, tag_many
 from curation.records import KEPT, REJECTED, CurationReason as R, empty_pair
@@ -81,7 +81,7 @@ def examine(raw: dict, shard: str, index: int, config: CurationConfig) -> Candid
     data = _image_bytes(raw)
 
     try:
-        decoded = decode_image(data, config.decode.max_pixels)
+        decoded = decode_image(data, config.decode.max_pixels, draft=HASH_SETTINGS.jpeg_draft)
     except ImageRejected as err:
         candidate.failures[err.reason] = err.detail
         decoded = None
@@ -96,16 +96,21 @@ def examine(raw: dict, shard: str, index: int, config: CurationConfig) -> Candid
 
     if decoded is not None:
         image = decoded.image
-        record["width"], record["height"] = image.size
-        record["original_width"] = int(meta.get("original_width") or image.size[0])
-        record["original_height"] = int(meta.get("original_height") or image.size[1])
+        record["width"], record["height"] = decoded.size
+        record["original_width"] = int(meta.get("original_width") or decoded.size[0])
+        record["original_height"] = int(meta.get("original_height") or decoded.size[1])
         # img2dataset hashes the bytes it downloaded; the same picture re-encoded elsewhere
         # would differ, which is what ALIGN's "same image" meant too (content hash)
         record["sha256"] = meta.get("sha256") or hashlib.sha256(data).hexdigest()
-        candidate.image = encode_jpeg(image, config.decode.jpeg_quality) if decoded.converted else data
-        # hashed from the bytes that are written, with the settings the eval index uses, so a
-        # later `litflow dedup report` over the curated shards computes the very same values
-        record["phash"] = hash_image_bytes(candidate.image, HASH_SETTINGS)[0]
+        # hashed as the bytes that are written would be, with the eval index's settings, so a
+        # later `litflow dedup report` over the curated shards computes the very same values:
+        # a kept-as-is JPEG was decoded exactly as dedup.phash.open_for_hash decodes it
+        if decoded.converted:
+            candidate.image = encode_jpeg(image, config.decode.jpeg_quality)
+            record["phash"] = hash_image_bytes(candidate.image, HASH_SETTINGS)[0]
+        else:
+            candidate.image = data
+            record["phash"] = phash64(image) if decoded.reduced else hash_image_bytes(data, HASH_SETTINGS)[0]
         short, long = sorted((record["original_width"], record["original_height"]))
         rules = config.image
         if rules.min_side_enabled and short <= rules.min_side:

@@ -24,10 +24,12 @@ class ImageRejected(ValueError):
 
 @dataclass
 class DecodedImage:
-    image: Image.Image      # mode RGB or L, first frame
+    image: Image.Image      # mode RGB or L, first frame (reduced in size when ``reduced``)
+    size: tuple[int, int]   # the image's real size (from its header)
     format: str | None      # what the bytes were: JPEG, PNG, ...
     source_mode: str
     converted: bool         # True when the output must be re-encoded (not plain JPEG RGB/L)
+    reduced: bool = False   # decoded at a JPEG DCT scale (``draft``), not full size
 
 
 def _flatten_alpha(image: Image.Image) -> Image.Image:
@@ -53,7 +55,11 @@ def _plain(image: Image.Image) -> Image.Image:
     raise ImageRejected("unsupported_image", f"image mode {mode} is not supported")
 
 
-def decode_image(data: bytes | None, max_pixels: int) -> DecodedImage:
+def decode_image(data: bytes | None, max_pixels: int, draft: int | None = None) -> DecodedImage:
+    """Decode and check an image. With ``draft``, a plain JPEG (RGB or L) that will be kept
+    as it is is decoded at the smallest DCT scale whose sides stay >= ``draft`` — the same
+    reduced decode the pHash settings use, and still a read of every entropy-coded byte, so
+    truncation is still caught — instead of at full size."""
     if data is None:
         raise ImageRejected("missing_image", "no image in the sample")
     if not data:
@@ -73,7 +79,10 @@ def decode_image(data: bytes | None, max_pixels: int) -> DecodedImage:
             raise ImageRejected("image_too_large", f"{width}x{height} pixels > limit {max_pixels}")
         source_format, source_mode = image.format, image.mode
         animated = getattr(image, "n_frames", 1) > 1
+        reduced = bool(draft) and source_format == "JPEG" and source_mode in ("RGB", "L") and not animated
         try:
+            if reduced:
+                image.draft(source_mode, (draft, draft))
             image.seek(0)
             image.load()
             plain = _plain(image)
@@ -82,7 +91,7 @@ def decode_image(data: bytes | None, max_pixels: int) -> DecodedImage:
         except Exception as err:  # noqa: BLE001
             raise ImageRejected("decode_error", f"{type(err).__name__}: {err}"[:200]) from None
     converted = animated or source_format != "JPEG" or plain is not image
-    return DecodedImage(plain, source_format, source_mode, converted)
+    return DecodedImage(plain, (width, height), source_format, source_mode, converted, reduced)
 
 
 def encode_jpeg(image: Image.Image, quality: int) -> bytes:

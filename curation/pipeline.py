@@ -162,10 +162,10 @@ def build(p: beam.Pipeline, raw_shards: list[str], out_dir: str, config: Curatio
         | "Later copies" >> beam.FlatMap(_duplicate_positions)
     )
     duplicate_set = beam.pvalue.AsList(duplicates)
+    duplicate_lookup = beam.pvalue.AsSingleton(duplicates | "Duplicate set" >> beam.combiners.ToSet())
     valid = candidates | "Valid first copies" >> beam.Filter(
-        lambda c, dups: c.valid and c.position not in set(dups), duplicate_set
+        lambda c, dups: c.valid and c.position not in dups, duplicate_lookup
     )
-    # (fine at demo scale: set(dups) per element is small; at scale use AsDict)
 
     rules_i, rules_t = config.image, config.text
     too_many_texts = (
@@ -197,8 +197,8 @@ def build(p: beam.Pipeline, raw_shards: list[str], out_dir: str, config: Curatio
     else:
         frequent_side = beam.pvalue.AsSingleton(p | "No gram rule" >> beam.Create([None]))
 
-    def _decide(candidate: Candidate, dups, images, texts, grams, n_valid):
-        verdicts = CorpusVerdicts(
+    def _verdicts(n_valid, dups, images, texts, grams) -> CorpusVerdicts:
+        return CorpusVerdicts(
             duplicate_positions=frozenset(dups),
             images_with_too_many_texts=dict(images),
             texts_too_common=dict(texts),
@@ -209,18 +209,14 @@ def build(p: beam.Pipeline, raw_shards: list[str], out_dir: str, config: Curatio
                 "rare_tokens_k": config.rare_tokens_k(n_valid),
             },
         )
-        return decide(candidate, verdicts), candidate.image
 
-    decided = candidates | "Decide" >> beam.Map(
-        _decide,
-        duplicate_set,
-        beam.pvalue.AsList(too_many_texts),
-        beam.pvalue.AsList(too_common),
-        frequent_side,
-        beam.pvalue.AsSingleton(valid_count),
+    # one small object, built once and broadcast, instead of rebuilt for every element
+    verdicts = valid_count | "Corpus verdicts" >> beam.Map(
+        _verdicts, duplicate_set, beam.pvalue.AsList(too_many_texts), beam.pvalue.AsList(too_common), frequent_side
     )
     decided = (
-        decided
+        candidates
+        | "Decide" >> beam.Map(lambda c, v: (decide(c, v), c.image), beam.pvalue.AsSingleton(verdicts))
         | "Batch for language" >> beam.BatchElements(min_batch_size=64, max_batch_size=2048)
         | "Language" >> beam.FlatMap(_tag_batch, config)
         | "Eval duplicates" >> beam.ParDo(MatchEvalSets(config.eval_dedup))
