@@ -54,6 +54,10 @@ WORKER = textwrap.dedent('''
         spec = json.loads(sys.argv[1])
         for name, config in spec["configs"].items():
             gradients(TrainConfig(**config), spec["tokenizer"], spec["global_batch"], f"{spec['out']}/{name}")
+        # leave the process group cleanly: exiting with gloo threads alive can abort (SIGABRT)
+        if torch.distributed.is_initialized():
+            D.barrier()
+            torch.distributed.destroy_process_group()
 ''')
 
 
