@@ -18,11 +18,14 @@ LOOPBACK = "127.0.0.1"
 
 
 def ingest_demo(out_dir: str | Path, per_source: int | None = 200, config: IngestConfig | None = None,
-                cache: str | Path | None = None) -> dict:
-    """Ingest ``per_source`` images of each demo source (None: all ~10,000) into ``out_dir``."""
+                cache: str | Path | None = None, port: int = 0) -> dict:
+    """Ingest ``per_source`` images of each demo source (None: all ~10,000) into ``out_dir``.
+
+    ``port`` 0 takes a free port; a fixed port keeps the URLs (recorded in every sample) the
+    same from run to run, which a resumed run needs to reproduce an uninterrupted one."""
     out_dir = Path(out_dir)
     data = fetch_all(cache)
     config = replace(config or IngestConfig(), allow=tuple({*(config.allow if config else ()), LOOPBACK}))
-    with serve_folder(data.cache, host=LOOPBACK) as base_url:
+    with serve_folder(data.cache, host=LOOPBACK, port=port) as base_url:
         url_list = write_url_list(data.catalogue, base_url, out_dir / "demo_urls.parquet", per_source)
         return ingest(url_list, out_dir, config)

@@ -30,7 +30,11 @@ def serve_folder(root: str | Path, host: str = "127.0.0.1", port: int = 0):
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: folder to serve does not exist")
     handler = functools.partial(_QuietHandler, directory=str(root))
-    server = _Server((host, port), handler)
+    try:
+        server = _Server((host, port), handler)
+    except OSError as err:
+        raise RuntimeError(f"cannot serve {root} on {host}:{port}: {err.strerror or err} "
+                           f"(is another demo or program using that port?)") from err
     thread = threading.Thread(target=server.serve_forever, name="litflow-file-server", daemon=True)
     thread.start()
     try:

@@ -1,11 +1,14 @@
 """Prefect flow ``build-corpus``: URL list → raw shards → eval index → curated shards (eval
 duplicates removed) → de-duplication audit report.
 
-Flows only orchestrate: every step is one call into ``curation`` or ``dedup``.
+Flows only orchestrate: every step is one call into ``curation`` or ``dedup``, wrapped in a
+resumable stage (:mod:`flows.resume`): a re-run after a crash skips the stages whose outputs
+are complete and unchanged.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -17,37 +20,73 @@ from curation.curate import curate
 from curation.demo import ingest_demo
 from curation.ingest import IngestConfig, ingest
 from curation.paths import default_work_dir
+from flows.progress import FlowProgress
+from flows.resume import Stage
 from flows.summaries import corpus_markdown, ingest_markdown
 
 
+def _log(message: str) -> None:
+    get_run_logger().info(message)
+
+
 @task(name="ingest", cache_policy=NO_CACHE)
-def ingest_task(url_list: str | None, out_dir: str, config: IngestConfig, demo_per_source: int | None) -> dict:
-    if url_list is None:
-        return ingest_demo(out_dir, demo_per_source, config)
-    return ingest(url_list, out_dir, config)
+def ingest_task(run_dir: str, url_list: str | None, config: IngestConfig, demo_per_source: int | None,
+                demo_port: int) -> dict:
+    out = Path(run_dir) / "ingest"
+    stage = Stage(Path(run_dir), "ingest", out, {"url_list": url_list, "demo_per_source": demo_per_source,
+                                                 "demo_port": demo_port, "config": asdict(config)}, {})
+
+    def work() -> dict:
+        if url_list is None:
+            report = ingest_demo(out, demo_per_source, config, port=demo_port)
+        else:
+            report = ingest(url_list, out, config)
+        return {k: report[k] for k in ("rows_in", "downloaded", "failed", "output")}
+
+    return stage.run(work, _log)
 
 
 @task(name="eval-index", cache_policy=NO_CACHE)
-def index_task(eval_sets: list[str] | None, out_dir: str) -> dict:
+def index_task(run_dir: str, eval_sets: list[str] | None) -> dict:
     from dedup import evalsets
     from dedup.index import build_index
 
-    report = build_index([evalsets.get(n) for n in (eval_sets or evalsets.names())], out_dir)
-    return {"path": str(report.path), "reindexed": report.reindexed, "reused": report.reused,
-            "unreadable": {k: len(v) for k, v in report.unreadable.items()}}
+    out = Path(run_dir) / "evalindex"
+    names = eval_sets or evalsets.names()
+    stage = Stage(Path(run_dir), "eval-index", out, {"eval_sets": names}, {})
+
+    def work() -> dict:
+        # content-versioned: an unchanged eval set is not re-hashed even when this stage re-runs
+        report = build_index([evalsets.get(n) for n in names], out)
+        return {"path": str(report.path), "sets": names,
+                "unreadable": {k: len(v) for k, v in report.unreadable.items()}}
+
+    return stage.run(work, _log)
 
 
 @task(name="curate", cache_policy=NO_CACHE)
-def curate_task(raw_dir: str, out_dir: str, preset: str, overrides: list[str], workers: int,
-                beam_args: list[str]) -> dict:
-    return curate(raw_dir, out_dir, load_config(preset, overrides), workers=workers, beam_args=beam_args)
+def curate_task(run_dir: str, preset: str, overrides: list[str], workers: int, beam_args: list[str],
+                upstream: dict) -> dict:
+    out = Path(run_dir) / "curated"
+    config = load_config(preset, overrides)
+    stage = Stage(Path(run_dir), "curate", out, {"config": config.to_dict(), "beam_args": beam_args}, upstream)
+
+    def work() -> dict:
+        manifest = curate(Path(run_dir) / "ingest" / "shards", out, config, workers=workers, beam_args=beam_args)
+        return {k: manifest[k] for k in ("inputs", "kept", "rejected", "accounting", "stages", "languages",
+                                         "eval_duplicates", "preset")}
+
+    return stage.run(work, _log)
 
 
 @task(name="dedup-report", cache_policy=NO_CACHE)
-def report_task(corpus_dir: str, index_dir: str, out_dir: str, radius: int, mode: str) -> dict:
+def report_task(run_dir: str, corpus_dir: str, index_dir: str, out_dir: str, radius: int, mode: str,
+                upstream: dict) -> dict:
     from dedup.report import build_report
 
-    return build_report(corpus_dir, index_dir, out_dir, radius=radius, mode=mode)
+    out = Path(out_dir)
+    stage = Stage(Path(run_dir), "dedup-report", out, {"corpus": corpus_dir, "radius": radius, "mode": mode}, upstream)
+    return stage.run(lambda: build_report(corpus_dir, index_dir, out, radius=radius, mode=mode), _log)
 
 
 @flow(name="build-corpus", log_prints=True)
@@ -55,6 +94,7 @@ def build_corpus(
     url_list: str | None = None,
     output: str | None = None,
     demo_per_source: int | None = 200,
+    demo_port: int = 8765,
     distributor: str = "multiprocessing",
     spark_master: str | None = None,
     processes: int | None = None,
@@ -69,33 +109,41 @@ def build_corpus(
     curate_workers: int = 2,
     beam_args: list[str] | None = None,
 ) -> dict:
-    """Build a curated corpus from ``url_list``; without one, from the real demo data served on loopback."""
-    logger = get_run_logger()
+    """Build a curated corpus from ``url_list``; without one, from the real demo data served on
+    127.0.0.1:``demo_port`` (a fixed port keeps the URLs, and so the outputs, identical across runs)."""
     out = Path(output) if output else default_work_dir() / "demo"
+    run_dir = str(out)
+    progress = FlowProgress(["ingest", "eval-index", "curate", "dedup-report"], key="build-corpus-progress")
     config = IngestConfig(
         distributor=distributor, spark_master=spark_master, samples_per_shard=samples_per_shard,
         image_size=image_size, allow=tuple(allow or ()), **({"processes": processes} if processes else {}),
     )
-    ingested = ingest_task(url_list, str(out / "ingest"), config, demo_per_source)
+    ingested = ingest_task(run_dir, url_list, config, demo_per_source, demo_port)
+    progress.advance("ingest")
     create_markdown_artifact(markdown=ingest_markdown(ingested), key="build-corpus-ingest", description="ingestion")
 
-    index = index_task(eval_sets, str(out / "evalindex"))
+    index = index_task(run_dir, eval_sets)
+    progress.advance("eval-index")
     rules = [*(overrides or []), f'eval_dedup.index="{index["path"]}"', f'eval_dedup.mode="{dedup_mode}"',
              f"eval_dedup.radius={dedup_radius}"]
-    manifest = curate_task(str(out / "ingest" / "shards"), str(out / "curated"), preset, rules,
-                           curate_workers, list(beam_args or []))
+    manifest = curate_task(run_dir, preset, rules, curate_workers, list(beam_args or []),
+                           {"ingest": ingested["digest"], "eval-index": index["digest"]})
+    progress.advance("curate")
     # the audit looks at the corpus *before* removal (the raw shards), so it shows every match
-    report = report_task(str(out / "ingest" / "shards"), index["path"], str(out / "dedup-report"),
-                         dedup_radius, dedup_mode)
+    report = report_task(run_dir, str(out / "ingest" / "shards"), index["path"], str(out / "dedup-report"),
+                         dedup_radius, dedup_mode, {"ingest": ingested["digest"], "eval-index": index["digest"]})
+    progress.advance("dedup-report")
     create_markdown_artifact(markdown=corpus_markdown(manifest, report), key="build-corpus-summary",
                              description="curation and de-duplication")
     html = (out / "dedup-report" / "report.html").resolve()
     create_link_artifact(key="build-corpus-dedup-report", link=html.as_uri(), link_text="de-duplication audit report")
-    logger.info("corpus at %s: %d of %d pairs kept", out / "curated", manifest["kept"], manifest["inputs"])
+    get_run_logger().info("corpus at %s: %d of %d pairs kept", out / "curated", manifest["kept"], manifest["inputs"])
     return {
         "output": str(out),
         "curated": str(out / "curated"),
         "report_html": str(html),
         "ingest": {k: ingested[k] for k in ("rows_in", "downloaded", "failed")},
         "curation": {k: manifest[k] for k in ("inputs", "kept", "rejected")},
+        "skipped": [name for name, r in (("ingest", ingested), ("eval-index", index), ("curate", manifest),
+                                         ("dedup-report", report)) if r.get("skipped")],
     }

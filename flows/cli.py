@@ -65,7 +65,13 @@ def _demo_data_serve(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from flows.serve import serve_all
 
-    serve_all()
+    intervals = {}
+    for item in args.interval:
+        name, sep, seconds = item.partition("=")
+        if not sep:
+            raise ValueError(f"--interval {item!r}: expected NAME=SECONDS, e.g. dedup-report/audit=30")
+        intervals[name] = float(seconds)
+    serve_all(intervals)
     return 0
 
 
@@ -115,7 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_demo_data_serve)
 
     sv = sub.add_parser("serve", help="serve the Prefect deployments (build-corpus/demo, ...) until stopped",
-                        description="Register and serve litflow's Prefect deployments against PREFECT_API_URL.")
+                        description="Register and serve litflow's Prefect deployments against PREFECT_API_URL: "
+                        "build-corpus/demo, retrain-lit/nightly (cron 03:00 UTC), dedup-report/audit; at most 4 "
+                        "runs at once (SQLite).")
+    sv.add_argument("--interval", action="append", default=[], metavar="NAME=SECONDS",
+                    help="replace a deployment's schedule with an interval, e.g. retrain-lit/nightly=3600 (repeatable)")
     sv.set_defaults(func=_serve)
     _add_library_commands(sub)
     return parser

@@ -37,5 +37,5 @@ def corpus_markdown(manifest: dict, report: dict | None = None) -> str:
 def _short(report: dict) -> str:
     import json
 
-    keep = {k: report[k] for k in report if k in ("radius", "mode", "matches", "sets", "corpus_pairs")}
+    keep = {k: report[k] for k in report if k in ("radius", "mode", "corpus", "eval_sets", "corpus_duplicates")}
     return json.dumps(keep or report, indent=1, default=str)[:3000]

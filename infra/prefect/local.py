@@ -48,6 +48,7 @@ class LocalPrefect:
     home: Path = PROJECT_ROOT / ".prefect"
     host: str = "127.0.0.1"
     port: int = 4200
+    extra_env: dict | None = None   # e.g. LITFLOW_WORK for tests, scheduler loop settings
 
     @property
     def api_url(self) -> str:
@@ -64,6 +65,7 @@ class LocalPrefect:
             "DO_NOT_TRACK": "1",
             "NO_ALBUMENTATIONS_UPDATE": "1",
             "PYTHONUNBUFFERED": "1",
+            **(self.extra_env or {}),
         }
 
     # -- processes --------------------------------------------------------------------------
@@ -123,10 +125,11 @@ class LocalPrefect:
         except (OSError, urllib.error.URLError):
             return False
 
-    def start_serve(self, expect: str = "build-corpus/demo", timeout_s: float = 120) -> None:
+    def start_serve(self, expect: str = "build-corpus/demo", timeout_s: float = 120,
+                    serve_args: list[str] | None = None) -> None:
         if (pid := self._running("serve")) is not None:
             raise StackError(f"a litflow serve process is already running here (pid {pid}); `make stop` first")
-        proc = self._spawn("serve", [str(BIN / "litflow"), "serve"])
+        proc = self._spawn("serve", [str(BIN / "litflow"), "serve", *(serve_args or [])])
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -166,6 +169,29 @@ class LocalPrefect:
         return stopped
 
 
+def _demo(stack: LocalPrefect) -> int:
+    """build-corpus/demo, then retrain-lit/nightly on its corpus; print where everything is."""
+    out = default_work_dir() / "demo"
+    code = stack.run_deployment("build-corpus/demo")
+    if code != 0:
+        print(f"build-corpus/demo failed (exit {code}); logs: {stack.state_dir}", file=sys.stderr)
+        return code
+    print(f"\ncorpus:       {out / 'curated'}  (manifest {out / 'curated' / 'corpus.json'})\n"
+          f"audit report: {out / 'dedup-report' / 'report.html'}", flush=True)
+    code = stack.run_deployment("retrain-lit/nightly", {"corpus": str(out / "curated")})
+    if code != 0:
+        print(f"retrain-lit/nightly failed (exit {code}); logs: {stack.state_dir}", file=sys.stderr)
+        return code
+    models = default_work_dir() / "models"
+    latest = models / "latest.json"
+    if latest.exists():
+        run = json.loads(latest.read_text())["run"]
+        print(f"metrics:      {Path(run) / 'eval' / 'metrics.json'}  (summary {Path(run) / 'eval' / 'summary.md'})")
+    print(f"models:       {models}  (latest.json, history.jsonl)\nUI:           http://{stack.host}:{stack.port}"
+          f"   stop with: make stop")
+    return 0
+
+
 def _from_env() -> LocalPrefect:
     return LocalPrefect(port=int(os.environ.get("LITFLOW_PREFECT_PORT", "4200")))
 
@@ -186,14 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.start_serve()
         print(f"UI: http://{stack.host}:{stack.port}   stop with: make stop", flush=True)
         if args.action == "demo":
-            code = stack.run_deployment("build-corpus/demo")
-            out = default_work_dir() / "demo"
-            if code == 0:
-                print(f"\nbuild-corpus/demo finished. Raw shards: {out / 'ingest' / 'shards'}\n"
-                      f"report: {out / 'ingest' / 'ingest.json'}  rejections: {out / 'ingest' / 'rejected.parquet'}")
-            else:
-                print(f"build-corpus/demo failed (exit {code}); logs: {stack.state_dir}", file=sys.stderr)
-            return code
+            return _demo(stack)
     except StackError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,0 +1,155 @@
+"""Prefect flow ``retrain-lit``: embed the newest corpus once (locked tower) → train the text
+tower → evaluate zero-shot → publish as ``latest`` only when not worse (history kept).
+
+Orchestration only: ``training`` holds the logic. The training run's folder is named after
+the corpus it reads and the training config, so a re-run of the same job resumes (or finds
+finished) the same run instead of starting over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from curation.paths import PROJECT_ROOT, default_work_dir
+from flows.progress import FlowProgress
+
+
+def newest_corpus(work_dir: Path) -> Path:
+    """The most recently completed curated corpus under ``work_dir`` (by its corpus.json)."""
+    manifests = sorted(work_dir.glob("**/curated/corpus.json"), key=lambda p: p.stat().st_mtime)
+    if not manifests:
+        raise FileNotFoundError(f"no curated corpus (curated/corpus.json) under {work_dir}: run build-corpus first")
+    return manifests[-1].parent
+
+
+def _corpus_digest(corpus: Path) -> str:
+    manifest = json.loads((corpus / "corpus.json").read_text())
+    return hashlib.sha256(json.dumps([s["sha256"] for s in manifest["shards"]]).encode()).hexdigest()
+
+
+@task(name="embed", cache_policy=NO_CACHE)
+def embed_task(corpus: str, cache: str, image_tower: str) -> dict:
+    from training.embed_cache import embed_shards
+    from training.image_towers import build_image_tower
+    from training.shard_inputs import resolve_shards
+
+    # resumable per shard by itself: done shards are skipped, a changed shard is an error
+    report = embed_shards(build_image_tower(image_tower), resolve_shards([corpus]), cache)
+    return {k: report[k] for k in ("dir", "embedded", "skipped", "images")}
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(config_fields: dict, launcher: dict) -> dict:
+    from training.train import TrainConfig, train
+
+    logger = get_run_logger()
+    if launcher.get("nnodes", 1) > 1 or launcher.get("nproc", 1) > 1:
+        return _torchrun(config_fields, launcher)
+    steps = config_fields["steps"]
+    artifact = create_progress_artifact(progress=0.0, key="retrain-lit-training", description=f"training, {steps} steps")
+
+    def on_step(step: int, metrics: dict) -> None:
+        if step % max(1, steps // 20) == 0 or step == steps:
+            update_progress_artifact(artifact, progress=100.0 * step / steps,
+                                     description=f"step {step}/{steps}, loss {metrics.get('loss', float('nan')):.4f}")
+
+    result = train(TrainConfig(**config_fields), on_step=on_step)
+    logger.info("trained %s to step %s", config_fields["out"], result.get("step"))
+    return result
+
+
+def _torchrun(config_fields: dict, launcher: dict) -> dict:
+    """This host's node of a torchrun job (other hosts run infra/torchrun/launch.sh themselves)."""
+    text = config_fields["text"]
+    args = ["train", *config_fields["shards"], "--out", config_fields["out"], "--mode", config_fields["mode"],
+            "--image-tower", config_fields["image_tower"], "--text-tower", text["name"],
+            "--batch-size", str(config_fields["batch_size"]), "--steps", str(config_fields["steps"]),
+            "--lr", str(config_fields["lr"]), "--warmup", str(config_fields["warmup"])]
+    if config_fields.get("cache"):
+        args += ["--cache", config_fields["cache"]]
+    env = {"NNODES": str(launcher.get("nnodes", 1)), "NPROC": str(launcher.get("nproc", 1)),
+           "RDZV_ENDPOINT": launcher.get("rdzv_endpoint") or "127.0.0.1:29400",
+           "JOB_ID": launcher.get("job_id") or "litflow-retrain"}
+    import os
+    import sys
+
+    done = subprocess.run(["bash", str(PROJECT_ROOT / "infra" / "torchrun" / "launch.sh"), *args],
+                          env={**os.environ, **env, "PYTHON": sys.executable}, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun training failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return {"out": config_fields["out"], "launcher": env}
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(run_dir: str, eval_sets: list[str] | None, out_dir: str, cache: str | None) -> dict:
+    from training.evaluate import evaluate_run
+
+    return evaluate_run(run_dir, eval_sets, out_dir, cache_dir=cache)
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish_task(models: str, run_dir: str, metrics: dict, eval_sets: list[str] | None, cache: str | None) -> dict:
+    from training.evaluate import evaluate_run, headline
+    from training.publish import publish_if_not_worse
+
+    def evaluate_latest(latest_run: str) -> dict:
+        return evaluate_run(latest_run, eval_sets, Path(run_dir) / "eval-of-latest", cache_dir=cache)
+
+    return publish_if_not_worse(models, run_dir, metrics, headline, evaluate_latest)
+
+
+@flow(name="retrain-lit", log_prints=True)
+def retrain_lit(
+    corpus: str | None = None,
+    models: str | None = None,
+    mode: str = "Lu",
+    image_tower: str = "efficientnet-lite0",
+    text_tower: str = "minilm",
+    steps: int = 200,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    warmup: int = 20,
+    eval_sets: list[str] | None = None,
+    nnodes: int = 1,
+    nproc: int = 1,
+    rdzv_endpoint: str | None = None,
+) -> dict:
+    """Retrain on the newest curated corpus (or ``corpus``) and publish when not worse."""
+    from training.text_towers import TextSpec
+
+    corpus_dir = Path(corpus) if corpus else newest_corpus(default_work_dir())
+    models_dir = Path(models) if models else default_work_dir() / "models"
+    cache = str(models_dir / "embeddings")
+    progress = FlowProgress(["embed", "train", "evaluate", "publish"], key="retrain-lit-progress")
+    if mode == "Lu":
+        embed_task(str(corpus_dir), cache, image_tower)
+    progress.advance("embed")
+
+    fields = {"shards": [str(corpus_dir)], "mode": mode, "image_tower": image_tower,
+              "cache": cache if mode == "Lu" else None, "text": asdict(TextSpec(text_tower)),
+              "batch_size": batch_size, "steps": steps, "lr": lr, "warmup": min(warmup, steps)}
+    run_id = hashlib.sha256(json.dumps([_corpus_digest(corpus_dir), fields], sort_keys=True).encode()).hexdigest()[:12]
+    run_dir = models_dir / "runs" / f"{mode}-{run_id}"
+    train_task(fields | {"out": str(run_dir)}, {"nnodes": nnodes, "nproc": nproc, "rdzv_endpoint": rdzv_endpoint})
+    progress.advance("train")
+    metrics = evaluate_task(str(run_dir), eval_sets, str(run_dir / "eval"), cache)
+    progress.advance("evaluate")
+    decision = publish_task(str(models_dir), str(run_dir), metrics, eval_sets, cache)
+    progress.advance("publish")
+    summary = (run_dir / "eval" / "summary.md")
+    create_markdown_artifact(
+        markdown=(summary.read_text() if summary.exists() else "") +
+        f"\n\n## Publish\n\n{'published as latest' if decision['published'] else 'not published'}: {decision['reason']}\n",
+        key="retrain-lit-summary", description="evaluation and publish decision")
+    get_run_logger().info("run %s: %s", run_dir, decision["reason"])
+    return {"run": str(run_dir), "metrics": str(run_dir / "eval" / "metrics.json"), "decision": decision,
+            "corpus": str(corpus_dir)}
