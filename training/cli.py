@@ -59,6 +59,25 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.eval_model import load_run
+    from training.evaluate import evaluate_model, write_outputs
+
+    prompts: dict[str, list[str]] = {}
+    for spec in args.prompts or []:
+        name, sep, sets = spec.partition("=")
+        if not sep or not sets:
+            raise ValueError(f"--prompts {spec!r}: expected SET=PROMPTSET[,PROMPTSET...]")
+        prompts[name] = sets.split(",")
+    model = load_run(args.run)
+    metrics = evaluate_model(model, args.sets, args.split, args.cache, prompts,
+                             log=lambda message: print(message, file=sys.stderr, flush=True))
+    write_outputs(metrics, args.out)
+    print(json.dumps({"out": args.out, "headline": metrics["headline"],
+                      "sets": sorted(metrics["sets"])}, indent=2))
+    return 0
+
+
 def add_commands(sub) -> None:
     e = sub.add_parser("embed", help="run the locked image tower once per curated image (embedding cache)",
                        description="Embed every image of the curated shards with a locked image tower; writes "
@@ -105,6 +124,20 @@ def add_commands(sub) -> None:
     t.add_argument("--checkpoint-every", type=int, default=100)
     t.add_argument("--device", default="auto", help="auto | cpu | cuda")
     t.set_defaults(func=_train)
+
+    v = sub.add_parser("evaluate", help="zero-shot classification and retrieval of a training run",
+                       description="Evaluate RUN (a `litflow train` folder) on registered eval sets: zero-shot "
+                       "top-1/top-5 with prompt ensembles, image<->text R@1/5/10, per language. Writes "
+                       "OUT/metrics.json and OUT/summary.md. No network.")
+    v.add_argument("run", help="training run folder (checkpoint.pt, tokenizer.json for scratch text towers)")
+    v.add_argument("--out", required=True, help="output folder")
+    v.add_argument("--sets", nargs="+", help="registered eval sets (default: all); see dedup.evalsets")
+    v.add_argument("--split", default="test")
+    v.add_argument("--cache", help="image-feature cache folder (a locked tower embeds each eval set once)")
+    v.add_argument("--prompts", action="append", metavar="SET=PROMPTSET[,...]",
+                   help="prompt sets for a classification set: shipped names (imagenet80, generic, generic-de, "
+                   "generic-fr, generic-es, mnist, emoji) or .json files; first is primary. Repeatable.")
+    v.set_defaults(func=_evaluate)
 
 
 def main(argv: list[str] | None = None) -> int:
