@@ -16,6 +16,7 @@ language. Nothing here touches the network.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -85,10 +86,23 @@ def evaluate_retrieval(model: EvalModel, items, images: torch.Tensor, where: str
     return result
 
 
+def subsample(items: list, limit: int | None) -> list:
+    """At most ``limit`` items, chosen by a hash of the key (stable when items are added), in set order."""
+    if limit is None or len(items) <= limit:
+        return items
+    rank = sorted(range(len(items)), key=lambda i: hashlib.sha256(items[i].key.encode()).hexdigest())
+    keep = set(rank[:limit])
+    return [item for i, item in enumerate(items) if i in keep]
+
+
 def evaluate_model(model: EvalModel, eval_sets: list[str] | None = None, split: str = "test",
                    cache_dir: str | Path | None = None, prompts: dict[str, list[str]] | None = None,
-                   log=lambda message: None) -> dict:
-    """Every number for ``model`` on the named registry sets (default: all registered)."""
+                   log=lambda message: None, limit: int | None = None) -> dict:
+    """Every number for ``model`` on the named registry sets (default: all registered).
+
+    ``limit`` evaluates at most that many images per set (a key-hash subsample, recorded), for
+    budgets where the whole split costs too much; None (default) evaluates everything.
+    """
     names = list(eval_sets) if eval_sets else evalsets.names()
     if not names:
         raise ValueError("no eval sets registered or named")
@@ -96,7 +110,8 @@ def evaluate_model(model: EvalModel, eval_sets: list[str] | None = None, split: 
     sets = {}
     for name in names:
         evalset = evalsets.get(name)
-        items = evalset.items(split)
+        all_items = evalset.items(split)
+        items = subsample(all_items, limit)
         where = f"eval set {name!r} split {split!r}"
         if evalset.task == "classification":
             evalset.classes(split, items)  # malformed label spaces fail before any image is embedded
@@ -108,7 +123,7 @@ def evaluate_model(model: EvalModel, eval_sets: list[str] | None = None, split: 
         else:
             result = evaluate_retrieval(model, items, images, where)
         result.update(description=evalset.description, source=evalset.split(split).source.describe(),
-                      split=split, images=len(items), images_digest=image_info["digest"],
+                      split=split, images=len(items), split_images=len(all_items), limit=limit, images_digest=image_info["digest"],
                       feature_cache=image_info["cache"], features_from_cache=image_info["cached"],
                       seconds=round(time.time() - t0, 2))
         sets[name] = result
