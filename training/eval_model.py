@@ -9,11 +9,9 @@ from the embedding cache saw L2-normalised tower features, so those are normalis
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -98,10 +96,9 @@ def load_run(run_dir: str | Path) -> EvalModel:
     locked = mode == "Lu"
     if not locked and tower.module is None:
         raise ValueError(f"{ckpt}: mode {mode} with image tower {tower.name!r}, which cannot be trained")
-    image_module = tower.module if tower.module is not None else None
     torch.manual_seed(int(identity.get("seed", 0)))
     text = build_text_tower(text_spec, tokenizer)
-    model = LiTModel(text, tower.dim, image_module, image_locked=locked, embed_dim=identity.get("embed_dim"),
+    model = LiTModel(text, tower.dim, tower.module, image_locked=locked, embed_dim=identity.get("embed_dim"),
                      image_head=bool(identity.get("image_head")), text_head=bool(identity.get("text_head", True)))
     model.load_trainable_state(payload["model"])
     model.eval()
@@ -121,16 +118,3 @@ def load_run(run_dir: str | Path) -> EvalModel:
         "temperature": float(model.temperature().detach()),
     }
     return EvalModel(model, tower, normalise_features=info["image_tower"]["features_normalised"], info=info)
-
-
-def digest_items(items, extra: str = "") -> str:
-    """sha256 over keys and image bytes (what an image-feature cache entry is valid for)."""
-    digest = hashlib.sha256(extra.encode())
-    for item in items:
-        digest.update(item.key.encode() + b"\0")
-        digest.update(hashlib.sha256(item.read()).digest())
-    return digest.hexdigest()
-
-
-def as_array(features: torch.Tensor) -> np.ndarray:
-    return features.detach().cpu().numpy().astype(np.float32)
