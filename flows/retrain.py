@@ -127,14 +127,15 @@ def retrain_lit(
     from training.text_towers import TextSpec
 
     corpus_dir = Path(corpus) if corpus else newest_corpus(default_work_dir())
+    shard_dir = corpus_dir / "shards" if (corpus_dir / "shards").is_dir() else corpus_dir
     models_dir = Path(models) if models else default_work_dir() / "models"
     cache = str(models_dir / "embeddings")
     progress = FlowProgress(["embed", "train", "evaluate", "publish"], key="retrain-lit-progress")
     if mode == "Lu":
-        embed_task(str(corpus_dir), cache, image_tower)
+        embed_task(str(shard_dir), cache, image_tower)
     progress.advance("embed")
 
-    fields = {"shards": [str(corpus_dir)], "mode": mode, "image_tower": image_tower,
+    fields = {"shards": [str(shard_dir)], "mode": mode, "image_tower": image_tower,
               "cache": cache if mode == "Lu" else None, "text": asdict(TextSpec(text_tower)),
               "batch_size": batch_size, "steps": steps, "lr": lr, "warmup": min(warmup, steps)}
     run_id = hashlib.sha256(json.dumps([_corpus_digest(corpus_dir), fields], sort_keys=True).encode()).hexdigest()[:12]

@@ -68,6 +68,21 @@ def test_demo_deployment_runs_to_completion(stack, work):
     assert keys == {"build-corpus-summary", "build-corpus-ingest", "build-corpus-dedup-report", "build-corpus-progress"}
 
 
+def test_retrain_deployment_trains_evaluates_and_publishes(stack, work):
+    params = {"corpus": str(work / "demo" / "curated"), "models": str(work / "models"), "image_tower": "tiny",
+              "text_tower": "scratch", "steps": 8, "batch_size": 8, "eval_sets": ["mnist"]}
+    assert stack.run_deployment("retrain-lit/nightly", params, timeout_s=600) == 0
+    latest = json.loads((work / "models" / "latest.json").read_text())
+    metrics = json.loads((next((work / "models" / "runs").iterdir()) / "eval" / "metrics.json").read_text())
+    assert latest["metrics"]["sets"].keys() == metrics["sets"].keys() == {"mnist"}
+    # the same job again finds its finished run: nothing new to publish, and the history says so
+    assert stack.run_deployment("retrain-lit/nightly", params, timeout_s=600) == 0
+    history = [json.loads(line) for line in (work / "models" / "history.jsonl").read_text().splitlines()]
+    assert [h["published"] for h in history] == [True, False] and "already latest" in history[1]["reason"]
+    schedules = api(stack, "/deployments/name/retrain-lit/nightly")["schedules"]
+    assert [s["schedule"].get("cron") for s in schedules] == ["0 3 * * *"]
+
+
 def test_a_failing_run_exits_non_zero(stack, tmp_path):
     code = stack.run_deployment("build-corpus/demo", {"url_list": str(tmp_path / "missing.parquet"),
                                                       "output": str(tmp_path / "x")}, timeout_s=300)

@@ -34,7 +34,7 @@ def history(models_dir: str | Path) -> list[dict]:
 
 def evaluation_of(metrics: dict) -> dict:
     """What an evaluation was run on: the part that must match for two headlines to compare."""
-    return {"eval_sets": metrics.get("eval_sets"), "split": metrics.get("split")}
+    return {"eval_sets": sorted(metrics.get("sets", {})), "split": metrics.get("split")}
 
 
 def publish_if_not_worse(models_dir: str | Path, run_dir: str | Path, metrics: dict,
