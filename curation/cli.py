@@ -12,9 +12,16 @@ def _curate(args: argparse.Namespace) -> int:
     from curation.config import load_config
     from curation.curate import curate
 
+    from pathlib import Path
+
+    from flows.terminal import ticking
+
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     config = load_config(args.preset, args.set)
-    manifest = curate(args.raw, args.output, config, workers=args.workers, beam_args=args.beam_arg)
+    shards = Path(args.output) / "shards"
+    with ticking(f"curating with Beam ({args.workers} workers)", count=lambda: len(list(shards.glob("*.tar"))),
+                 unit="curated shards written"):
+        manifest = curate(args.raw, args.output, config, workers=args.workers, beam_args=args.beam_arg)
     print(json.dumps({k: manifest[k] for k in ("inputs", "kept", "rejected", "accounting")}, indent=2))
     print(f"manifest: {os.path.join(args.output, 'corpus.json')}")
     return 0
