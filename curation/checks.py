@@ -22,7 +22,7 @@ from curation.text import TextRejected, normalise, unigrams, unigrams_and_bigram
 
 # the order in which rules are attributed: structure, validity, image, text, language, eval
 RULE_ORDER = (
-    R.DUPLICATE_KEY, R.MISSING_IMAGE, R.MISSING_TEXT,
+    R.UNREADABLE_SHARD, R.DUPLICATE_KEY, R.MISSING_IMAGE, R.MISSING_TEXT,
     R.DECODE_ERROR, R.IMAGE_TOO_LARGE, R.UNSUPPORTED_IMAGE,
     R.TEXT_INVALID, R.TEXT_EMPTY, R.TEXT_TOO_LONG,
     R.TOO_SMALL, R.ASPECT_RATIO, R.IMAGE_TOO_MANY_TEXTS,
@@ -30,7 +30,7 @@ RULE_ORDER = (
     R.LANGUAGE_NOT_ALLOWED, R.EVAL_DUPLICATE, R.CORPUS_DUPLICATE,
 )
 STAGE_OF = {
-    **dict.fromkeys((R.DUPLICATE_KEY, R.MISSING_IMAGE, R.MISSING_TEXT), "read"),
+    **dict.fromkeys((R.UNREADABLE_SHARD, R.DUPLICATE_KEY, R.MISSING_IMAGE, R.MISSING_TEXT), "read"),
     **dict.fromkeys((R.DECODE_ERROR, R.IMAGE_TOO_LARGE, R.UNSUPPORTED_IMAGE), "decode"),
     **dict.fromkeys((R.TEXT_INVALID, R.TEXT_EMPTY, R.TEXT_TOO_LONG), "text_normalise"),
     **dict.fromkeys((R.TOO_SMALL, R.ASPECT_RATIO, R.IMAGE_TOO_MANY_TEXTS), "image_filters"),
@@ -78,6 +78,9 @@ def examine(raw: dict, shard: str, index: int, config: CurationConfig) -> Candid
     meta = _meta(raw)
     record = empty_pair(key=raw["__key__"], url=meta.get("url"), source_shard=shard)
     candidate = Candidate(record, (shard, index))
+    if "__error__" in raw:  # what could not be read of a broken shard, as one record
+        candidate.failures[R.UNREADABLE_SHARD.value] = raw["__error__"]
+        return candidate
     data = _image_bytes(raw)
 
     try:

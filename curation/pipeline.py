@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tarfile
 from pathlib import Path
 
 import apache_beam as beam
@@ -42,13 +43,20 @@ COUNTS_DIR = "_counts"
 
 
 def _read(path: str):
-    """Yield (shard name, index, raw sample) for every sample of a raw shard."""
+    """Yield (shard name, index, raw sample) for every sample of a raw shard.
+
+    A tar that breaks off (truncated, corrupt header) yields what was readable, then one
+    sample carrying ``__error__``: it becomes an ``unreadable_shard`` rejection, so the
+    broken shard is counted and named instead of crashing the run or vanishing.
+    """
     name = Path(path).stem
+    index = -1
     try:
         for index, raw in enumerate(read_shard(path)):
             yield name, index, raw
-    except Exception as err:  # noqa: BLE001 - a corrupt tar must not crash the run
-        raise RuntimeError(f"{path}: unreadable raw shard: {err}") from err
+    except (tarfile.TarError, OSError, EOFError, ValueError) as err:
+        yield name, index + 1, {"__key__": f"{name}@{index + 1}",
+                                "__error__": f"{path}: unreadable after {index + 1} samples: {type(err).__name__}: {err}"}
 
 
 class MatchEvalSets(beam.DoFn):

@@ -15,6 +15,7 @@ import pyarrow as pa
 class CurationReason(str, Enum):
     """Why a raw sample did not become a curated pair (closed set; the manifest counts each)."""
 
+    UNREADABLE_SHARD = "unreadable_shard"      # a raw tar breaks off: one record for the unreadable rest
     MISSING_IMAGE = "missing_image"            # sample has a .txt/.json but no image
     MISSING_TEXT = "missing_text"              # sample has an image but no .txt
     DUPLICATE_KEY = "duplicate_key"            # a later sample reused a key already seen

@@ -70,12 +70,11 @@ def read_shard(tar_path: str | Path) -> Iterator[dict[str, bytes]]:
                 continue
             base = os.path.basename(member.name)
             key, _, ext = base.partition(".")
-            data = tar.extractfile(member).read()
             if current is None or current["__key__"] != key or ext in current:
                 if current is not None:
-                    yield current
+                    yield current  # before reading on: a sample is whole once the next one begins
                 current = {"__key__": key}
-            current[ext] = data
+            current[ext] = tar.extractfile(member).read()
     if current is not None:
         yield current
 

@@ -117,6 +117,16 @@ class HostileCorpus:
         self.first_frame = frames[0]
         write_raw_tar(root / "00000.tar", shard_a)
         write_raw_tar(root / "00001.tar", shard_b)
+        # a third shard cut off in the middle of its second sample's image
+        # (`ok` is already on exactly 10 valid images: one more would make it too common)
+        broken = [("whole.jpg", jpeg(picture((300, 300)))), ("whole.txt", b"the sample before the break"),
+                  ("cut.jpg", jpeg(picture((300, 300)))), ("cut.txt", b"the sample cut in half")]
+        write_raw_tar(root / "00002.tar", broken)
+        data = (root / "00002.tar").read_bytes()
+        padded = [512 + -(-len(content) // 512) * 512 for _, content in broken]  # header + data blocks
+        (root / "00002.tar").write_bytes(data[: padded[0] + padded[1] + 512 + len(broken[2][1]) // 2])
+        self.expect["whole"] = "kept"
+        self.expect["00002@1"] = "unreadable_shard"
         self.inputs = len(self.expect) + 1  # dupkey appears twice
 
 
