@@ -49,9 +49,14 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
         warmup=args.warmup, clip=args.clip, seed=args.seed, shuffle_buffer=args.shuffle_buffer,
         workers=args.workers, precision=args.precision, checkpoint_every=args.checkpoint_every, device=args.device)
+    from flows.terminal import step_bar
+
+    on_step, close = step_bar(config.steps, f"training {config.mode}") if int(os.environ.get("RANK", "0")) == 0 \
+        else (None, lambda: None)
     try:
-        result = train(config)
+        result = train(config, on_step=on_step)
     finally:
+        close()
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     if result["rank"] == 0:
