@@ -12,8 +12,9 @@ Stages (each skipped when its output is complete, so a re-run resumes):
 4. embed the curated images once with the locked EfficientNet-Lite0 (Lu's cache);
 5. train Lu (cache), Uu (EfficientNet-Lite0 from ImageNet, trained) and uu (same architecture,
    random init; scratch text tower) — same steps, batch, lr, warm-up, seed; Lu/Uu use MiniLM;
-6. evaluate each run on every registered set (``training.evaluate.evaluate_run``) and write
-   ``WORK/ablation.json`` + ``WORK/ablation.md``.
+6. evaluate each run on every registered set (``load_run`` + ``evaluate_model``, what ``evaluate_run``
+   does, with a key-hash subsample of ``--eval-limit`` test images per set) and write
+   ``WORK/ablation-s<steps>-b<batch>.{json,md}`` (runs in ``WORK/runs/<mode>-s<steps>-b<batch>``).
 """
 
 from __future__ import annotations
@@ -62,11 +63,15 @@ def prepare_data(work: Path, workers: int) -> Path:
 PAPER = {"Lu": 70.1, "Uu": 57.2, "uu": 50.6}  # LiT Table 2, ImageNet zero-shot top-1
 
 
+def budget(args) -> str:
+    return f"s{args.steps}-b{args.batch_size}"
+
+
 def train_run(mode: str, work: Path, curated: Path, args) -> Path:
     from training.text_towers import TextSpec
     from training.train import TrainConfig, train
 
-    out = work / "runs" / mode
+    out = work / "runs" / f"{mode}-{budget(args)}"
     text = TextSpec("scratch") if mode == "uu" else TextSpec("minilm")
     config = TrainConfig(shards=[str(curated / "shards")], out=str(out), mode=mode, image_tower=args.image_tower,
                          cache=str(work / "emb") if mode == "Lu" else None, text=text,
@@ -103,7 +108,7 @@ def run_ablation(work: Path, curated: Path, args) -> dict:
         t0 = time.time()
         model = load_run(run)
         metrics = write_outputs(evaluate_model(model, None, "test", work / "evalcache", log=log,
-                                               limit=args.eval_limit), work / "eval" / mode)
+                                               limit=args.eval_limit), work / "eval" / f"{mode}-{budget(args)}")
         timings[f"eval_{mode}_s"] = round(time.time() - t0, 1)
         losses = [r["loss"] for r in read_metrics(run / "metrics.jsonl")]
         rows[mode] = {"headline": headline(metrics), "sets": metrics["sets"], "step": metrics["model"]["step"],
@@ -142,8 +147,8 @@ def write_table(work: Path, rows: dict, args, timings: dict, curated: Path) -> N
               if s["task"] == "classification"}
     lines += ["", "Chance: " + ", ".join(f"{n} top-1 {100 * c:.1f}" for n, c in chance.items()) +
               "; clipart R@1 " + f"{100 / max(1, next(iter(rows.values()))['sets'].get('clipart', {}).get('images', 1)):.2f}."]
-    (work / "ablation.md").write_text("\n".join(lines) + "\n")
-    (work / "ablation.json").write_text(json.dumps({"args": vars(args), "timings": timings, "rows": rows},
+    (work / f"ablation-{budget(args)}.md").write_text("\n".join(lines) + "\n")
+    (work / f"ablation-{budget(args)}.json").write_text(json.dumps({"args": vars(args), "timings": timings, "rows": rows},
                                                    indent=2, sort_keys=True, default=str) + "\n")
     log("\n" + "\n".join(lines))
 
