@@ -174,8 +174,10 @@ def write_outputs(metrics: dict, out_dir: str | Path) -> dict:
 
 
 def evaluate_run(run_dir: str | Path, eval_sets: list[str] | None, out_dir: str | Path,
-                 cache_dir: str | Path | None = None, split: str = "test") -> dict:
-    """Evaluate the model of training run ``run_dir`` on registry sets; write OUT/metrics.json + summary.md."""
+                 cache_dir: str | Path | None = None, split: str = "test", limit: int | None = None) -> dict:
+    """Evaluate the model of training run ``run_dir`` on registry sets; write OUT/metrics.json + summary.md.
+
+    ``limit``: at most that many images per set (key-hash subsample, recorded); None = all."""
     model = load_run(run_dir)
-    metrics = evaluate_model(model, eval_sets, split, cache_dir)
+    metrics = evaluate_model(model, eval_sets, split, cache_dir, limit=limit)
     return write_outputs(metrics, out_dir)

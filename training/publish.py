@@ -34,7 +34,9 @@ def history(models_dir: str | Path) -> list[dict]:
 
 def evaluation_of(metrics: dict) -> dict:
     """What an evaluation was run on: the part that must match for two headlines to compare."""
-    return {"eval_sets": sorted(metrics.get("sets", {})), "split": metrics.get("split")}
+    sets = metrics.get("sets", {})
+    return {"eval_sets": sorted(sets), "split": metrics.get("split"),
+            "limits": {name: s.get("limit") for name, s in sorted(sets.items())}}
 
 
 def publish_if_not_worse(models_dir: str | Path, run_dir: str | Path, metrics: dict,
