@@ -144,7 +144,7 @@ def pipeline_options(workers: int = 2, beam_args: list[str] | None = None) -> tu
     return options, FnApiRunner()
 
 
-def build(p: beam.Pipeline, raw_shards: list[str], out_dir: str, config: CurationConfig):
+def build(p: beam.Pipeline, raw_shards: list[str], out_dir: str, config: CurationConfig, workers: int = 2):
     """Add the curation transforms to pipeline ``p``."""
     shards_dir = os.path.join(out_dir, "shards")
     counts_dir = os.path.join(out_dir, COUNTS_DIR)
@@ -154,8 +154,11 @@ def build(p: beam.Pipeline, raw_shards: list[str], out_dir: str, config: Curatio
         | "RawShards" >> beam.Create(raw_shards)
         | "Reshuffle shards" >> beam.Reshuffle()
         | "Read" >> beam.FlatMap(_read)
-        | "Reshuffle samples" >> beam.Reshuffle()  # spread one big shard over every worker
     )
+    if len(raw_shards) < 2 * workers:
+        # too few shards to keep every worker busy: spread the samples themselves (this moves
+        # every image's bytes once more, so it is skipped when shards alone can spread the work)
+        samples = samples | "Reshuffle samples" >> beam.Reshuffle()
     candidates = samples | "Examine" >> beam.MapTuple(lambda shard, index, raw: examine(raw, shard, index, config))
     _ = (
         samples
@@ -271,4 +274,4 @@ def run_pipeline(raw_dir: str | Path, out_dir: str | Path, config: CurationConfi
     (out_dir / COUNTS_DIR).mkdir()
     options, runner = pipeline_options(workers, beam_args)
     with beam.Pipeline(runner=runner, options=options) as p:
-        build(p, raw_shards, str(out_dir), config)
+        build(p, raw_shards, str(out_dir), config, workers)
