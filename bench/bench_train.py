@@ -55,7 +55,9 @@ def measure(args) -> dict:
 
     config = TrainConfig(shards=[args.shards], out=args.out, mode="Lu", image_tower=args.image_tower,
                          image_source=args.source, cache=args.cache if args.source == "cache" else None,
-                         text=TextSpec(name=args.text_tower), batch_size=args.batch_size, steps=args.steps + 2,
+                         text=TextSpec(name=args.text_tower, width=args.text_width, depth=args.text_depth,
+                                       heads=args.text_heads, vocab_size=args.vocab_size),
+                         batch_size=args.batch_size, steps=args.steps + 2,
                          warmup=1, shuffle_buffer=args.batch_size, checkpoint_every=10 ** 9,
                          precision=args.precision, device=args.device, workers=args.workers)
     cuda = args.device.startswith("cuda")
@@ -106,6 +108,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256, help="real openclipart images in the shards")
     parser.add_argument("--image-tower", default="efficientnet-lite0")
     parser.add_argument("--text-tower", default="minilm")
+    parser.add_argument("--text-width", type=int, default=256, help="scratch text tower width")
+    parser.add_argument("--text-depth", type=int, default=4, help="scratch text tower layers")
+    parser.add_argument("--text-heads", type=int, default=4, help="scratch text tower heads")
+    parser.add_argument("--vocab-size", type=int, default=8000, help="scratch tokenizer vocabulary")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"))
     parser.add_argument("--workers", type=int, default=0, help="data loader workers")
@@ -141,6 +147,8 @@ def main() -> None:
     del tower
 
     common = ["--steps", str(args.steps), "--image-tower", args.image_tower, "--text-tower", args.text_tower,
+              "--text-width", str(args.text_width), "--text-depth", str(args.text_depth),
+              "--text-heads", str(args.text_heads), "--vocab-size", str(args.vocab_size),
               "--device", args.device, "--precision", args.precision, "--workers", str(args.workers),
               "--shards", str(work / "shards"), "--cache", str(work / "cache")]
     half = max(2, args.batch_size // 2)
