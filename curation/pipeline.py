@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from curation.checks import Candidate, CorpusVerdicts, decide, examine, tag_languages
+from curation.checks import CorpusVerdicts, decide, examine, tag_languages
 from curation.config import CurationConfig
 from curation.records import KEPT, PAIR_SCHEMA, REJECTED, CurationReason
 from curation.shards import list_shards, read_shard, write_shard

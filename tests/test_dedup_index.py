@@ -10,14 +10,13 @@ import shutil
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from dedup import evalsets
 from dedup.evalsets import (CaptionsFile, EmptyEvalSet, EvalSet, ImageFolder, Split, WebDatasetShards)
 from dedup.index import EvalIndex, Match, build_index, eval_duplicate_fields
-from dedup.phash import HashSettings, HashSettingsMismatch, hash_image_bytes, phash64
+from dedup.phash import HashSettings, HashSettingsMismatch, hash_image_bytes
 
 
 @pytest.fixture(scope="module")
