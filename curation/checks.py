@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from curation.config import CurationConfig
 from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS, hash_image_bytes, phash64
 from curation.decode import ImageRejected, decode_image, encode_jpeg
-from curation.language import UNDETERMINED, tag_many
+from curation.language import tag_many
 from curation.records import KEPT, REJECTED, CurationReason as R, empty_pair
 from curation.text import TextRejected, normalise, unigrams, unigrams_and_bigrams
 
@@ -195,4 +195,4 @@ def decide(candidate: Candidate, verdicts: CorpusVerdicts) -> dict:
     return record
 
 
-__all__ = ["Candidate", "CorpusVerdicts", "RULE_ORDER", "STAGES", "STAGE_OF", "UNDETERMINED", "decide", "examine", "tag_languages"]
+__all__ = ["Candidate", "CorpusVerdicts", "RULE_ORDER", "STAGES", "STAGE_OF", "decide", "examine", "tag_languages"]

@@ -172,7 +172,7 @@ def build(p: beam.Pipeline, raw_shards: list[str], out_dir: str, config: Curatio
         | "ByKey" >> beam.GroupByKey()
         | "Later copies" >> beam.FlatMap(_duplicate_positions)
     )
-    duplicate_set = beam.pvalue.AsList(duplicates)
+    # one set of (shard, index) positions, used by the valid-records filter and the verdicts
     duplicate_lookup = beam.pvalue.AsSingleton(duplicates | "Duplicate set" >> beam.combiners.ToSet())
     valid = candidates | "Valid first copies" >> beam.Filter(
         lambda c, dups: c.valid and c.position not in dups, duplicate_lookup
@@ -223,7 +223,7 @@ def build(p: beam.Pipeline, raw_shards: list[str], out_dir: str, config: Curatio
 
     # one small object, built once and broadcast, instead of rebuilt for every element
     verdicts = valid_count | "Corpus verdicts" >> beam.Map(
-        _verdicts, duplicate_set, beam.pvalue.AsList(too_many_texts), beam.pvalue.AsList(too_common), frequent_side
+        _verdicts, duplicate_lookup, beam.pvalue.AsList(too_many_texts), beam.pvalue.AsList(too_common), frequent_side
     )
     decided = (
         candidates

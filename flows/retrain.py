@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -78,9 +80,6 @@ def _torchrun(config_fields: dict, launcher: dict) -> dict:
     env = {"NNODES": str(launcher.get("nnodes", 1)), "NPROC": str(launcher.get("nproc", 1)),
            "RDZV_ENDPOINT": launcher.get("rdzv_endpoint") or "127.0.0.1:29400",
            "JOB_ID": launcher.get("job_id") or "litflow-retrain"}
-    import os
-    import sys
-
     done = subprocess.run(["bash", str(PROJECT_ROOT / "infra" / "torchrun" / "launch.sh"), *args],
                           env={**os.environ, **env, "PYTHON": sys.executable}, cwd=PROJECT_ROOT,
                           capture_output=True, text=True)
