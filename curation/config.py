@@ -75,6 +75,8 @@ class EvalDedupRules:
     index: str | None = None                # folder written by `litflow dedup index`; None: off
     mode: str = "train+test"                # none | test | train+test (LiT's Table 5 ablation)
     radius: int = 8                         # Hamming radius on the 64-bit pHash (and its mirror)
+    verify: bool = True                     # confirm pHash candidates geometrically (dedup.verify)
+    max_candidates: int = 8                 # nearest pHash candidates verified per record
 
 
 @dataclass

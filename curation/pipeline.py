@@ -60,27 +60,59 @@ def _read(path: str):
 
 
 class MatchEvalSets(beam.DoFn):
-    """Reject kept pairs whose pHash (or mirror) is within the radius of an eval image.
+    """Reject kept pairs that are near-duplicates of an eval image.
+
+    Candidates are the eval images whose pHash (or mirror pHash) is within the radius; with
+    ``verify`` on (the default), each of the nearest ``max_candidates`` is confirmed by
+    :mod:`dedup.verify` (local features, a similarity transform, the aligned images compared)
+    and the pair is rejected for the first one confirmed, or undecided. pHash alone puts
+    distinct clip-art at distance 0, so it only proposes.
 
     The eval index is loaded once per worker in ``setup`` from its folder rather than shipped
     as a pickled side input: every worker reads the same files, and the search tables are
-    built where they are used.
+    built where they are used. Eval images' features are cached per worker.
     """
 
     def __init__(self, rules):
         self.rules = rules
         self.index = None
+        self.verifier = None
 
     def setup(self):
         if self.rules.index and self.rules.mode != "none":
             from dedup.index import EvalIndex
 
             self.index = EvalIndex.load(self.rules.index, self.rules.mode)
+            if self.rules.verify:
+                from dedup.verify import Verifier
+
+                self.verifier = Verifier()
+
+    def _confirmed(self, matches, image_bytes):
+        """The nearest match that verification confirms (or cannot decide), with its verdict."""
+        from dedup.verify import Features, Verifier
+
+        try:
+            query = Features.from_bytes(image_bytes)
+        except Exception:  # noqa: BLE001 - it decoded once already; if not now, keep pHash's verdict
+            return matches[0], None
+        for match in matches[:self.rules.max_candidates]:
+            try:
+                verdict = self.verifier.check(query, self.index.refs[match.image])
+            except (OSError, KeyError, ValueError):
+                return match, None  # an eval image that cannot be read now: pHash's verdict stands
+            if Verifier.decide(verdict):
+                return match, verdict
+        return None, None
 
     def process(self, item):
         record, image = item
         if self.index is not None and record["status"] == KEPT and record["phash"] is not None:
             matches = self.index.match(record["phash"], self.rules.radius)
+            verdict = None
+            if matches and self.verifier is not None:
+                best, verdict = self._confirmed(matches, image)
+                matches = [best] if best is not None else []
             if matches:
                 from dedup.index import eval_duplicate_fields
 
@@ -88,7 +120,8 @@ class MatchEvalSets(beam.DoFn):
                 record = {**record, **eval_duplicate_fields(matches), "status": REJECTED,
                           "reason": CurationReason.EVAL_DUPLICATE.value,
                           "detail": f"{best.signal} distance {best.distance} to {best.eval_set}/{best.split}/{best.eval_key}"
-                                    + (f" (+{len(matches) - 1} more)" if len(matches) > 1 else "")}
+                                    + (f" (+{len(matches) - 1} more)" if len(matches) > 1 else "")
+                                    + (f"; {verdict.summary()}" if verdict is not None else "")}
         yield record, image
 
 

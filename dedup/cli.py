@@ -29,13 +29,26 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from dedup.report import build_report
 
+    embedding = pd.read_parquet(args.candidates) if args.candidates else None
     summary = build_report(args.corpus, args.index or _default_index(), args.out, radius=args.radius,
                            mode=args.mode, near_radius=None if args.near_radius < 0 else args.near_radius,
-                           page_size=args.page_size)
+                           page_size=args.page_size, embedding_matches=embedding, verify=not args.no_verify)
     print(json.dumps({"out": str(args.out), "pairs": summary["corpus"]["pairs"],
+                      "candidates": summary["corpus"]["candidates"],
                       "matched": summary["corpus"]["matched"], "removed": summary["corpus"]["removed"]}, indent=2))
+    return 0
+
+
+def _flag(args: argparse.Namespace) -> int:
+    from dedup.flags import flag_corpus
+
+    result = flag_corpus(args.corpus, args.cache, args.index or _default_index(), args.out,
+                         image_tower=args.image_tower, mode=args.mode, top_k=args.top_k, min_cosine=args.min_cosine)
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -61,4 +74,21 @@ def add_commands(subparsers) -> None:
                    help="which eval splits count as removals (default train+test, as LiT)")
     r.add_argument("--near-radius", type=int, default=4, help="intra-corpus near-duplicate radius (-1 = skip)")
     r.add_argument("--page-size", type=int, default=50, help="matches per page in report.html")
+    r.add_argument("--candidates", help="eval_candidates.parquet from `litflow dedup flag` (embedding signal)")
+    r.add_argument("--no-verify", action="store_true",
+                   help="count every pHash candidate (no geometric verification; pHash alone is loose on graphics)")
     r.set_defaults(func=_report)
+    f = sub.add_parser("flag", help="embedding check: flag eval duplicates from training's embedding cache",
+                       description="Take each corpus pair's nearest eval images by the locked tower's cached "
+                       "embeddings, verify each candidate geometrically, and write eval_flags.parquet (confirmed: "
+                       "pass it to `litflow train --exclude`) and eval_candidates.parquet (all, for the report). "
+                       "Shards are not rewritten.")
+    f.add_argument("corpus", help="curated corpus folder (with shards/)")
+    f.add_argument("out", help="output folder")
+    f.add_argument("--cache", required=True, help="embedding cache root (`litflow embed`)")
+    f.add_argument("--index", help="eval index folder (default: work/dedup/index)")
+    f.add_argument("--image-tower", default="efficientnet-lite0", help="the tower the cache was built with")
+    f.add_argument("--mode", choices=("test", "train+test"), default="train+test")
+    f.add_argument("--top-k", type=int, default=3, help="nearest eval images verified per corpus pair (default 3)")
+    f.add_argument("--min-cosine", type=float, default=0.5, help="candidates need at least this cosine (default 0.5)")
+    f.set_defaults(func=_flag)

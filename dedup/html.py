@@ -71,6 +71,12 @@ def _e(value) -> str:
     return html.escape("" if value is None else str(value))
 
 
+def _removed_cell(row: dict) -> str:
+    if row["removed"]:
+        return "yes"
+    return "no" if row.get("flagged", True) else "no <span class='muted'>(candidate, not confirmed)</span>"
+
+
 def render(summary: dict, rows: list[dict], page_size: int = 50) -> str:
     """``rows``: dicts with distance, signal, eval_set, split, corpus/eval key, captions, thumbs."""
     head = [f"<h1>De-duplication audit</h1><p>Radius <b>{_e(summary['radius'])}</b> bits, mode "
@@ -98,12 +104,12 @@ def render(summary: dict, rows: list[dict], page_size: int = 50) -> str:
         corpus_img = f"<img alt='corpus' src='{row['corpus_thumb']}'>" if row.get("corpus_thumb") else "<span class='muted'>n/a</span>"
         eval_img = f"<img alt='eval' src='{row['eval_thumb']}'>" if row.get("eval_thumb") else "<span class='muted'>n/a</span>"
         body.append(
-            f"<tr class='match' data-distance='{_e(row['distance'])}'><td>{number}</td><td class='dist'>{_e(row['distance'])}</td>"
+            f"<tr class='match' data-distance='{_e(row['distance'])}' data-flagged='{int(row.get('flagged', True))}'><td>{number}</td><td class='dist'>{_e(row['distance'])}</td>"
             f"<td class='img'>{corpus_img}</td><td class='cap'>{_e(row.get('corpus_caption'))}"
             f"<div class='muted'>{_e(row['corpus_key'])}</div></td>"
             f"<td class='img'>{eval_img}</td><td class='cap'>{_e(row['eval_set'])} / {_e(row['eval_split'])} / "
             f"{_e(row['eval_key'])}<div class='muted'>{_e(row.get('eval_label') or '')} {_e(row.get('eval_caption') or '')}</div></td>"
-            f"<td>{_e(row['signals'])}</td><td>{'yes' if row['removed'] else 'no'}</td></tr>")
+            f"<td>{_e(row['signals'])}</td><td>{_removed_cell(row)}</td></tr>")
     body.append("</table>")
     return ("<!doctype html><html><head><meta charset='utf-8'><title>litflow de-duplication audit</title>"
             f"<style>{_STYLE}</style></head><body data-page-size='{int(page_size)}'>"

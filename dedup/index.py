@@ -55,6 +55,7 @@ class Match:
     split: str
     eval_key: str
     signal: str = "phash"  # which eval hash was within the radius: "phash" or "mirror"
+    image: int = field(default=-1, compare=False)  # the index's image number (EvalIndex.refs[image])
 
 
 @dataclass
@@ -169,12 +170,13 @@ class EvalIndex:
 
     def __init__(self, settings: HashSettings, splits: list[tuple[str, str, str]], image_split: np.ndarray,
                  keys: list[str], phash: np.ndarray, mirror: np.ndarray, mode: str = "train+test",
-                 manifest: dict | None = None):
+                 manifest: dict | None = None, refs: list[str] | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.settings, self.splits, self.mode = settings, splits, mode
         self.image_split = np.asarray(image_split, np.int32)
         self.keys = keys
+        self.refs = refs or []  # where each image's bytes are (for verification and thumbnails)
         self.phash = np.asarray(phash, np.uint64)
         self.mirror = np.asarray(mirror, np.uint64)
         self.manifest = manifest or {}
@@ -194,22 +196,23 @@ class EvalIndex:
         if manifest.get("format") != FORMAT_VERSION:
             raise ValueError(f"{path}: index format {manifest.get('format')}, this litflow reads {FORMAT_VERSION}")
         settings = HashSettings.from_dict(manifest["settings"])
-        splits, image_split, keys, ph, mi = [], [], [], [], []
+        splits, image_split, keys, refs, ph, mi = [], [], [], [], [], []
         for set_name in sorted(manifest["sets"]):
             for split_name, info in sorted(manifest["sets"][set_name]["splits"].items()):
-                table = pq.read_table(path / info["file"], columns=["key", "phash", "mirror", "error"])
+                table = pq.read_table(path / info["file"], columns=["key", "ref", "phash", "mirror", "error"])
                 ok = table.filter(pc.is_null(table["error"]))
                 splits.append((set_name, split_name, info["role"]))
                 image_split.append(np.full(ok.num_rows, len(splits) - 1, np.int32))
                 keys.extend(ok["key"].to_pylist())
+                refs.extend(ok["ref"].to_pylist())
                 ph.append(ok["phash"].to_numpy())
                 mi.append(ok["mirror"].to_numpy())
         return cls(settings, splits, np.concatenate(image_split), keys,
-                   np.concatenate(ph), np.concatenate(mi), mode, manifest)
+                   np.concatenate(ph), np.concatenate(mi), mode, manifest, refs)
 
     def with_mode(self, mode: str) -> "EvalIndex":
         return EvalIndex(self.settings, self.splits, self.image_split, self.keys, self.phash,
-                         self.mirror, mode, self.manifest)
+                         self.mirror, mode, self.manifest, self.refs)
 
     def __len__(self) -> int:
         return len(self.active_images)
@@ -238,7 +241,7 @@ class EvalIndex:
         """Eval images within ``radius`` bits of ``phash`` (or of its mirror), nearest first."""
         _, image, dist, signal = self.match_many(np.asarray([phash], np.uint64), radius)
         out = [Match(int(d), self.splits[self.image_split[i]][0], self.splits[self.image_split[i]][1],
-                     self.keys[i], SIGNALS[s]) for i, d, s in zip(image, dist, signal)]
+                     self.keys[i], SIGNALS[s], int(i)) for i, d, s in zip(image, dist, signal)]
         return sorted(out)
 
     def describe(self, image: int) -> tuple[str, str, str]:

@@ -2,8 +2,11 @@
 
 Writes into ``out/``:
 
-* ``matches.parquet`` — every (corpus pair, eval image) within the radius, all splits, with
-  ``removed`` = counted under the chosen mode; plus embedding matches when given.
+* ``matches.parquet`` — every (corpus pair, eval image) candidate: within the pHash radius, all
+  splits, plus embedding candidates when given (``litflow dedup flag``); with the verification
+  (``confirmed``, ``undecided``, ``verification``), ``flagged`` (confirmed or undecided; every
+  candidate when verification is off) and ``removed`` = flagged and counted under the mode.
+  Unconfirmed candidates stay in the table and on the page, marked, for the auditor to check.
 * ``report.json`` — settings, radius, mode; per eval set and split: eval images, unreadable
   (count and list), corpus pairs matched, removed; intra-corpus duplicate groups.
 * ``corpus_duplicates.parquet`` — exact/near duplicate groups inside the corpus.
@@ -37,9 +40,45 @@ def _eval_metadata(index_dir: Path, manifest: dict) -> pd.DataFrame:
         columns={"key": "eval_key", "ref": "eval_ref", "label": "eval_label", "caption": "eval_caption"})
 
 
+def _verify_phash_matches(matches: pd.DataFrame, eval_refs: list[str], verify: bool, verifier) -> pd.DataFrame:
+    """Add confirmed / undecided / verification / flagged to the pHash matches."""
+    if not verify:
+        return matches.assign(confirmed=False, undecided=False, verification="not verified", flagged=True)
+    from dedup.evalsets import read_ref
+    from dedup.verify import Features, Verifier
+
+    verifier = verifier or Verifier()
+    features: dict[str, Features | None] = {}
+    verdicts = []
+    for corpus_ref, eval_ref in zip(matches["corpus_ref"], eval_refs):
+        if corpus_ref not in features:
+            try:
+                features[corpus_ref] = Features.from_bytes(read_ref(corpus_ref))
+            except Exception:  # noqa: BLE001 - unreadable now: pHash's verdict stands, marked undecided
+                features[corpus_ref] = None
+        try:
+            verdict = None if features[corpus_ref] is None else verifier.check(features[corpus_ref], eval_ref)
+        except (OSError, KeyError, ValueError):
+            verdict = None
+        verdicts.append(verdict)
+    return matches.assign(
+        confirmed=[bool(v and v.confirmed) for v in verdicts],
+        undecided=[v is None or v.undecided for v in verdicts],
+        verification=[v.summary() if v else "verification undecided (image unreadable)" for v in verdicts],
+        flagged=[v is None or Verifier.decide(v) for v in verdicts])
+
+
+def _verify_rules(verify: bool, verifier) -> dict | None:
+    if not verify:
+        return None
+    from dedup.verify import VerifyRules
+
+    return (verifier.rules if verifier is not None else VerifyRules()).to_dict()
+
+
 def build_report(corpus_dir: str | Path, index_dir: str | Path, out: str | Path, radius: int = 8,
                  mode: str = "train+test", near_radius: int | None = 4, page_size: int = 50,
-                 embedding_matches: pd.DataFrame | None = None) -> dict:
+                 embedding_matches: pd.DataFrame | None = None, verify: bool = True, verifier=None) -> dict:
     """Match, write matches.parquet / report.json / report.html / corpus_duplicates.parquet."""
     index_dir, out = Path(index_dir), Path(out)
     full = EvalIndex.load(index_dir, mode="train+test")
@@ -56,6 +95,7 @@ def build_report(corpus_dir: str | Path, index_dir: str | Path, out: str | Path,
         "distance": dist.astype(np.int32), "signal": [SIGNALS[s] for s in signal],
         "cosine": np.full(len(q), np.nan, np.float32),
     })
+    matches = _verify_phash_matches(matches, [full.refs[int(i)] for i in image], verify, verifier)
     if embedding_matches is not None and len(embedding_matches):
         emb = embedding_matches.rename(columns={"key": "corpus_key"})
         lookup = {k: i for i, k in enumerate(corpus.keys)}
@@ -64,14 +104,19 @@ def build_report(corpus_dir: str | Path, index_dir: str | Path, out: str | Path,
         emb = emb.assign(corpus_ref=[corpus.refs[i] for i in idx], corpus_caption=[corpus.captions[i] for i in idx],
                          corpus_sha256=[corpus.sha256[i] for i in idx], corpus_phash=corpus.phash[idx],
                          distance=np.int32(-1), signal="embedding")
+        for column, default in (("confirmed", False), ("undecided", False), ("verification", "not verified"),
+                                ("flagged", True)):
+            if column not in emb:
+                emb[column] = default
         key_cols = ["corpus_key", "eval_set", "eval_split", "eval_key"]
         both = matches.merge(emb[key_cols + ["cosine"]], on=key_cols, how="left", suffixes=("", "_emb"))
         matches["cosine"] = both["cosine_emb"].to_numpy(np.float32)
         matches.loc[matches["cosine"].notna(), "signal"] += "+embedding"
+        # a pair both signals found was verified once; the pHash row keeps that verdict
         only = emb.merge(matches[key_cols], on=key_cols, how="left", indicator=True)
         only = only[only["_merge"] == "left_only"].drop(columns="_merge")
         matches = pd.concat([matches, only[matches.columns]], ignore_index=True)
-    matches["removed"] = [(s, sp) in removed_splits for s, sp in zip(matches["eval_set"], matches["eval_split"])]
+    matches["removed"] = matches["flagged"] & np.array([(s, sp) in removed_splits for s, sp in zip(matches["eval_set"], matches["eval_split"])], bool)
     meta = _eval_metadata(index_dir, full.manifest)
     matches = matches.merge(meta, on=["eval_set", "eval_split", "eval_key"], how="left")
     # nearest first; embedding-only matches (no pHash distance) after, by falling cosine
@@ -82,10 +127,11 @@ def build_report(corpus_dir: str | Path, index_dir: str | Path, out: str | Path,
 
     groups = duplicate_groups(corpus.keys, corpus.sha256, corpus.phash, near_radius) if near_radius is not None else None
     summary = {
-        "radius": radius, "mode": mode, "settings": full.settings.to_dict(), "settings_id": full.settings.id,
+        "radius": radius, "mode": mode, "verify": _verify_rules(verify, verifier), "settings": full.settings.to_dict(), "settings_id": full.settings.id,
         "corpus": {"dir": str(corpus_dir), "pairs": len(corpus), "unreadable": corpus.unreadable,
                    "hashed_here": corpus.hashed_here,
-                   "matched": int(matches["corpus_key"].nunique()),
+                   "candidates": int(matches["corpus_key"].nunique()),
+                   "matched": int(matches.loc[matches["flagged"], "corpus_key"].nunique()),
                    "removed": int(matches.loc[matches["removed"], "corpus_key"].nunique())},
         "eval_sets": {},
     }
@@ -96,7 +142,8 @@ def build_report(corpus_dir: str | Path, index_dir: str | Path, out: str | Path,
             summary["eval_sets"][set_name][split] = {
                 "role": split_info["role"], "eval_images": split_info["images"],
                 "unreadable": len(split_info["unreadable"]), "unreadable_images": split_info["unreadable"],
-                "corpus_pairs_matched": int(matches.loc[sel, "corpus_key"].nunique()),
+                "corpus_pairs_candidates": int(matches.loc[sel, "corpus_key"].nunique()),
+                "corpus_pairs_matched": int(matches.loc[sel & matches["flagged"], "corpus_key"].nunique()),
                 "removed": int(matches.loc[sel & matches["removed"], "corpus_key"].nunique()),
             }
     out.mkdir(parents=True, exist_ok=True)
@@ -123,11 +170,11 @@ def build_report(corpus_dir: str | Path, index_dir: str | Path, out: str | Path,
 
     rows = [{
         "distance": "-" if r.distance < 0 else int(r.distance),
-        "signals": r.signal + ("" if np.isnan(r.cosine) else f" (cos {r.cosine:.3f})"),
+        "signals": r.signal + ("" if np.isnan(r.cosine) else f" (cos {r.cosine:.3f})") + f"; {r.verification}",
         "corpus_key": r.corpus_key, "corpus_caption": r.corpus_caption, "corpus_thumb": thumb(r.corpus_ref),
         "eval_set": r.eval_set, "eval_split": r.eval_split, "eval_key": r.eval_key, "eval_label": r.eval_label,
         "eval_caption": r.eval_caption, "eval_thumb": thumb(r.eval_ref) if isinstance(r.eval_ref, str) else "",
-        "removed": bool(r.removed),
+        "removed": bool(r.removed), "flagged": bool(r.flagged),
     } for r in matches.itertuples()]
     tmp = out / "report.html.tmp"
     tmp.write_text(render(summary, rows, page_size), encoding="utf-8")
