@@ -18,6 +18,12 @@ Presets:
   little); no rare-token filter — on a corpus that is mostly English, the tokens of
   low-resource languages are exactly the "rare" ones, so that rule removes languages,
   not junk.
+
+Both presets leave duplicates *inside* the corpus alone (``corpus_dedup.remove="none"``: the
+ALIGN and LiT papers describe removing only near-duplicates of evaluation images). Removing
+them is an option: ``--set corpus_dedup.remove="exact"`` (same image bytes) or ``"near"``
+(pHash within ``corpus_dedup.radius`` bits, grouped transitively); the first key of a group
+is kept and the others are rejected as ``corpus_duplicate``.
 """
 
 from __future__ import annotations
@@ -80,6 +86,12 @@ class EvalDedupRules:
 
 
 @dataclass
+class CorpusDedupRules:
+    remove: str = "none"                    # none | exact (same sha256) | near (pHash radius)
+    radius: int = 4                         # Hamming radius for "near" (dedup report's default)
+
+
+@dataclass
 class OutputRules:
     shard_size: int = 1000
 
@@ -92,6 +104,7 @@ class CurationConfig:
     text: TextRules = field(default_factory=TextRules)
     language: LanguageRules = field(default_factory=LanguageRules)
     eval_dedup: EvalDedupRules = field(default_factory=EvalDedupRules)
+    corpus_dedup: CorpusDedupRules = field(default_factory=CorpusDedupRules)
     output: OutputRules = field(default_factory=OutputRules)
 
     def to_dict(self) -> dict:
@@ -147,6 +160,11 @@ def load_config(preset: str = "align", overrides: list[str] | tuple[str, ...] = 
         config.override(assignment)
     if config.eval_dedup.mode not in ("none", "test", "train+test"):
         raise ValueError(f"eval_dedup.mode must be none, test or train+test, not {config.eval_dedup.mode!r}")
+    if config.corpus_dedup.remove not in ("none", "exact", "near"):
+        raise ValueError(f"corpus_dedup.remove must be none, exact or near, not {config.corpus_dedup.remove!r}")
+    radius = config.corpus_dedup.radius
+    if isinstance(radius, bool) or not isinstance(radius, int) or not 0 <= radius <= 64:
+        raise ValueError(f"corpus_dedup.radius must be an integer from 0 to 64 (bits of the pHash), not {radius!r}")
     if config.text.too_long not in ("truncate", "reject"):
         raise ValueError(f"text.too_long must be 'truncate' or 'reject', not {config.text.too_long!r}")
     return config

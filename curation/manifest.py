@@ -2,6 +2,8 @@
 
 Counting from what was written — every curated shard's parquet and ``rejected.parquet`` —
 rather than from in-flight counters means the check sees exactly what a reader will see.
+Removals by the optional intra-corpus de-duplication are counted under ``rejected`` and
+``stages.corpus_dedup`` like every reason, and split by kind in ``corpus_duplicates``.
 Nothing time-dependent goes into ``corpus.json``, so two runs on the same input and config
 produce identical manifests (timings go to ``timing.json``).
 """
@@ -53,6 +55,14 @@ def _eval_duplicates(rejected: pd.DataFrame) -> dict:
     return out
 
 
+def _corpus_duplicates(rejected: pd.DataFrame) -> dict:
+    """{"exact": pairs removed, "near": pairs removed} by the optional corpus_dedup step; the
+    kind is the first word of the detail (:func:`dedup.intra.drop_detail`)."""
+    dups = rejected[rejected["reason"] == CurationReason.CORPUS_DUPLICATE.value]
+    kinds = Counter(str(detail).split(" ", 1)[0] for detail in dups["detail"])
+    return {kind: int(kinds.get(kind, 0)) for kind in ("exact", "near")}
+
+
 def build_manifest(raw_dir: Path, out_dir: Path, config: CurationConfig) -> dict:
     counts_dir = out_dir / COUNTS_DIR
     inputs = json.loads((counts_dir / "inputs.json").read_text())
@@ -60,7 +70,7 @@ def build_manifest(raw_dir: Path, out_dir: Path, config: CurationConfig) -> dict
     shards = list_shards(out_dir / "shards")
     kept_frames = [pd.read_parquet(s.with_suffix(".parquet"), columns=["key", "lang"]) for s in shards]
     kept = pd.concat(kept_frames, ignore_index=True) if kept_frames else pd.DataFrame(columns=["key", "lang"])
-    rejected = pd.read_parquet(out_dir / "rejected.parquet", columns=["key", "reason", "lang", "eval_set", "eval_split"])
+    rejected = pd.read_parquet(out_dir / "rejected.parquet", columns=["key", "reason", "detail", "lang", "eval_set", "eval_split"])
     by_reason = {str(r): int(n) for r, n in sorted(Counter(rejected["reason"]).items())}
     total = len(kept) + len(rejected)
     if total != inputs:
@@ -88,6 +98,7 @@ def build_manifest(raw_dir: Path, out_dir: Path, config: CurationConfig) -> dict
         },
         "hash_settings": HASH_SETTINGS.to_dict(),
         "eval_duplicates": _eval_duplicates(rejected),
+        "corpus_duplicates": _corpus_duplicates(rejected),
         "shards": [
             {"name": s.name, "samples": int(len(f)), "sha256": _sha256(s)} for s, f in zip(shards, kept_frames)
         ],

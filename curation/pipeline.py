@@ -7,12 +7,24 @@ Graph (every arrow a Beam transform; the heavy per-record work is one Map):
     valid, first copies ─► alt-texts per image (CombinePerKey) ────────────┤ side inputs
                         ─► images per alt-text (Distinct + Count) ─────────┤ (small)
                         ─► unigram/bigram document frequency → top K ──────┘
-    candidates + side inputs ─► decide ─► language (kept) ─► eval index match (kept) ─► kept
+    candidates + side inputs ─► decide ─► language (kept) ─► eval index match (kept) ─┐
+    [corpus_dedup.remove != none] (key, sha256, pHash) of kept ─► ToList ─► keys to drop ─┤ side input
+                                                          drop corpus duplicates (kept) ◄─┘
     kept ─► shard index (sorted keys) ─► write shards
                                       └─► rejected ─► rejected.parquet
 
 Side inputs hold only what is *over* a threshold (or the top-K grams), which stays small
 at demo scale; at ALIGN scale (100 M grams) the top-K set would become a CoGroupByKey join.
+
+Optional intra-corpus de-duplication (``corpus_dedup.remove``: ``exact`` = same sha256,
+``near`` = pHash within ``corpus_dedup.radius``, see :func:`dedup.intra.duplicates_to_drop`)
+runs last, on the pairs every other rule kept: in each duplicate group the first key is kept
+and the others are rejected as ``corpus_duplicate`` with the kept key (and the pHash distance)
+in ``detail``. It gathers (key, sha256, pHash) of *all* kept pairs on one worker — a few
+hundred bytes a pair as Python objects, fine at demo and medium scale; at ALIGN scale it would
+need a sharded join (exact: GroupByKey on sha256; near: GroupByKey on pHash substrings as
+multi-index hashing does, then union-find over the candidate pairs).
+
 After the run, :mod:`curation.manifest` re-reads the outputs and checks
 ``inputs = kept + Σ rejected[reason]``; a violation fails the run.
 
@@ -38,6 +50,7 @@ from curation.checks import CorpusVerdicts, decide, examine, tag_languages
 from curation.config import CurationConfig
 from curation.records import KEPT, PAIR_SCHEMA, REJECTED, CurationReason
 from curation.shards import list_shards, read_shard, write_shard
+from dedup.intra import drop_detail, duplicates_to_drop
 
 COUNTS_DIR = "_counts"
 
@@ -123,6 +136,23 @@ class MatchEvalSets(beam.DoFn):
                                     + (f" (+{len(matches) - 1} more)" if len(matches) > 1 else "")
                                     + (f"; {verdict.summary()}" if verdict is not None else "")}
         yield record, image
+
+
+def _kept_hashes(item):
+    record, _ = item
+    if record["status"] == KEPT:
+        yield record["key"], record["sha256"], record["phash"]
+
+
+def _drop_corpus_duplicate(item, drops: dict):
+    """Reject a kept pair named in ``drops`` ({key: (kept key, distance, kind)})."""
+    record, image = item
+    found = drops.get(record["key"]) if record["status"] == KEPT else None
+    if found is None:
+        return item
+    kept_key, distance, kind = found
+    return {**record, "status": REJECTED, "reason": CurationReason.CORPUS_DUPLICATE.value,
+            "detail": drop_detail(kept_key, distance, kind)}, None
 
 
 def _tag_batch(batch, config):
@@ -265,6 +295,19 @@ def build(p: beam.Pipeline, raw_shards: list[str], out_dir: str, config: Curatio
         | "Language" >> beam.FlatMap(_tag_batch, config)
         | "Eval duplicates" >> beam.ParDo(MatchEvalSets(config.eval_dedup))
     )
+    rules_c = config.corpus_dedup
+    if rules_c.remove != "none":
+        # every kept pair's (key, sha256, pHash) on one worker, the keys to drop broadcast back:
+        # fits in memory at demo/medium scale; at ALIGN scale a sharded join (see the docstring).
+        # Kept keys are unique (duplicate_key ran first), and the answer does not depend on the
+        # order ToList gathers them in, so the output stays deterministic.
+        drops = (
+            decided
+            | "Kept hashes" >> beam.FlatMap(_kept_hashes)
+            | "All kept hashes" >> beam.combiners.ToList()
+            | "Corpus duplicates" >> beam.Map(duplicates_to_drop, rules_c.remove, rules_c.radius)
+        )
+        decided = decided | "Drop corpus duplicates" >> beam.Map(_drop_corpus_duplicate, beam.pvalue.AsSingleton(drops))
     kept = decided | "Kept" >> beam.Filter(lambda ri: ri[0]["status"] == KEPT)
     rejected = decided | "Rejected" >> beam.FlatMap(lambda ri: [ri[0]] if ri[0]["status"] != KEPT else [])
 
