@@ -48,7 +48,8 @@ def _train(args: argparse.Namespace) -> int:
         embed_dim=args.embed_dim, image_head=args.image_head, text_head=not args.no_text_head,
         batch_size=args.batch_size, steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
         warmup=args.warmup, clip=args.clip, seed=args.seed, shuffle_buffer=args.shuffle_buffer,
-        workers=args.workers, precision=args.precision, checkpoint_every=args.checkpoint_every, device=args.device)
+        workers=args.workers, precision=args.precision, checkpoint_every=args.checkpoint_every, device=args.device,
+        exclude=args.exclude or [])
     from flows.terminal import step_bar
 
     on_step, close = step_bar(config.steps, f"training {config.mode}") if int(os.environ.get("RANK", "0")) == 0 \
@@ -128,6 +129,10 @@ def add_commands(sub) -> None:
     t.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
     t.add_argument("--checkpoint-every", type=int, default=100)
     t.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    t.add_argument("--exclude", action="append", metavar="FILE",
+                   help="parquet file with a 'key' column (e.g. dedup's eval_flags.parquet): pairs with those "
+                   "curated keys are skipped, shards untouched; other columns ignored. Repeatable. The key set "
+                   "is part of the run's identity: resuming with another set is refused")
     t.set_defaults(func=_train)
 
     v = sub.add_parser("evaluate", help="zero-shot classification and retrieval of a training run",

@@ -14,6 +14,8 @@ import json
 import math
 import os
 import time
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from training import distributed as D
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import PairStream, make_loader
 from training.embed_cache import open_cache
+from training.exclusions import exclusion_digest, load_exclusions
 from training.image_towers import build_image_tower
 from training.metrics import MetricsLog, plot_metrics
 from training.model import LiTModel
@@ -63,10 +66,16 @@ class TrainConfig:
     checkpoint_every: int = 100
     device: str = "auto"
     stop_after: int | None = None        # end this session after N steps (preemptible jobs); not part of the run's identity
+    # parquet files with a `key` column (e.g. dedup's eval_flags.parquet): pairs to skip. The
+    # identity holds the key set (count + sha256), not the paths: see training/exclusions.py
+    exclude: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if isinstance(self.text, dict):
             self.text = TextSpec(**self.text)
+        if isinstance(self.exclude, (str, Path)):
+            self.exclude = [self.exclude]
+        self.exclude = [str(p) for p in self.exclude or []]
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
         if self.image_source not in ("cache", "images"):
@@ -78,8 +87,12 @@ class TrainConfig:
         if self.weight_decay is None:
             self.weight_decay = 0.0 if self.mode == "Lu" else 1e-4
 
-    def identity(self, world: int, tokenizer_sha: str | None) -> dict:
-        """The fields that define a run; a checkpoint with other values cannot be resumed."""
+    def identity(self, world: int, tokenizer_sha: str | None, excluded: frozenset[str] = frozenset()) -> dict:
+        """The fields that define a run; a checkpoint with other values cannot be resumed.
+
+        ``excluded`` (the keys loaded from ``exclude``) enters as its size and the sha256 of the
+        sorted keys, only when not empty: runs without exclusions keep their earlier identity.
+        """
         keep = ("mode", "image_tower", "image_source", "embed_dim", "image_head", "text_head", "batch_size",
                 "steps", "lr", "weight_decay", "warmup", "clip", "seed", "shuffle_buffer", "precision")
         ident = {k: getattr(self, k) for k in keep}
@@ -87,6 +100,9 @@ class TrainConfig:
         ident["shards"] = [str(s) for s in self.shards]
         ident["world"] = world
         ident["tokenizer_sha256"] = tokenizer_sha
+        if excluded:
+            ident["excluded_keys"] = len(excluded)
+            ident["exclude_sha256"] = exclusion_digest(excluded)
         return json.loads(json.dumps(ident))
 
 
@@ -119,16 +135,51 @@ def tokenize(model: LiTModel, captions: list[str], sources: list[tuple[str, str]
         raise
 
 
-def _tokenizer(config: TrainConfig, shards: list[Path], info: D.DistInfo) -> Path | None:
-    """Scratch text towers: train a WordPiece tokenizer on the corpus captions once (rank 0)."""
+def _tokenizer(config: TrainConfig, shards: list[Path], info: D.DistInfo,
+               excluded: frozenset[str] = frozenset()) -> Path | None:
+    """Scratch text towers: train a WordPiece tokenizer on the corpus captions once (rank 0).
+
+    Captions of excluded pairs are left out: an eval duplicate's caption shapes no vocabulary.
+    """
     if config.text.name != "scratch":
         return None
     path = Path(config.out) / "tokenizer.json"
     if info.main and not path.exists():
-        captions = (c for shard in shards for c in read_manifest(shard, ("caption",))["caption"])
-        train_tokenizer(captions, config.text.vocab_size, path)
+        def captions():
+            for shard in shards:
+                manifest = read_manifest(shard, ("key", "caption"))
+                yield from (c for k, c in zip(manifest["key"], manifest["caption"]) if k not in excluded)
+
+        train_tokenizer(captions(), config.text.vocab_size, path)
     D.barrier()
     return path
+
+
+def check_exclusions(shards: list[Path], excluded: frozenset[str], readers: int) -> int:
+    """Validate every shard's manifest; returns how many pairs ``excluded`` drops per epoch.
+
+    Everything excluded, or fewer pairs left than readers when readers split by sample, is an
+    error here, before training (the endless stream would otherwise never yield a batch).
+    """
+    total = dropped = 0
+    seen: Counter[str] = Counter()
+    for shard in shards:
+        keys = read_manifest(shard)["key"]  # missing/empty/broken shards fail here, by name
+        total += len(keys)
+        hits = [k for k in keys if k in excluded]
+        dropped += len(hits)
+        seen.update(hits)
+    if excluded and dropped == total:
+        raise ValueError(f"all {total} pairs of the {len(shards)} shard(s) are excluded "
+                         f"({len(excluded)} excluded keys): nothing to train on")
+    if len(shards) < readers and total - dropped < readers:
+        raise ValueError(f"only {total - dropped} pair(s) left after exclusions ({dropped} excluded) "
+                         f"for {readers} readers (ranks x loader workers): some would never get a pair")
+    repeated = sorted(k for k, n in seen.items() if n > 1)
+    if repeated:
+        warnings.warn(f"{len(repeated)} excluded key(s) occur in more than one shard (shards of several "
+                      f"corpora?), e.g. {repeated[:3]}: every pair with such a key is skipped", stacklevel=2)
+    return dropped
 
 
 def build_model(config: TrainConfig, tokenizer: Path | None, device: torch.device):
@@ -177,13 +228,13 @@ def train(config: TrainConfig, on_step=None) -> dict:
         torch.cuda.set_device(device)
     if config.batch_size % info.world:
         raise ValueError(f"global batch {config.batch_size} does not split over {info.world} ranks")
+    excluded = load_exclusions(config.exclude)  # once; a missing or key-less file fails here
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     shards = resolve_shards(config.shards)
-    for shard in shards:
-        read_manifest(shard)  # missing/empty/broken shards fail here, by name, before training
-    tokenizer = _tokenizer(config, shards, info)
-    identity = config.identity(info.world, file_sha256(tokenizer) if tokenizer else None)
+    excluded_pairs = check_exclusions(shards, excluded, info.world * max(1, config.workers))
+    tokenizer = _tokenizer(config, shards, info, excluded)
+    identity = config.identity(info.world, file_sha256(tokenizer) if tokenizer else None, excluded)
     model, preprocess, cache = build_model(config, tokenizer, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(model.param_groups(config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
@@ -199,11 +250,13 @@ def train(config: TrainConfig, on_step=None) -> dict:
     metrics = MetricsLog(out / "metrics.jsonl", step) if info.main else None
     stream = PairStream(shards, config.batch_size // info.world, cache=cache, preprocess=preprocess,
                         seed=config.seed, shuffle_buffer=config.shuffle_buffer, rank=info.rank,
-                        world=info.world, start_batch=step)
+                        world=info.world, start_batch=step, exclude=excluded)
     autocast = autocast_for(config.precision, device)
     model.train()
     last_good = step if ckpt_path.exists() else None
     tick, result = time.time(), {"out": str(out), "start_step": step}
+    result.update(excluded_keys=len(excluded), excluded_pairs=excluded_pairs,
+                  exclude_sha256=exclusion_digest(excluded) if excluded else None)
     batches = make_loader(stream, config.workers) if step < config.steps else []
     for batch in batches:
         if step >= config.steps or (config.stop_after is not None and step - result["start_step"] >= config.stop_after):
