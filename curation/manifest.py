@@ -24,6 +24,7 @@ from curation.pipeline import COUNTS_DIR
 from curation.provenance import code_revision, library_versions
 from curation.records import CurationReason
 from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS
+from dedup.verify import VerifyRules
 from curation.shards import list_shards
 
 
@@ -97,6 +98,8 @@ def build_manifest(raw_dir: Path, out_dir: Path, config: CurationConfig) -> dict
             "rejected": {lang: {r: int(n) for r, n in row.items() if n} for lang, row in by_lang_reason.iterrows()},
         },
         "hash_settings": HASH_SETTINGS.to_dict(),
+        # the thresholds eval-duplicate candidates were verified with (None: pHash alone)
+        "eval_dedup_verify": VerifyRules().to_dict() if config.eval_dedup.verify else None,
         "eval_duplicates": _eval_duplicates(rejected),
         "corpus_duplicates": _corpus_duplicates(rejected),
         "shards": [

@@ -1,5 +1,7 @@
-"""Prefect flow ``retrain-lit``: embed the newest corpus once (locked tower) → train the text
-tower → evaluate zero-shot → publish as ``latest`` only when not worse (history kept).
+"""Prefect flow ``retrain-lit``: embed the newest corpus once (locked tower) → flag eval
+duplicates from those embeddings (verified; ``eval_flags.parquet``) → train the text tower,
+skipping the flagged pairs → evaluate zero-shot → publish as ``latest`` only when not worse
+(history kept).
 
 Orchestration only: ``training`` holds the logic. The training run's folder is named after
 the corpus it reads and the training config, so a re-run of the same job resumes (or finds
@@ -48,6 +50,23 @@ def embed_task(corpus: str, cache: str, image_tower: str) -> dict:
     return {k: report[k] for k in ("dir", "embedded", "skipped", "images")}
 
 
+def corpus_eval_index(corpus: Path) -> Path | None:
+    """The eval index the corpus was curated against (from corpus.json), if it still exists."""
+    recorded = json.loads((corpus / "corpus.json").read_text()).get("config", {}).get("eval_dedup", {})
+    index = recorded.get("index")
+    return Path(index) if index and (Path(index) / "index.json").exists() else None
+
+
+@task(name="eval-flags", cache_policy=NO_CACHE)
+def flag_task(corpus: str, cache: str, index: str, out: str, image_tower: str) -> dict:
+    from dedup.flags import flag_corpus
+
+    result = flag_corpus(corpus, cache, index, out, image_tower=image_tower)
+    get_run_logger().info("embedding check: %s candidates, %s flagged as eval duplicates (%s)",
+                          result["candidates"], result["flagged"], result["flags"])
+    return result
+
+
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(config_fields: dict, launcher: dict) -> dict:
     from training.train import TrainConfig, train
@@ -77,6 +96,8 @@ def _torchrun(config_fields: dict, launcher: dict) -> dict:
             "--lr", str(config_fields["lr"]), "--warmup", str(config_fields["warmup"])]
     if config_fields.get("cache"):
         args += ["--cache", config_fields["cache"]]
+    for path in config_fields.get("exclude") or []:
+        args += ["--exclude", path]
     env = {"NNODES": str(launcher.get("nnodes", 1)), "NPROC": str(launcher.get("nproc", 1)),
            "RDZV_ENDPOINT": launcher.get("rdzv_endpoint") or "127.0.0.1:29400",
            "JOB_ID": launcher.get("job_id") or "litflow-retrain"}
@@ -124,22 +145,35 @@ def retrain_lit(
     nnodes: int = 1,
     nproc: int = 1,
     rdzv_endpoint: str | None = None,
+    eval_check: bool = True,
 ) -> dict:
-    """Retrain on the newest curated corpus (or ``corpus``) and publish when not worse."""
+    """Retrain on the newest curated corpus (or ``corpus``) and publish when not worse.
+
+    ``eval_check``: run the embedding check (mode Lu, when the corpus records an eval index)
+    and train without the pairs it flags. It embeds every eval image once per tower and index.
+    """
     from training.text_towers import TextSpec
 
     corpus_dir = Path(corpus) if corpus else newest_corpus(default_work_dir())
     shard_dir = corpus_dir / "shards" if (corpus_dir / "shards").is_dir() else corpus_dir
     models_dir = Path(models) if models else default_work_dir() / "models"
     cache = str(models_dir / "embeddings")
-    progress = FlowProgress(["embed", "train", "evaluate", "publish"], key="retrain-lit-progress")
+    progress = FlowProgress(["embed", "eval-flags", "train", "evaluate", "publish"], key="retrain-lit-progress")
     if mode == "Lu":
         embed_task(str(shard_dir), cache, image_tower)
     progress.advance("embed")
+    exclude = []
+    index = corpus_eval_index(corpus_dir)
+    if mode == "Lu" and eval_check and index is not None:
+        flags_dir = models_dir / "eval-flags" / f"{image_tower.replace(':', '_').replace('/', '_')}-{_corpus_digest(corpus_dir)[:12]}"
+        exclude = [flag_task(str(corpus_dir), cache, str(index), str(flags_dir), image_tower)["flags"]]
+    progress.advance("eval-flags")
 
     fields = {"shards": [str(shard_dir)], "mode": mode, "image_tower": image_tower,
               "cache": cache if mode == "Lu" else None, "text": asdict(TextSpec(text_tower)),
               "batch_size": batch_size, "steps": steps, "lr": lr, "warmup": min(warmup, steps)}
+    if exclude:
+        fields["exclude"] = exclude
     run_id = hashlib.sha256(json.dumps([_corpus_digest(corpus_dir), fields], sort_keys=True).encode()).hexdigest()[:12]
     run_dir = models_dir / "runs" / f"{mode}-{run_id}"
     train_task(fields | {"out": str(run_dir)}, {"nnodes": nnodes, "nproc": nproc, "rdzv_endpoint": rdzv_endpoint})

@@ -74,6 +74,13 @@ def test_retrain_deployment_trains_evaluates_and_publishes(stack, work):
     assert stack.run_deployment("retrain-lit/nightly", params, timeout_s=600) == 0
     latest = json.loads((work / "models" / "latest.json").read_text())
     metrics = json.loads((next((work / "models" / "runs").iterdir()) / "eval" / "metrics.json").read_text())
+    # the embedding check ran on the cached embeddings, against the index the corpus was curated with
+    import pandas as pd
+
+    (flags_json,) = (work / "models" / "eval-flags").glob("*/flags.json")
+    flags = json.loads(flags_json.read_text())
+    assert flags["eval_images"] > 0 and flags["candidates"] >= flags["flagged"]
+    assert pd.read_parquet(flags_json.parent / "eval_flags.parquet")["key"].nunique() == flags["flagged"]
     assert latest["metrics"]["sets"].keys() == metrics["sets"].keys() == {"mnist"}
     # the same job again finds its finished run: nothing new to publish, and the history says so
     assert stack.run_deployment("retrain-lit/nightly", params, timeout_s=600) == 0

@@ -178,9 +178,12 @@ def _demo(stack: LocalPrefect) -> int:
         return code
     print(f"\ncorpus:       {out / 'curated'}  (manifest {out / 'curated' / 'corpus.json'})\n"
           f"audit report: {out / 'dedup-report' / 'report.html'}", flush=True)
-    # a demo-sized budget: 60 steps of batch 32, at most 300 test images per eval set
+    # a demo-sized budget: 60 steps of batch 32, at most 300 test images per eval set; no
+    # embedding check, which would embed all ~12k eval images with EfficientNet (~9 min on 2
+    # cores; curation already removed the verified pHash duplicates)
     code = stack.run_deployment("retrain-lit/nightly", {"corpus": str(out / "curated"), "steps": 60,
-                                                        "batch_size": 32, "warmup": 6, "eval_limit": 300})
+                                                        "batch_size": 32, "warmup": 6, "eval_limit": 300,
+                                                        "eval_check": False})
     if code != 0:
         print(f"retrain-lit/nightly failed (exit {code}); logs: {stack.state_dir}", file=sys.stderr)
         return code
