@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 
 import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
-from curation.config import load_config
+from curation.config import EvalDedupRules, load_config
 from curation.curate import curate
 from dedup.evalsets import EvalSet, ImageFolder, Split
 from dedup.index import build_index
 from dedup.phash import DEFAULT_SETTINGS, HashSettings, HashSettingsMismatch, hamming, hash_image_bytes
+from dedup.verify import Verifier, VerifyRules
 from tests.test_curation_pipeline import EMOJI, jpeg, write_raw_tar
 
 
 @pytest.fixture(scope="module")
 def probe(demo_data, tmp_path_factory):
-    """Six real corpus images; the eval set holds copies or edits of four of them."""
+    """Six real corpus images; the eval set holds copies or edits of four of them.
+
+    The six are the pinched-fingers emoji in its five skin tones and the default yellow
+    (1f90c-1f3fb ... 1f90c-1f3ff, 1f90c): pHash puts them all within the radius of each other,
+    so verification decides which candidates are the same picture.
+    """
     root = tmp_path_factory.mktemp("evaldedup")
     sources = sorted((demo_data.cache / EMOJI).glob("1f9*.png"))[:6]
     pictures = [Image.open(p).convert("RGB").resize((300, 300)) for p in sources]
@@ -43,6 +50,7 @@ def probe(demo_data, tmp_path_factory):
     return root, corpus_bytes, edits
 
 
+@functools.lru_cache(maxsize=None)  # one curation run per mode, shared by the tests below
 def run(root, mode, radius=8):
     config = load_config("align", [f"eval_dedup.index=\"{root / 'index'}\"", f"eval_dedup.mode=\"{mode}\"",
                                    f"eval_dedup.radius={radius}", "text.rare_tokens_enabled=false"])
@@ -68,24 +76,75 @@ def expected_matches(corpus_bytes, edits, splits, radius=8):
     return found
 
 
+def expected_rejections(root, corpus_bytes, edits, splits, radius=8):
+    """The rule with verification: the pHash candidates (``expected_matches``' distances, nearest
+    first, ties by split and key as ``Match`` sorts, at most ``max_candidates``) are verified in
+    turn and the first one confirmed is the match. Returns {corpus key: (split, eval key)}."""
+    verifier = Verifier()
+    found = {}
+    for i, data in enumerate(corpus_bytes):
+        ours = hash_image_bytes(data, DEFAULT_SETTINGS)[0]
+        candidates = []
+        for (split, name), (_, eval_data) in edits.items():
+            theirs, mirror = hash_image_bytes(eval_data, DEFAULT_SETTINGS)
+            distance = min(hamming(ours, theirs), hamming(ours, mirror))
+            if split in splits and distance <= radius:
+                candidates.append((distance, split, f"things/{name}.jpg"))
+        for _, split, key in sorted(candidates)[:EvalDedupRules().max_candidates]:
+            if Verifier.decide(verifier.check(data, str(root / "eval" / split / key))):
+                found[f"s{i}"] = (split, key)
+                break
+    return found
+
+
+def own_copies(edits, splits):
+    """Ground truth: corpus key -> the (split, eval key) made from it, in the active splits."""
+    truth = {}
+    for (split, name), (source, _) in edits.items():
+        if split in splits:
+            truth.setdefault(f"s{source}", set()).add((split, f"things/{name}.jpg"))
+    return truth
+
+
 @pytest.mark.parametrize("mode, splits", [("train+test", {"train", "test"}), ("test", {"test"}), ("none", set())])
 def test_modes_remove_the_expected_pairs(probe, mode, splits):
     root, corpus_bytes, edits = probe
-    expected = expected_matches(corpus_bytes, edits, splits)
+    proposed = expected_matches(corpus_bytes, edits, splits)
+    expected = expected_rejections(root, corpus_bytes, edits, splits)
+    truth = own_copies(edits, splits)
+    assert set(truth) <= set(proposed)  # pHash proposes every copy's own eval image (exact, mirror, q30)
+    assert set(truth) <= set(expected)  # and verification confirms a candidate for each copy
     if mode == "train+test":
-        assert {"s0", "s1", "s3"} <= set(expected)  # exact copies and the mirror must be caught
+        # pHash alone would remove s4 and s5 too (other skin tones); verification keeps them
+        assert {"s4", "s5"} <= set(proposed) and not {"s4", "s5"} & set(expected)
     manifest, rejected = run(root, mode)
     dups = rejected[rejected["reason"] == "eval_duplicate"]
     assert sorted(dups.index) == sorted(expected)
-    for key, nearest in expected.items():
+    for key, (split, eval_key) in expected.items():
         assert dups.loc[key, "eval_set"] == "probe" and dups.loc[key, "eval_distance"] <= 8
-        assert (dups.loc[key, "eval_split"], dups.loc[key, "eval_key"]) in nearest
+        assert (dups.loc[key, "eval_split"], dups.loc[key, "eval_key"]) == (split, eval_key)
+        assert (split, eval_key) in proposed[key]  # the confirmed candidate is one of the nearest
+        assert "; confirmed: " in dups.loc[key, "detail"]  # the verification summary is in the detail
     for i, own in ((0, ("test", "things/exact.jpg")), (3, ("train", "things/exact.jpg"))):
         if own[0] in splits:  # an exact copy is among its nearest eval images, at distance 0
-            assert own in expected[f"s{i}"] and dups.loc[f"s{i}", "eval_distance"] == 0
+            assert own in proposed[f"s{i}"] and dups.loc[f"s{i}", "eval_distance"] == 0
     assert manifest["rejected"].get("eval_duplicate", 0) == len(expected)
     assert sum(n for split_counts in manifest["eval_duplicates"].values() for n in split_counts.values()) == len(expected)
     assert manifest["inputs"] == manifest["kept"] + sum(manifest["rejected"].values())
+    assert manifest["eval_dedup_verify"] == VerifyRules().to_dict()
+
+
+@pytest.mark.xfail(strict=True, reason="method claim does not hold: adjacent skin tones of one emoji are "
+                   "confirmed as the same picture (chroma 10-15 < max_chroma 20), so s1..s3 match a neighbour's "
+                   "eval image and s3 is removed in test mode though its own copy is in train")
+@pytest.mark.parametrize("mode, splits", [("train+test", {"train", "test"}), ("test", {"test"})])
+def test_each_copy_matches_its_own_eval_image(probe, mode, splits):
+    root, corpus_bytes, edits = probe
+    truth = own_copies(edits, splits)
+    _, rejected = run(root, mode)
+    dups = rejected[rejected["reason"] == "eval_duplicate"]
+    assert {k: (dups.loc[k, "eval_split"], dups.loc[k, "eval_key"]) for k in dups.index} == \
+        {k: own for k, owns in truth.items() for own in owns}
 
 
 def test_index_with_other_hash_settings_is_refused(probe, tmp_path):

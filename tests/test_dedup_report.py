@@ -20,6 +20,7 @@ from dedup.evalsets import EvalSet, ImageFolder, Split
 from dedup.index import build_index
 from dedup.phash import DEFAULT_SETTINGS, HashSettings, HashSettingsMismatch, hash_image_bytes
 from dedup.report import build_report
+from dedup.verify import VerifyRules
 
 RADIUS = 8
 
@@ -64,6 +65,15 @@ def setup(demo_data, tmp_path_factory):
     return root, images
 
 
+@pytest.fixture(scope="module")
+def sources(demo_data) -> dict[str, tuple[str, str]]:
+    """Ground truth: corpus key -> (split, eval key) of the eval image it is a copy of."""
+    emoji = sorted((demo_data.cache / "emoji/img/google/64").glob("1f4*.png"))
+    made_from = [("train", p) for p in emoji[:10]] + [("test", p) for p in emoji[30:40]] + \
+                [("train", p) for p in emoji[10:12]]  # JPEG copies, then the brighter ones
+    return {f"{i:05d}": (split, f"c/{p.name}") for i, (split, p) in enumerate(made_from)}
+
+
 def _expected(root: Path, images: list[bytes], mode: str) -> tuple[int, int, int]:
     """From the rule: a corpus image matches an eval image whose hash or mirror is within RADIUS.
 
@@ -82,13 +92,16 @@ def _expected(root: Path, images: list[bytes], mode: str) -> tuple[int, int, int
     return matched, removed, pairs
 
 
-def test_report_counts_follow_the_rule(setup, tmp_path):
+def test_report_counts_follow_the_rule(setup, sources, tmp_path):
     root, images = setup
     summary = build_report(root / "corpus", root / "index", tmp_path / "r", radius=RADIUS, mode="test")
     matched, removed, pairs = _expected(root, images, "test")
     assert matched >= 22 and removed < matched  # the copies are found; train copies not removed in test mode
     assert summary["corpus"]["pairs"] == len(images)
-    assert (summary["corpus"]["matched"], summary["corpus"]["removed"]) == (matched, removed)
+    assert summary["corpus"]["candidates"] == matched  # what pHash proposes
+    # what is removed: the copies of test images (verification confirms them, and only them)
+    assert summary["corpus"]["removed"] == sum(1 for split, _ in sources.values() if split == "test") <= removed
+    assert summary["corpus"]["matched"] == len(sources)
     assert not summary["corpus"]["hashed_here"]  # stored phashes used, settings checked
     splits = json.loads((tmp_path / "r/report.json").read_text())["eval_sets"]["emo"]
     assert splits["train"]["eval_images"] == 30 and splits["train"]["removed"] == 0
@@ -101,6 +114,88 @@ def test_report_counts_follow_the_rule(setup, tmp_path):
     assert summary["corpus_duplicates"]["exact_groups"] >= 1
     exact = groups[groups["kind"] == "exact"]
     assert {f"{len(images) - 3:05d}", f"{len(images) - 2:05d}"} <= set(exact["key"])
+
+
+def test_verification_keeps_candidates_but_removes_only_confirmed(setup, sources, tmp_path):
+    """pHash proposes; verification confirms the copies (JPEG, brighter) and rejects the rest,
+    which stay in matches.parquet and on the page, marked, and are not removed."""
+    root, images = setup
+    summary = build_report(root / "corpus", root / "index", tmp_path / "r", radius=RADIUS, mode="train+test")
+    frame = pd.read_parquet(tmp_path / "r/matches.parquet")
+    matched, _, pairs = _expected(root, images, "train+test")
+    assert len(frame) == pairs and summary["corpus"]["candidates"] == matched
+    assert frame["flagged"].equals(frame["confirmed"] | frame["undecided"])
+    assert frame["removed"].equals(frame["flagged"])  # train+test: every split counts
+    # ground truth: a candidate is confirmed exactly when it is the copy's own eval image
+    own = [sources.get(k) == (s, e) for k, s, e in zip(frame["corpus_key"], frame["eval_split"], frame["eval_key"])]
+    assert frame["confirmed"].tolist() == own
+    assert set(frame.loc[frame["removed"], "corpus_key"]) == set(sources)  # every copy, the edited ones too
+    assert {"00020", "00021"} <= set(frame.loc[frame["confirmed"], "corpus_key"])  # brightness x1.2
+    rejected = frame[~frame["confirmed"]]
+    assert len(rejected) >= 1  # pHash proposed other eval images too (else nothing is tested here)
+    assert not rejected["flagged"].any() and not rejected["removed"].any()
+    assert rejected["verification"].str.startswith("not confirmed: ").all()
+    assert frame.loc[frame["confirmed"], "verification"].str.startswith("confirmed: ").all()
+    # report.json: candidates / matched (flagged) / removed, per split too, and the rules
+    assert summary["corpus"]["matched"] == summary["corpus"]["removed"] == len(sources)
+    assert summary["verify"] == VerifyRules().to_dict()
+    written = json.loads((tmp_path / "r/report.json").read_text())
+    assert written["corpus"] == summary["corpus"]
+    for split in ("train", "test"):
+        info = written["eval_sets"]["emo"][split]
+        sel = frame[frame["eval_split"] == split]
+        assert info["corpus_pairs_candidates"] == sel["corpus_key"].nunique()
+        assert info["corpus_pairs_matched"] == info["removed"] == sel.loc[sel["flagged"], "corpus_key"].nunique()
+        assert info["removed"] == sum(1 for s, _ in sources.values() if s == split)
+    # report.html: the unconfirmed candidates are on the page, marked
+    html = (tmp_path / "r/report.html").read_text()
+    assert html.count("class='match'") == len(frame)
+    assert html.count("data-flagged='0'") == html.count("(candidate, not confirmed)") == len(rejected)
+    assert html.count("not confirmed: ") == len(rejected)
+
+    # --no-verify: every pHash candidate counts, as before verification
+    plain = build_report(root / "corpus", root / "index", tmp_path / "plain", radius=RADIUS, verify=False)
+    unverified = pd.read_parquet(tmp_path / "plain/matches.parquet")
+    assert unverified["flagged"].all() and unverified["removed"].all() and plain["verify"] is None
+    assert (unverified["verification"] == "not verified").all()
+    assert plain["corpus"]["matched"] == plain["corpus"]["removed"] == plain["corpus"]["candidates"] == matched
+
+
+def test_embedding_candidates_join_the_report(setup, sources, tmp_path):
+    """Candidates from `litflow dedup flag` (eval_candidates.parquet) come in with their verdicts."""
+    root, _ = setup
+    clip_a, clip_b = f"{22:05d}", f"{23:05d}"  # two clip-art pairs that pHash matches to nothing
+    build_report(root / "corpus", root / "index", tmp_path / "p", radius=RADIUS)
+    plain = pd.read_parquet(tmp_path / "p/matches.parquet")
+    assert not {clip_a, clip_b} & set(plain["corpus_key"])
+    split, eval_key = sources["00000"]
+    test_key = sources["00010"][1]
+    embedding = pd.DataFrame({
+        "key": ["00000", clip_a, clip_b, "not-in-corpus"], "eval_set": ["emo"] * 4,
+        "eval_split": [split, "test", "test", "test"], "eval_key": [eval_key, test_key, test_key, test_key],
+        "cosine": [0.97, 0.61, 0.55, 0.9], "rank": [0, 0, 0, 0],
+        "confirmed": [True, False, False, True], "undecided": [False, False, True, False],
+        "verification": ["confirmed: 40 inliers", "not confirmed: 0 inliers", "corpus image unreadable", "x"],
+        "flagged": [True, False, True, True], "shard": ["s"] * 4})
+    summary = build_report(root / "corpus", root / "index", tmp_path / "r", radius=RADIUS, embedding_matches=embedding)
+    frame = pd.read_parquet(tmp_path / "r/matches.parquet")
+    assert len(frame) == len(plain) + 2  # the pHash pair both found is one row; the unknown key is dropped
+
+    def row(key, eval_key):
+        (found,) = frame[(frame["corpus_key"] == key) & (frame["eval_key"] == eval_key)].itertuples()
+        return found
+
+    both = row("00000", eval_key)
+    assert both.signal == "phash+embedding" and both.cosine == pytest.approx(0.97) and both.removed
+    # the pair was verified with the pHash match; that verdict is kept
+    assert both.verification.startswith("confirmed: ") and both.verification != "confirmed: 40 inliers"
+    only = row(clip_a, test_key)
+    assert (only.signal, only.distance, only.flagged, only.removed) == ("embedding", -1, False, False)
+    assert only.verification == "not confirmed: 0 inliers" and only.eval_ref.endswith(test_key.split("/")[1])
+    undecided = row(clip_b, test_key)
+    assert undecided.flagged and undecided.removed and undecided.undecided
+    assert summary["corpus"]["candidates"] == plain["corpus_key"].nunique() + 2
+    assert summary["corpus"]["removed"] == len(sources) + 1  # clip_b: undecided counts as flagged
 
 
 def test_settings_mismatch_is_refused(setup, tmp_path):

@@ -1,0 +1,347 @@
+"""Geometric verification on real images: edited copies are confirmed, distinct images are not.
+
+Eval images are real files (scikit-image's photos, openclipart drawings, Noto emoji); the corpus
+side is made here by editing them and storing the result as a curated shard stores an image
+(RGB JPEG q95, shorter side <= 256 px). What is asserted follows from the rules and the edit:
+a centred crop keeping 80 % of each side is the eval image at scale 0.8, a 5-degree rotation is a
+rotation of 5 degrees, a mirror is found through the mirrored eval image only.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+
+from dedup.embedding import EmbeddingIndex, embedding_candidates, verify_candidates
+from dedup.verify import Features, Verifier, VerifyRules, verify
+
+EMOJI = "emoji/img/google/64"
+CLIPART = ("openclipart/png/animals/bugs/ladybug_01.png", "openclipart/png/animals/bugs/farfalla_butterfly_fra1.png")
+PHOTOS = ("astronaut", "chelsea", "coffee")
+
+
+# ---- images ------------------------------------------------------------------------------------
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+
+
+def _photo(name: str) -> Image.Image:
+    import skimage.data
+
+    return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _jpeg(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def shard_bytes(image: Image.Image) -> bytes:
+    """As a curated shard stores an image: RGB JPEG q95, shorter side at most 256 px."""
+    image = image.convert("RGB")
+    scale = 256 / min(image.size)
+    if scale < 1:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.BICUBIC)
+    return _jpeg(image, 95)
+
+
+def _crop(image: Image.Image, keep: float) -> Image.Image:
+    """Centred crop keeping ``keep`` of each side."""
+    w, h = image.size
+    dx, dy = round(w * (1 - keep) / 2), round(h * (1 - keep) / 2)
+    return image.crop((dx, dy, w - dx, h - dy))
+
+
+def _text(image: Image.Image) -> Image.Image:
+    """A caption-like line of red text over the lower quarter."""
+    image = image.copy()
+    font = ImageFont.load_default(size=max(10, image.height // 12))
+    ImageDraw.Draw(image).text((image.width // 20, image.height * 3 // 4), "www.example.com  free download",
+                               fill=(255, 0, 0), font=font)
+    return image
+
+
+def _rotate(image: Image.Image, degrees: float) -> Image.Image:
+    return image.rotate(degrees, resample=Image.Resampling.BICUBIC, fillcolor="white")
+
+
+# edit -> (function, scale and rotation of corpus -> eval that the edit implies, mirrored)
+EDITS = {
+    "crop_10": (lambda im: _crop(im, 0.9), 0.9, 0.0, False),
+    "crop_20": (lambda im: _crop(im, 0.8), 0.8, 0.0, False),
+    # 10 % of the width / height added at each edge: the picture is 1/1.2 of the padded frame
+    "pad_10": (lambda im: ImageOps.expand(im, border=(round(im.width * 0.1), round(im.height * 0.1)), fill="black"),
+               1.2, 0.0, False),
+    "mirror": (ImageOps.mirror, 1.0, 0.0, True),
+    "rotate_5": (lambda im: _rotate(im, 5), 1.0, 5.0, False),
+    "jpeg_q30": (lambda im: Image.open(io.BytesIO(_jpeg(im, 30))), 1.0, 0.0, False),
+    "grayscale": (lambda im: ImageOps.grayscale(im).convert("RGB"), 1.0, 0.0, False),
+    "text_overlay": (_text, 1.0, 0.0, False),
+    "resize_0.5": (lambda im: im.resize((im.width // 2, im.height // 2), Image.Resampling.BICUBIC), 1.0, 0.0, False),
+}
+# A 64-px emoji holds up to these edits. JPEG q30 and halving (to 32 px) are left out: they smear
+# the colours at the edges, and of 60 emoji only about 3 in 4 such copies stay within max_chroma
+# (this fox at q30: chroma 20.6 > 20), so the method does not claim them for emoji.
+EMOJI_EDITS = ("crop_10", "crop_20", "pad_10", "mirror", "rotate_5", "grayscale", "text_overlay")
+
+
+@pytest.fixture(scope="module")
+def originals(demo_data) -> dict[str, bytes]:
+    """name -> the eval image's file bytes."""
+    out = {name: _png(_photo(name)) for name in PHOTOS}
+    for path in CLIPART:
+        out[Path(path).name] = (demo_data.cache / path).read_bytes()
+    out["1f98a"] = (demo_data.cache / EMOJI / "1f98a.png").read_bytes()
+    return out
+
+
+def _eval(data: bytes) -> tuple[Features, Features]:
+    features = Features.from_bytes(data)
+    return features, features.mirrored()
+
+
+def _corpus(data: bytes, edit: str) -> Features:
+    image = _on_white(Image.open(io.BytesIO(data)))
+    return Features.from_bytes(shard_bytes(EDITS[edit][0](image)))
+
+
+def _check_confirmed(v, edit: str) -> None:
+    _, scale, rotation, mirrored = EDITS[edit]
+    assert v.confirmed and not v.undecided, v
+    assert v.mirrored == mirrored, v
+    assert v.scale == pytest.approx(scale, abs=0.03), v
+    assert v.rotation == pytest.approx(rotation, abs=1.0), v
+
+
+# ---- edited copies -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+@pytest.mark.parametrize("name", PHOTOS)
+def test_edited_photo_is_confirmed(originals, name, edit):
+    ref, ref_mirror = _eval(originals[name])
+    _check_confirmed(verify(_corpus(originals[name], edit), ref, VerifyRules(), ref_mirror), edit)
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+@pytest.mark.parametrize("name", [Path(p).name for p in CLIPART])
+def test_edited_drawing_is_confirmed(originals, name, edit):
+    ref, ref_mirror = _eval(originals[name])
+    _check_confirmed(verify(_corpus(originals[name], edit), ref, VerifyRules(), ref_mirror), edit)
+
+
+@pytest.mark.parametrize("edit", EMOJI_EDITS)
+def test_edited_emoji_is_confirmed(originals, edit):
+    ref, ref_mirror = _eval(originals["1f98a"])
+    assert Image.open(io.BytesIO(originals["1f98a"])).size == (64, 64)
+    _check_confirmed(verify(_corpus(originals["1f98a"], edit), ref, VerifyRules(), ref_mirror), edit)
+
+
+# ---- distinct images ---------------------------------------------------------------------------
+
+
+def test_different_photos_are_not_confirmed():
+    photos = {name: _photo(name) for name in ("astronaut", "chelsea", "coffee", "rocket", "camera")}
+    corpus = {name: Features.from_bytes(shard_bytes(image)) for name, image in photos.items()}
+    evals = {name: _eval(_png(image)) for name, image in photos.items()}
+    for a in photos:
+        for b in photos:
+            ref, mirror = evals[b]
+            v = verify(corpus[a], ref, VerifyRules(), mirror)
+            assert v.confirmed == (a == b), (a, b, v)
+
+
+def test_different_drawings_are_not_confirmed(demo_data):
+    paths = [demo_data.cache / p for p in CLIPART] + [demo_data.cache / "openclipart/png/animals/bugs/spider.png"]
+    corpus = [Features.from_bytes(shard_bytes(_on_white(Image.open(p)))) for p in paths]
+    evals = [_eval(p.read_bytes()) for p in paths]
+    for i, query in enumerate(corpus):
+        for j, (ref, mirror) in enumerate(evals):
+            assert verify(query, ref, VerifyRules(), mirror).confirmed == (i == j), (paths[i].name, paths[j].name)
+
+
+def _emoji_pair(demo_data, corpus_code: str, eval_code: str):
+    corpus = Features.from_bytes(shard_bytes(_on_white(Image.open(demo_data.cache / EMOJI / f"{corpus_code}.png"))))
+    ref, mirror = _eval((demo_data.cache / EMOJI / f"{eval_code}.png").read_bytes())
+    return corpus, ref, mirror
+
+
+def test_recoloured_emoji_is_not_confirmed(demo_data):
+    """Waving hand in the default yellow vs dark skin tone: same drawing, other colours."""
+    corpus, ref, mirror = _emoji_pair(demo_data, "1f44b", "1f44b-1f3ff")
+    assert corpus.colour and ref.colour  # the chroma check applies
+    v = verify(corpus, ref, VerifyRules(), mirror)
+    assert not v.confirmed and v.chroma > VerifyRules().max_chroma, v
+    # the drawing itself does line up: it is the colour that tells them apart
+    assert v.block_agreement >= VerifyRules().min_block_agreement, v
+
+
+@pytest.mark.xfail(strict=True, reason="method claim does not hold: light vs dark skin tone differs in "
+                   "lightness, not chroma (chroma ~14-17 < max_chroma 20; ncc ~0.83, blocks ~0.9) -> confirmed")
+def test_skin_tone_variants_are_not_confirmed(demo_data):
+    corpus, ref, mirror = _emoji_pair(demo_data, "1f44b-1f3fb", "1f44b-1f3ff")
+    assert corpus.colour and ref.colour
+    assert not verify(corpus, ref, VerifyRules(), mirror).confirmed
+
+
+@pytest.mark.xfail(strict=True, reason="method claim does not hold: grinning face vs grinning face with big "
+                   "eyes differ only in the eyes (ncc ~0.95, blocks ~0.9) -> confirmed")
+def test_different_emoji_faces_are_not_confirmed(demo_data):
+    corpus, ref, mirror = _emoji_pair(demo_data, "1f603", "1f600")
+    assert not verify(corpus, ref, VerifyRules(), mirror).confirmed
+
+
+# ---- the rules' bounds -------------------------------------------------------------------------
+
+
+def test_mirror_is_found_only_through_the_mirrored_eval_image(originals):
+    ref, ref_mirror = _eval(originals["chelsea"])
+    query = _corpus(originals["chelsea"], "mirror")
+    assert not verify(query, ref, VerifyRules(), None).confirmed
+    v = verify(query, ref, VerifyRules(), ref_mirror)
+    assert v.confirmed and v.mirrored
+    # the unedited copy is found directly, not through the mirror
+    direct = verify(Features.from_bytes(shard_bytes(_photo("chelsea"))), ref, VerifyRules(), ref_mirror)
+    assert direct.confirmed and not direct.mirrored
+
+
+@pytest.mark.parametrize("name", ["astronaut", "chelsea"])
+def test_rotation_beyond_the_bound_is_not_confirmed(name):
+    image = _photo(name)
+    ref, mirror = _eval(_png(image))
+    rules = VerifyRules()
+    assert rules.max_rotation < 45
+    small = verify(Features.from_bytes(shard_bytes(_rotate(image, 5))), ref, rules, mirror)
+    assert small.confirmed and small.rotation == pytest.approx(5, abs=1)
+    large = Features.from_bytes(shard_bytes(_rotate(image, 45)))
+    assert not verify(large, ref, rules, mirror).confirmed
+    # it is the bound that rejects it: allowed 50 degrees, the same pair is confirmed at 45
+    wide = verify(large, ref, VerifyRules(max_rotation=50), mirror)
+    assert wide.confirmed and wide.rotation == pytest.approx(45, abs=1), wide
+
+
+def _almost_blank() -> Image.Image:
+    """A white page with one faint grey dot: next to no keypoints."""
+    image = Image.new("RGB", (256, 256), "white")
+    ImageDraw.Draw(image).ellipse((126, 126, 130, 130), fill=(235, 235, 235))
+    return image
+
+
+def test_almost_blank_image_is_undecided_and_decide_keeps_it(originals):
+    blank = Features(_almost_blank())
+    ref, mirror = _eval(originals["astronaut"])
+    rules = VerifyRules(min_keypoints=8)
+    assert len(blank) < rules.min_keypoints <= len(ref)
+    v = verify(blank, ref, rules, mirror)
+    assert v.undecided and not v.confirmed
+    assert Verifier.decide(v)  # verification cannot veto what it cannot see
+    assert "undecided" in v.summary()
+    # the same in the other direction: an eval image with too few keypoints
+    assert verify(Features.from_bytes(originals["astronaut"]), blank, rules, blank.mirrored()).undecided
+    # under the default rules the fallback is whatever min_keypoints says (0: off)
+    default = verify(blank, ref, VerifyRules(), mirror)
+    assert default.undecided == (len(blank) < VerifyRules().min_keypoints) and not default.confirmed
+    assert Verifier.decide(default) == default.undecided
+    # a confirmed pair is decided by its confirmation
+    confirmed = verify(ref, ref, rules, mirror)
+    assert confirmed.confirmed and not confirmed.undecided and Verifier.decide(confirmed)
+
+
+# ---- determinism, cache ------------------------------------------------------------------------
+
+
+def test_verification_is_deterministic(originals):
+    pairs = [(originals["coffee"], "crop_20", originals["coffee"]),          # a copy
+             (originals["coffee"], "rotate_5", originals["chelsea"]),        # distinct photos
+             (originals["ladybug_01.png"], "pad_10", originals["ladybug_01.png"])]
+    for corpus_data, edit, eval_data in pairs:
+        results = []
+        for _ in range(2):  # everything rebuilt from the bytes each time: features, mirror, verification
+            ref, mirror = _eval(eval_data)
+            results.append(verify(_corpus(corpus_data, edit), ref, VerifyRules(), mirror))
+        assert results[0] == results[1]
+        a, b = _corpus(corpus_data, edit), _corpus(corpus_data, edit)
+        np.testing.assert_array_equal(a.points, b.points)
+        np.testing.assert_array_equal(a.descriptors, b.descriptors)
+
+
+def test_verifier_caches_eval_features(originals, tmp_path):
+    refs = {}
+    for name in ("chelsea", "coffee"):
+        refs[name] = str(tmp_path / f"{name}.png")
+        Path(refs[name]).write_bytes(originals[name])
+    reads = []
+
+    def read_ref(ref):
+        reads.append(ref)
+        return Path(ref).read_bytes()
+
+    verifier = Verifier(read_ref=read_ref)
+    crop = shard_bytes(_crop(_photo("chelsea"), 0.8))
+    results = [verifier.check(crop, refs["chelsea"]) for _ in range(3)]
+    assert reads == [refs["chelsea"]]
+    ref, mirror = _eval(originals["chelsea"])
+    assert results[0] == results[1] == results[2] == verify(Features.from_bytes(crop), ref, verifier.rules, mirror)
+    assert results[0].confirmed
+    assert not verifier.check(Features.from_bytes(crop), refs["coffee"]).confirmed  # Features or bytes
+    verifier.check(crop, refs["chelsea"])
+    assert reads == [refs["chelsea"], refs["coffee"]]
+    # a cache of one eval image reads again when the other comes between
+    small = Verifier(read_ref=read_ref, cache_size=1)
+    reads.clear()
+    for name in ("chelsea", "coffee", "chelsea"):
+        small.check(crop, refs[name])
+    assert reads == [refs["chelsea"], refs["coffee"], refs["chelsea"]]
+
+
+# ---- hostile input -----------------------------------------------------------------------------
+
+
+def _truncated_jpeg() -> bytes:
+    data = _jpeg(_photo("astronaut"), 90)
+    return data[: len(data) // 2]
+
+
+def test_unreadable_bytes_raise_clear_errors():
+    with pytest.raises(OSError, match="truncated"):
+        Features.from_bytes(_truncated_jpeg())
+    for junk in (b"<!doctype html><html><body>Not an image</body></html>", b""):
+        with pytest.raises(UnidentifiedImageError, match="cannot identify image file"):
+            Features.from_bytes(junk)
+
+
+def test_verify_candidates_keeps_unreadable_corpus_images_flagged(originals, tmp_path):
+    refs = []
+    for name in ("chelsea", "coffee"):
+        refs.append(str(tmp_path / f"{name}.png"))
+        Path(refs[-1]).write_bytes(originals[name])
+    index = EmbeddingIndex(np.eye(2), ["photos"] * 2, ["test"] * 2, ["chelsea", "coffee"], refs)
+    keys = ["copy", "truncated", "html", "missing"]
+    # each corpus key's nearest eval image: the copy -> chelsea, the rest -> coffee
+    vectors = np.array([[1.0, 0.1], [0.1, 1.0], [0.1, 1.0], [0.1, 1.0]])
+    candidates = embedding_candidates(keys, vectors, index, top_k=1, min_cosine=0.5)
+    assert candidates["key"].tolist() == keys and candidates["eval_key"].tolist() == ["chelsea"] + ["coffee"] * 3
+    images = {"copy": shard_bytes(_crop(_photo("chelsea"), 0.8)), "truncated": _truncated_jpeg(),
+              "html": b"<!doctype html><html></html>"}  # "missing": no bytes at all
+    checked = verify_candidates(candidates, images, index, Verifier()).set_index("key")
+    assert checked.loc["copy", "confirmed"] and checked.loc["copy", "flagged"]
+    assert checked.loc["copy", "verification"].startswith("confirmed")
+    for key in ("truncated", "html", "missing"):
+        row = checked.loc[key]
+        assert row["flagged"] and row["undecided"] and not row["confirmed"], key
+        assert row["verification"] == "corpus image unreadable"
