@@ -150,13 +150,13 @@ def verify_candidates(candidates: pd.DataFrame, corpus_images: dict[str, bytes],
                 features[row.key] = None
         if features[row.key] is None:
             rows.append(dict(confirmed=False, undecided=True, inliers=0, ncc=np.nan, block_agreement=np.nan,
-                             chroma=np.nan, mirrored=False, flagged=True, verification="corpus image unreadable"))
+                             colour_diff=np.nan, mirrored=False, flagged=True, verification="corpus image unreadable"))
             continue
         verdict = verifier.check(features[row.key], index.ref[row.eval_image])
         rows.append(dict(confirmed=verdict.confirmed, undecided=verdict.undecided, inliers=verdict.inliers,
-                         ncc=verdict.ncc, block_agreement=verdict.block_agreement, chroma=verdict.chroma,
+                         ncc=verdict.ncc, block_agreement=verdict.block_agreement, colour_diff=verdict.colour_diff,
                          mirrored=verdict.mirrored, flagged=Verifier.decide(verdict), verification=verdict.summary()))
-    checked = pd.DataFrame(rows, columns=["confirmed", "undecided", "inliers", "ncc", "block_agreement", "chroma",
+    checked = pd.DataFrame(rows, columns=["confirmed", "undecided", "inliers", "ncc", "block_agreement", "colour_diff",
                                           "mirrored", "flagged", "verification"])
     return pd.concat([candidates.reset_index(drop=True), checked], axis=1)
 

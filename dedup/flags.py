@@ -44,6 +44,8 @@ def flag_corpus(corpus: str | Path, cache_root: str | Path, index_dir: str | Pat
     verifier = Verifier()
     candidates = flag_cached_corpus(cache, shards, index, verifier, top_k, min_cosine)
     flagged = candidates[candidates["flagged"]].drop(columns=["eval_image"])
+    flagged_keys = set(flagged["key"])
+    confirmed_keys = set(candidates.loc[candidates["confirmed"], "key"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _write_parquet(flagged.reset_index(drop=True), out / "eval_flags.parquet")
@@ -51,9 +53,9 @@ def flag_corpus(corpus: str | Path, cache_root: str | Path, index_dir: str | Pat
     summary = {
         "corpus": str(corpus), "image_tower": image_tower, "mode": mode, "top_k": top_k, "min_cosine": min_cosine,
         "verify": verifier.rules.to_dict(), "eval_images": len(index.key), "shards": len(shards),
-        "candidates": int(candidates["key"].nunique()), "flagged": int(flagged["key"].nunique()),
-        "confirmed": int(candidates.loc[candidates["confirmed"], "key"].nunique()),
-        "undecided": int(candidates.loc[candidates["flagged"] & ~candidates["confirmed"], "key"].nunique()),
+        "candidates": int(candidates["key"].nunique()), "flagged": len(flagged_keys),
+        "confirmed": len(confirmed_keys),
+        "undecided": len(flagged_keys - confirmed_keys),  # flagged with no confirmed candidate
         "flags": str(out / "eval_flags.parquet"), "candidates_file": str(out / "eval_candidates.parquet"),
     }
     (out / "flags.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -16,12 +16,17 @@ transform, then the aligned images compared pixel by pixel.
    (stars, wheels) from matching themselves at the wrong angle, which a plain ratio test does.
 3. RANSAC fits a similarity transform (``cv2.estimateAffinePartial2D``; OpenCV seeds its own
    RNG per call, so the result is deterministic), whose scale and rotation must lie in the
-   same bounds.
+   same bounds; dense ECC alignment (``cv2.findTransformECC``) then refines it, since a
+   transform from a handful of inliers is a few pixels off. Smooth graphics (a gradient
+   button, a flag) have too few keypoints for any transform: ECC alone then aligns them,
+   starting from the whole-frame mapping, and only a near-exact photometric match counts.
 4. The corpus image is warped onto the eval image and compared where both exist: grey-level
-   correlation over the overlap (``ncc``), the share of textured 16-px blocks that correlate
-   (``block_agreement``: catches a different drawing on the same layout) and, when both are
-   in colour, the 90th percentile of the chroma difference (``chroma``: a recoloured drawing,
-   like an emoji with another skin tone, is a different image).
+   correlation over the overlap (``ncc``), the share of the eval image's textured 16-px blocks
+   that correlate (``block_agreement``: catches a different drawing on the same layout; blocks
+   flat in the eval image are skipped, so a border or a caption added to the copy does not
+   count against it) and the share of the overlap whose colour differs after a global
+   gain/offset fit per channel (``colour_diff``: a recoloured drawing, like an emoji with
+   another skin tone, is a different image; a brighter copy is not).
 
 Mirrors are checked by also matching against the mirrored eval image. A pair whose images
 hold too few keypoints to ever reach ``min_inliers`` is ``undecided``: verification cannot veto
@@ -40,7 +45,9 @@ import numpy as np
 
 SIDE = 256          # longer side (px) at which features are taken and images compared
 BLOCK = 16          # block size (px) of the block agreement
-MIN_BLOCK_STD = 6.0  # a block is textured when either image's grey levels vary this much
+MIN_BLOCK_STD = 6.0  # a block is textured when the eval image's grey levels vary this much
+COLOUR_DELTA = 16.0  # a pixel differs when its fitted Lab colour is this far off (8-bit Lab units)
+FEW_KEYPOINTS = 50   # below this, keypoints are looked for again at a lower contrast threshold
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,7 @@ class VerifyRules:
     min_inliers: int = 4           # RANSAC inliers of the similarity transform
     min_ncc: float = 0.7           # grey correlation over the overlap
     min_block_agreement: float = 0.8  # share of the eval image's textured blocks with correlation >= 0.7
-    max_chroma: float = 20.0       # 90th pct of the Lab chroma difference (both in colour)
+    max_colour_diff: float = 0.3   # share of the overlap whose colour differs (after a global fit)
     # fewer keypoints in either image: undecided (the proposing signal decides). Off (0) by
     # default: on the quality benchmark a fallback at 4 or 8 keypoints added false positives
     # (flat, distinct emoji) without raising the lowest recall.
@@ -58,13 +65,28 @@ class VerifyRules:
     max_rotation: float = 20.0     # degrees
     max_scale: float = 2.0
     ratio: float = 0.8             # Lowe's ratio test
+    refine: bool = True            # ECC refinement of the keypoint transform before comparing
+    # with no keypoint transform (smooth graphics have a handful of keypoints), align densely
+    # (ECC from the whole-frame mapping); an ECC-aligned pair is also confirmed without
+    # min_inliers when the aligned images agree at these stricter thresholds
+    dense_fallback: bool = True
+    dense_min_ncc: float = 0.9
+    dense_min_block_agreement: float = 0.9
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def confirms(self, inliers: int, ncc: float, block_agreement: float, chroma: float) -> bool:
+    def accepts(self, inliers: int, ncc: float, block_agreement: float, colour_diff: float, dense: bool) -> bool:
+        """The decision: keypoint thresholds, or (ECC-aligned) the stricter dense thresholds."""
+        return self.confirms(inliers, ncc, block_agreement, colour_diff) or (
+            dense and self.confirms(inliers, ncc, block_agreement, colour_diff, dense=True))
+
+    def confirms(self, inliers: int, ncc: float, block_agreement: float, colour_diff: float, dense: bool = False) -> bool:
+        if dense:
+            return (ncc >= self.dense_min_ncc and block_agreement >= self.dense_min_block_agreement
+                    and colour_diff <= self.max_colour_diff)
         return (inliers >= self.min_inliers and ncc >= self.min_ncc
-                and block_agreement >= self.min_block_agreement and chroma <= self.max_chroma)
+                and block_agreement >= self.min_block_agreement and colour_diff <= self.max_colour_diff)
 
 
 @dataclass(frozen=True)
@@ -74,19 +96,21 @@ class Verification:
     inliers: int
     ncc: float
     block_agreement: float
-    chroma: float
+    colour_diff: float
     scale: float
     rotation: float
     mirrored: bool
     undecided: bool
     confirmed: bool
+    dense: bool = False  # the transform was refined (or found) by dense ECC alignment
 
     def summary(self) -> str:
         if self.undecided:
             return "verification undecided (too few keypoints)"
         verdict = "confirmed" if self.confirmed else "not confirmed"
-        return (f"{verdict}: {self.inliers} inliers{' (mirror)' if self.mirrored else ''}, ncc {self.ncc:.2f}, "
-                f"blocks {self.block_agreement:.2f}, chroma {self.chroma:.1f}")
+        how = f"{self.inliers} inliers" + (", ECC-aligned" if self.dense else "")
+        return (f"{verdict}: {how}{' (mirror)' if self.mirrored else ''}, ncc {self.ncc:.2f}, "
+                f"blocks {self.block_agreement:.2f}, colour differs on {self.colour_diff:.0%}")
 
 
 class Features:
@@ -103,6 +127,10 @@ class Features:
         self.rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
         grey = cv2.cvtColor(self.rgb, cv2.COLOR_RGB2GRAY)
         keypoints, descriptors = _sift().detectAndCompute(grey, None)
+        if len(keypoints) < FEW_KEYPOINTS:
+            # smooth graphics (gradients, pill buttons) yield a handful at the usual contrast
+            # threshold: look again for fainter ones rather than give up on the image
+            keypoints, descriptors = _sift(faint=True).detectAndCompute(grey, None)
         # x, y, orientation (degrees), size per keypoint
         self.points = np.float32([(k.pt[0], k.pt[1], k.angle, k.size) for k in keypoints]).reshape(-1, 4)
         self.descriptors = descriptors
@@ -137,25 +165,24 @@ def _on_white(image):
     return image.convert("RGB")
 
 
-_SIFT = None
+_SIFT: dict[bool, object] = {}
 
 
-def _sift():
-    global _SIFT
-    if _SIFT is None:
+def _sift(faint: bool = False):
+    if faint not in _SIFT:
         import cv2
 
         cv2.setNumThreads(1)  # parallelism comes from Beam workers, not OpenCV threads
-        _SIFT = cv2.SIFT_create(nfeatures=800, contrastThreshold=0.02)
-    return _SIFT
+        _SIFT[faint] = cv2.SIFT_create(nfeatures=800, contrastThreshold=0.002 if faint else 0.02)
+    return _SIFT[faint]
 
 
 def _align(query: Features, ref: Features, rules: VerifyRules):
-    """The similarity transform query -> ref and its inlier count, or (None, 0)."""
+    """(transform query -> ref, inlier count, ECC refined it) or (None, 0, False)."""
     import cv2
 
     if len(query) < 2 or len(ref) < 2:
-        return None, 0
+        return None, 0, False
     src, dst = [], []
     matcher = cv2.BFMatcher(cv2.NORM_L2)
     for candidates in matcher.knnMatch(query.descriptors, ref.descriptors, k=4):
@@ -169,17 +196,52 @@ def _align(query: Features, ref: Features, rules: VerifyRules):
             src.append(query.points[consistent[0].queryIdx, :2])
             dst.append(ref.points[consistent[0].trainIdx, :2])
     if len(src) < 3:
-        return None, 0
+        return None, 0, False
     matrix, mask = cv2.estimateAffinePartial2D(np.float32(src), np.float32(dst), method=cv2.RANSAC,
                                                ransacReprojThreshold=3.0, maxIters=2000, confidence=0.995,
                                                refineIters=10)
     if matrix is None:
-        return None, 0
+        return None, 0, False
     scale = math.hypot(matrix[0, 0], matrix[1, 0])
     rotation = math.degrees(math.atan2(matrix[1, 0], matrix[0, 0]))
     if not (1 / rules.max_scale <= scale <= rules.max_scale and abs(rotation) <= rules.max_rotation):
-        return None, 0
-    return matrix, int(mask.sum())
+        return None, 0, False
+    refined = _refine(query, ref, matrix, rules) if rules.refine else None
+    if refined is None:
+        return matrix, int(mask.sum()), False  # ECC failed: keep the keypoints' estimate
+    return refined, int(mask.sum()), True
+
+
+def _dense_align(query: Features, ref: Features, rules: VerifyRules):
+    """ECC from the whole-frame mapping (query frame stretched onto ref frame), or None."""
+    qh, qw = query.rgb.shape[:2]
+    rh, rw = ref.rgb.shape[:2]
+    start = np.float32([[rw / qw, 0, 0], [0, rh / qh, 0]])
+    return _refine(query, ref, start, rules)
+
+
+def _refine(query: Features, ref: Features, matrix, rules: VerifyRules):
+    """Dense ECC refinement of a transform query -> ref; None when ECC fails or strays."""
+    import cv2
+
+    a = cv2.GaussianBlur(cv2.cvtColor(query.rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), (5, 5), 0)
+    b = cv2.GaussianBlur(cv2.cvtColor(ref.rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), (5, 5), 0)
+    # ECC maps template coordinates to input coordinates: template = ref, input = query, so
+    # start from the inverse of query -> ref and invert back
+    warp = cv2.invertAffineTransform(matrix).astype(np.float32)
+    try:
+        _, warp = cv2.findTransformECC(b, a, warp, cv2.MOTION_AFFINE,
+                                       (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4), None, 1)
+    except cv2.error:
+        return None  # did not converge (flat images)
+    refined = cv2.invertAffineTransform(warp)
+    sx, sy = math.hypot(refined[0, 0], refined[1, 0]), math.hypot(refined[0, 1], refined[1, 1])
+    moved = np.abs(refined[:, 2] - matrix[:, 2]).max()
+    if not (1 / rules.max_scale <= min(sx, sy) and max(sx, sy) <= rules.max_scale and abs(sx - sy) < 0.1 * sx
+            and moved < 0.1 * SIDE):
+        return None  # ECC wandered off (shear, a jump)
+    rotation = math.degrees(math.atan2(refined[1, 0], refined[0, 0]))
+    return refined if abs(rotation) <= rules.max_rotation else None
 
 
 def _correlation(x: np.ndarray, y: np.ndarray) -> float:
@@ -190,7 +252,7 @@ def _correlation(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _compare(query: Features, ref: Features, matrix) -> tuple[float, float, float]:
-    """(ncc, block agreement, chroma) of the query warped onto the ref, over their overlap."""
+    """(ncc, block agreement, colour difference) of the query warped onto the ref, over their overlap."""
     import cv2
 
     height, width = ref.rgb.shape[:2]
@@ -199,7 +261,7 @@ def _compare(query: Features, ref: Features, matrix) -> tuple[float, float, floa
                             flags=cv2.INTER_NEAREST, borderValue=0)
     inside = cv2.erode(inside, np.ones((5, 5), np.uint8)) > 0  # no interpolated border pixels
     if inside.mean() < 0.25:
-        return 0.0, 0.0, float("inf")
+        return 0.0, 0.0, 1.0
 
     def grey(rgb):
         return cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), (3, 3), 0)
@@ -216,12 +278,42 @@ def _compare(query: Features, ref: Features, matrix) -> tuple[float, float, floa
                 continue  # flat in the eval image: what the corpus image adds there (a border, a caption) is no evidence
             blocks.append(_correlation(pa, pb))
     agreement = float(np.mean(np.asarray(blocks) >= 0.7)) if blocks else ncc
-    chroma = 0.0
-    if query.colour and ref.colour:
-        la = cv2.cvtColor(cv2.GaussianBlur(warped, (5, 5), 0), cv2.COLOR_RGB2LAB).astype(np.float32)
-        lb = cv2.cvtColor(cv2.GaussianBlur(ref.rgb, (5, 5), 0), cv2.COLOR_RGB2LAB).astype(np.float32)
-        chroma = float(np.percentile(np.hypot(la[..., 1] - lb[..., 1], la[..., 2] - lb[..., 2])[inside], 90))
-    return ncc, agreement, chroma
+    return ncc, agreement, _colour_difference(warped, ref.rgb, inside, query.colour and ref.colour)
+
+
+def _colour_difference(warped: np.ndarray, ref: np.ndarray, inside: np.ndarray, both_colour: bool) -> float:
+    """Share of the overlap whose colour differs by more than :data:`COLOUR_DELTA` (Lab, 8-bit units).
+
+    Compared at an eighth of :data:`SIDE`, where JPEG's blurred colour edges average out and a
+    recoloured region does not. Lightness is first fitted by one gain and offset (least squares
+    over the overlap), so a brightness or contrast change costs nothing; the two colour axes
+    share one gain (saturation may change, hue may not: a per-channel fit would also map a
+    yellow hand onto a pink one). So another skin tone counts as another image; a grey copy (or
+    a grey eval image) is compared on lightness only.
+    """
+    import cv2
+
+    height, width = ref.shape[:2]
+    size = (max(1, width // 8), max(1, height // 8))
+    la = cv2.cvtColor(cv2.resize(warped, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2LAB).astype(np.float32)
+    lb = cv2.cvtColor(cv2.resize(ref, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2LAB).astype(np.float32)
+    # only cells wholly inside the overlap: a cell that averages in the black fill is no evidence
+    keep = cv2.resize(inside.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.999
+    if not keep.any():
+        return 1.0
+    la, lb = la[keep], lb[keep]
+    x, y = la[:, 0], lb[:, 0]
+    spread = float(x.var())
+    gain = float(((x - x.mean()) * (y - y.mean())).mean() / spread) if spread > 1e-6 else 0.0
+    squared = (gain * (x - x.mean()) + y.mean() - y) ** 2
+    if both_colour:
+        # one common gain for the two colour axes (about neutral grey): saturation may change
+        # (a brightness edit scales it), hue may not
+        ca, cb = la[:, 1:] - 128.0, lb[:, 1:] - 128.0
+        power = float((ca * ca).sum())
+        saturation = float((ca * cb).sum() / power) if power > 1e-6 else 1.0
+        squared = squared + ((saturation * ca - cb) ** 2).sum(axis=1)
+    return float(np.mean(squared > COLOUR_DELTA ** 2))
 
 
 def verify(query: Features, ref: Features, rules: VerifyRules = VerifyRules(),
@@ -232,15 +324,18 @@ def verify(query: Features, ref: Features, rules: VerifyRules = VerifyRules(),
     for mirrored, target in ((False, ref), (True, ref_mirrored)):
         if target is None:
             continue
-        matrix, inliers = _align(query, target, rules)
+        matrix, inliers, dense = _align(query, target, rules)
+        if matrix is None and rules.dense_fallback:
+            matrix = _dense_align(query, target, rules)
+            dense = matrix is not None
         if matrix is None:
-            found = Verification(0, 0.0, 0.0, float("inf"), 0.0, 0.0, mirrored, undecided, False)
+            found = Verification(0, 0.0, 0.0, 1.0, 0.0, 0.0, mirrored, undecided, False)
         else:
-            ncc, agreement, chroma = _compare(query, target, matrix)
-            confirmed = rules.confirms(inliers, ncc, agreement, chroma)
-            found = Verification(inliers, ncc, agreement, chroma, math.hypot(matrix[0, 0], matrix[1, 0]),
+            ncc, agreement, colour_diff = _compare(query, target, matrix)
+            confirmed = rules.accepts(inliers, ncc, agreement, colour_diff, dense)
+            found = Verification(inliers, ncc, agreement, colour_diff, math.hypot(matrix[0, 0], matrix[1, 0]),
                                  math.degrees(math.atan2(matrix[1, 0], matrix[0, 0])), mirrored,
-                                 undecided and not confirmed, confirmed)
+                                 undecided and not confirmed, confirmed, dense)
         if best is None or (found.confirmed, found.block_agreement, found.inliers) > (
                 best.confirmed, best.block_agreement, best.inliers):  # ties: the direct match
             best = found
