@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import itertools
 import json
 import re
 import sys
@@ -204,8 +205,8 @@ def embeddings(tower: str, eval_blobs: list[bytes], query_blobs: list[bytes]):
     return eval_vec, query_vec
 
 
-def verify_pairs(pairs, query_features, eval_features, eval_mirrors, rules):
-    return [verify(query_features[q], eval_features[e], rules, eval_mirrors[e]) for q, e in pairs]
+def verify_pairs(pairs, query_features, eval_features, eval_mirrors, rules, distances):
+    return [verify(query_features[q], eval_features[e], rules, eval_mirrors[e], d) for (q, e), d in zip(pairs, distances)]
 
 
 def main() -> None:
@@ -269,11 +270,17 @@ def main() -> None:
                     cos=cos, candidate=candidate, same=same, is_original=is_original)
 
     timing = {}
+    found_distances: list[int | None] = []
 
     def verified(sig, rules):
         qi, ei = np.nonzero(sig["candidate"])
         t = time.perf_counter()
-        found = verify_pairs(zip(sig["queries"][qi], sig["members"][ei]), query_features, eval_features, eval_mirrors, rules)
+        near = sig["mirror"][qi, ei]  # pHash distance (or mirror's) when pHash proposed the pair
+        distances = [int(d) if d <= args.radius else None for d in near]
+        found = verify_pairs(zip(sig["queries"][qi], sig["members"][ei]), query_features, eval_features, eval_mirrors,
+                             rules, distances)
+        found_distances.clear()
+        found_distances.extend(distances)
         timing["ms_per_pair"] = 1000 * (time.perf_counter() - t) / max(1, len(found))
         print(f"verified {len(found):,} candidate pairs, {timing['ms_per_pair']:.1f} ms each "
               "(direct + mirror, features prepared)", flush=True)
@@ -289,19 +296,20 @@ def main() -> None:
         qi, ei, found = verified(calib, permissive)
         positive = calib["same"][qi, ei]
         total = int((~calib["same"]).sum() - 0)
-        print("calibration grid (half 0): min_inliers min_ncc min_block max_colour_diff -> min recall, FPR")
+        print("calibration grid (half 0): min_inliers min_ncc min_block max_colour_diff near_radius near_min_block "
+              "-> min recall, FPR")
         grid = []
-        for inl in (3, 4, 5, 6):
-            for ncc in (0.5, 0.7):
-                for block in (0.6, 0.7, 0.8, 0.9):
-                    for colour in (0.05, 0.1, 0.2, 0.3, float("inf")):
-                        rules = VerifyRules(min_inliers=inl, min_ncc=ncc, min_block_agreement=block, max_colour_diff=colour,
-                                            dense_min_ncc=max(ncc, 0.9), dense_min_block_agreement=max(block, 0.9))
-                        ok = np.array([rules.accepts(v.inliers, v.ncc, v.block_agreement, v.colour_diff, v.dense)
-                                       for v in found])
-                        fpr = float((ok & ~positive).sum()) / total
-                        recall = min(_recall(calib, qi[ok & positive], b) for b in range(1, len(query_edit)))
-                        grid.append((recall, -fpr, inl, ncc, block, colour))
+        distances = list(found_distances)
+        for inl, ncc, block, colour, near_radius, near_block in itertools.product(
+                (4, 6), (0.7,), (0.7, 0.8, 0.9), (0.2, 0.3, float("inf")), (2, 4, 6), (0.5, 0.6, 0.7, 1.01)):
+            rules = VerifyRules(min_inliers=inl, min_ncc=ncc, min_block_agreement=block, max_colour_diff=colour,
+                                dense_min_ncc=max(ncc, 0.9), dense_min_block_agreement=max(block, 0.9),
+                                near_radius=near_radius, near_min_block_agreement=near_block)
+            ok = np.array([rules.accepts(v.inliers, v.ncc, v.block_agreement, v.colour_diff, v.dense, d)
+                           for v, d in zip(found, distances)])
+            fpr = float((ok & ~positive).sum()) / total
+            recall = min(_recall(calib, qi[ok & positive], b) for b in range(1, len(query_edit)))
+            grid.append((recall, -fpr, inl, ncc, block, colour, near_radius, near_block))
         for recall, fpr, *rule in sorted(grid, reverse=True)[:3] + sorted((g for g in grid if -g[1] <= args.max_fpr), reverse=True)[:5]:
             print(f"  {rule} -> {recall:.3f}, {-fpr:.2e}")
 

@@ -111,7 +111,7 @@ class MatchEvalSets(beam.DoFn):
             return matches[0], None
         for match in matches[:self.rules.max_candidates]:
             try:
-                verdict = self.verifier.check(query, self.index.refs[match.image])
+                verdict = self.verifier.check(query, self.index.refs[match.image], match.distance)
             except (OSError, KeyError, ValueError):
                 return match, None  # an eval image that cannot be read now: pHash's verdict stands
             if Verifier.decide(verdict):

@@ -50,14 +50,15 @@ def _verify_phash_matches(matches: pd.DataFrame, eval_refs: list[str], verify: b
     verifier = verifier or Verifier()
     features: dict[str, Features | None] = {}
     verdicts = []
-    for corpus_ref, eval_ref in zip(matches["corpus_ref"], eval_refs):
+    for corpus_ref, eval_ref, distance in zip(matches["corpus_ref"], eval_refs, matches["distance"]):
         if corpus_ref not in features:
             try:
                 features[corpus_ref] = Features.from_bytes(read_ref(corpus_ref))
             except Exception:  # noqa: BLE001 - unreadable now: pHash's verdict stands, marked undecided
                 features[corpus_ref] = None
         try:
-            verdict = None if features[corpus_ref] is None else verifier.check(features[corpus_ref], eval_ref)
+            verdict = None if features[corpus_ref] is None else verifier.check(features[corpus_ref], eval_ref,
+                                                                               int(distance))
         except (OSError, KeyError, ValueError):
             verdict = None
         verdicts.append(verdict)

@@ -72,12 +72,22 @@ class VerifyRules:
     dense_fallback: bool = True
     dense_min_ncc: float = 0.9
     dense_min_block_agreement: float = 0.9
+    # a pHash candidate this close is strong evidence by itself: its blocks need agree less
+    # (brightening or halving a line drawing loses its faint lines, not its layout)
+    near_radius: int = 4
+    near_min_block_agreement: float = 0.6
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def accepts(self, inliers: int, ncc: float, block_agreement: float, colour_diff: float, dense: bool) -> bool:
-        """The decision: keypoint thresholds, or (ECC-aligned) the stricter dense thresholds."""
+    def accepts(self, inliers: int, ncc: float, block_agreement: float, colour_diff: float, dense: bool,
+                phash_distance: int | None = None) -> bool:
+        """The decision: keypoint thresholds, or (ECC-aligned) the stricter dense thresholds, or
+        (a pHash candidate within ``near_radius``) the keypoint ones with fewer agreeing blocks."""
+        if phash_distance is not None and phash_distance <= self.near_radius and (inliers >= self.min_inliers or dense):
+            if (ncc >= self.min_ncc and block_agreement >= self.near_min_block_agreement
+                    and colour_diff <= self.max_colour_diff):
+                return True
         return self.confirms(inliers, ncc, block_agreement, colour_diff) or (
             dense and self.confirms(inliers, ncc, block_agreement, colour_diff, dense=True))
 
@@ -317,8 +327,12 @@ def _colour_difference(warped: np.ndarray, ref: np.ndarray, inside: np.ndarray, 
 
 
 def verify(query: Features, ref: Features, rules: VerifyRules = VerifyRules(),
-           ref_mirrored: Features | None = None) -> Verification:
-    """Check ``query`` (corpus image) against ``ref`` (eval image) and, if given, its mirror."""
+           ref_mirrored: Features | None = None, phash_distance: int | None = None) -> Verification:
+    """Check ``query`` (corpus image) against ``ref`` (eval image) and, if given, its mirror.
+
+    ``phash_distance``: the candidate's pHash distance (to the eval image or its mirror) when
+    pHash proposed it; see :attr:`VerifyRules.near_radius`.
+    """
     undecided = min(len(query), len(ref)) < rules.min_keypoints
     best = None
     for mirrored, target in ((False, ref), (True, ref_mirrored)):
@@ -332,7 +346,7 @@ def verify(query: Features, ref: Features, rules: VerifyRules = VerifyRules(),
             found = Verification(0, 0.0, 0.0, 1.0, 0.0, 0.0, mirrored, undecided, False)
         else:
             ncc, agreement, colour_diff = _compare(query, target, matrix)
-            confirmed = rules.accepts(inliers, ncc, agreement, colour_diff, dense)
+            confirmed = rules.accepts(inliers, ncc, agreement, colour_diff, dense, phash_distance)
             found = Verification(inliers, ncc, agreement, colour_diff, math.hypot(matrix[0, 0], matrix[1, 0]),
                                  math.degrees(math.atan2(matrix[1, 0], matrix[0, 0])), mirrored,
                                  undecided and not confirmed, confirmed, dense)
@@ -368,10 +382,10 @@ class Verifier:
             self._cache.popitem(last=False)
         return pair
 
-    def check(self, corpus: Features | bytes, eval_ref: str) -> Verification:
+    def check(self, corpus: Features | bytes, eval_ref: str, phash_distance: int | None = None) -> Verification:
         query = corpus if isinstance(corpus, Features) else Features.from_bytes(corpus)
         ref, ref_mirror = self._eval_features(eval_ref)
-        return verify(query, ref, self.rules, ref_mirror)
+        return verify(query, ref, self.rules, ref_mirror, phash_distance)
 
     @staticmethod
     def decide(verification: Verification) -> bool:
