@@ -82,21 +82,22 @@ class VerifyRules:
 
     def accepts(self, inliers: int, ncc: float, block_agreement: float, colour_diff: float, dense: bool,
                 phash_distance: int | None = None) -> bool:
-        """The decision: keypoint thresholds, or (ECC-aligned) the stricter dense thresholds, or
-        (a pHash candidate within ``near_radius``) the keypoint ones with fewer agreeing blocks."""
-        if phash_distance is not None and phash_distance <= self.near_radius and (inliers >= self.min_inliers or dense):
-            if (ncc >= self.min_ncc and block_agreement >= self.near_min_block_agreement
-                    and colour_diff <= self.max_colour_diff):
-                return True
-        return self.confirms(inliers, ncc, block_agreement, colour_diff) or (
-            dense and self.confirms(inliers, ncc, block_agreement, colour_diff, dense=True))
+        """The decision, one of three ways, and the colours always agreeing:
 
-    def confirms(self, inliers: int, ncc: float, block_agreement: float, colour_diff: float, dense: bool = False) -> bool:
-        if dense:
-            return (ncc >= self.dense_min_ncc and block_agreement >= self.dense_min_block_agreement
-                    and colour_diff <= self.max_colour_diff)
-        return (inliers >= self.min_inliers and ncc >= self.min_ncc
-                and block_agreement >= self.min_block_agreement and colour_diff <= self.max_colour_diff)
+        * keypoints: ``min_inliers``, ``min_ncc`` and ``min_block_agreement``;
+        * ECC-aligned (``dense``), whatever the inliers: the stricter ``dense_*`` thresholds;
+        * a pHash candidate within ``near_radius``, aligned either way: ``min_ncc`` and the
+          looser ``near_min_block_agreement``.
+        """
+        if colour_diff > self.max_colour_diff:
+            return False
+        aligned = inliers >= self.min_inliers or dense
+        if inliers >= self.min_inliers and ncc >= self.min_ncc and block_agreement >= self.min_block_agreement:
+            return True
+        if dense and ncc >= self.dense_min_ncc and block_agreement >= self.dense_min_block_agreement:
+            return True
+        near = phash_distance is not None and phash_distance <= self.near_radius
+        return near and aligned and ncc >= self.min_ncc and block_agreement >= self.near_min_block_agreement
 
 
 @dataclass(frozen=True)
