@@ -102,18 +102,17 @@ class MatchEvalSets(beam.DoFn):
                 self.verifier = Verifier()
 
     def _confirmed(self, matches, image_bytes):
-        """The nearest match that verification confirms (or cannot decide), with its verdict."""
-        from dedup.verify import Features, Verifier
+        """The nearest match that verification confirms (or cannot decide), with its verdict.
 
-        try:
-            query = Features.from_bytes(image_bytes)
-        except Exception:  # noqa: BLE001 - it decoded once already; if not now, keep pHash's verdict
-            return matches[0], None
+        An image that cannot be read now (corpus or eval) gets no verdict: pHash's stands.
+        """
+        from dedup.verify import Verifier
+
+        query = Verifier.corpus_features(image_bytes)
         for match in matches[:self.rules.max_candidates]:
-            try:
-                verdict = self.verifier.check(query, self.index.refs[match.image], match.distance)
-            except (OSError, KeyError, ValueError):
-                return match, None  # an eval image that cannot be read now: pHash's verdict stands
+            verdict = self.verifier.try_check(query, self.index.refs[match.image], match.distance)
+            if verdict is None:
+                return match, None
             if Verifier.decide(verdict):
                 return match, verdict
         return None, None

@@ -80,18 +80,10 @@ class EmbeddingIndex:
             cosine.append(np.take_along_axis(part_sims, order, 1))
         return np.concatenate(index), np.concatenate(cosine)
 
-    def nearest(self, queries: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Index and cosine of each query's nearest eval image."""
-        queries = l2_normalise(queries)
-        if queries.shape[1] != self.vectors.shape[1]:
-            raise ValueError(f"embedding sizes differ: corpus {queries.shape[1]} vs eval {self.vectors.shape[1]}")
-        best_i, best_c = [], []
-        for start in range(0, len(queries), chunk):
-            sims = queries[start:start + chunk] @ self.vectors.T
-            i = sims.argmax(axis=1)
-            best_i.append(i)
-            best_c.append(sims[np.arange(len(i)), i])
-        return np.concatenate(best_i), np.concatenate(best_c)
+        image, cosine = self.top_k(queries, 1)
+        return image[:, 0], cosine[:, 0]
 
 
 def flag_duplicates(corpus_keys: Sequence[str], corpus_vectors: np.ndarray, index: EmbeddingIndex,
@@ -134,25 +126,23 @@ def verify_candidates(candidates: pd.DataFrame, corpus_images: dict[str, bytes],
     """Candidates with their verification (``confirmed``, ``undecided``, ``inliers``...) and ``flagged``.
 
     ``corpus_images`` maps each candidate's key to its image bytes; ``verifier`` is a
-    :class:`dedup.verify.Verifier`. A candidate whose corpus image cannot be decoded is kept as
-    flagged and undecided (verification cannot veto what it cannot see).
+    :class:`dedup.verify.Verifier`. A candidate whose corpus or eval image cannot be read now is
+    kept as flagged and undecided (verification cannot veto what it cannot see).
     """
-    from dedup.verify import Features, Verifier
+    from dedup.verify import Verifier
 
     if index.ref is None:
         raise ValueError("embedding index has no eval refs: build it with eval_embedding_index()")
     rows, features = [], {}
     for row in candidates.itertuples(index=False):
         if row.key not in features:
-            try:
-                features[row.key] = Features.from_bytes(corpus_images[row.key])
-            except Exception:  # noqa: BLE001 - an image curation kept but cannot be re-read here
-                features[row.key] = None
-        if features[row.key] is None:
+            features[row.key] = Verifier.corpus_features(corpus_images.get(row.key, b""))
+        verdict = verifier.try_check(features[row.key], index.ref[row.eval_image])
+        if verdict is None:
+            unreadable = "corpus image unreadable" if features[row.key] is None else "eval image unreadable"
             rows.append(dict(confirmed=False, undecided=True, inliers=0, ncc=np.nan, block_agreement=np.nan,
-                             colour_diff=np.nan, mirrored=False, flagged=True, verification="corpus image unreadable"))
+                             colour_diff=np.nan, mirrored=False, flagged=True, verification=unreadable))
             continue
-        verdict = verifier.check(features[row.key], index.ref[row.eval_image])
         rows.append(dict(confirmed=verdict.confirmed, undecided=verdict.undecided, inliers=verdict.inliers,
                          ncc=verdict.ncc, block_agreement=verdict.block_agreement, colour_diff=verdict.colour_diff,
                          mirrored=verdict.mirrored, flagged=Verifier.decide(verdict), verification=verdict.summary()))

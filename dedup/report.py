@@ -45,23 +45,18 @@ def _verify_phash_matches(matches: pd.DataFrame, eval_refs: list[str], verify: b
     if not verify:
         return matches.assign(confirmed=False, undecided=False, verification="not verified", flagged=True)
     from dedup.evalsets import read_ref
-    from dedup.verify import Features, Verifier
+    from dedup.verify import Verifier
 
     verifier = verifier or Verifier()
-    features: dict[str, Features | None] = {}
+    features = {}
     verdicts = []
     for corpus_ref, eval_ref, distance in zip(matches["corpus_ref"], eval_refs, matches["distance"]):
         if corpus_ref not in features:
             try:
-                features[corpus_ref] = Features.from_bytes(read_ref(corpus_ref))
-            except Exception:  # noqa: BLE001 - unreadable now: pHash's verdict stands, marked undecided
+                features[corpus_ref] = Verifier.corpus_features(read_ref(corpus_ref))
+            except Exception:  # noqa: BLE001 - the shard or member cannot be read: no verdict, undecided
                 features[corpus_ref] = None
-        try:
-            verdict = None if features[corpus_ref] is None else verifier.check(features[corpus_ref], eval_ref,
-                                                                               int(distance))
-        except (OSError, KeyError, ValueError):
-            verdict = None
-        verdicts.append(verdict)
+        verdicts.append(verifier.try_check(features[corpus_ref], eval_ref, int(distance)))
     return matches.assign(
         confirmed=[bool(v and v.confirmed) for v in verdicts],
         undecided=[v is None or v.undecided for v in verdicts],

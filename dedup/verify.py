@@ -389,6 +389,24 @@ class Verifier:
         return verify(query, ref, self.rules, ref_mirror, phash_distance)
 
     @staticmethod
+    def corpus_features(data: bytes) -> Features | None:
+        """Features of a corpus image, or None when it cannot be decoded now."""
+        try:
+            return Features.from_bytes(data)
+        except Exception:  # noqa: BLE001 - any decoder failure: the caller treats it as undecided
+            return None
+
+    def try_check(self, corpus: Features | None, eval_ref: str, phash_distance: int | None = None) -> Verification | None:
+        """:meth:`check`, or None when either image cannot be read now: no verdict, so the
+        proposing signal's stands (callers flag the pair as undecided)."""
+        if corpus is None:
+            return None
+        try:
+            return self.check(corpus, eval_ref, phash_distance)
+        except (OSError, KeyError, ValueError):
+            return None
+
+    @staticmethod
     def decide(verification: Verification) -> bool:
         """A candidate is an eval duplicate when confirmed, or when verification is undecided."""
         return verification.confirmed or verification.undecided

@@ -345,3 +345,18 @@ def test_verify_candidates_keeps_unreadable_corpus_images_flagged(originals, tmp
         row = checked.loc[key]
         assert row["flagged"] and row["undecided"] and not row["confirmed"], key
         assert row["verification"] == "corpus image unreadable"
+
+
+def test_verify_candidates_keeps_pairs_with_an_unreadable_eval_image_flagged(originals, tmp_path):
+    """An eval image gone since indexing: no verdict, so the pair stays flagged (not a crash)."""
+    present, gone = str(tmp_path / "chelsea.png"), str(tmp_path / "gone.png")
+    Path(present).write_bytes(originals["chelsea"])
+    index = EmbeddingIndex(np.eye(2), ["photos"] * 2, ["test"] * 2, ["chelsea", "gone"], [present, gone])
+    candidates = embedding_candidates(["copy", "other"], np.array([[1.0, 0.1], [0.1, 1.0]]), index,
+                                      top_k=1, min_cosine=0.5)
+    images = {"copy": shard_bytes(_crop(_photo("chelsea"), 0.8)), "other": shard_bytes(_photo("coffee"))}
+    checked = verify_candidates(candidates, images, index, Verifier()).set_index("key")
+    assert checked.loc["copy", "confirmed"]
+    row = checked.loc["other"]
+    assert row["eval_key"] == "gone" and row["flagged"] and row["undecided"] and not row["confirmed"]
+    assert row["verification"] == "eval image unreadable"
