@@ -155,10 +155,14 @@ def open_for_hash(data: bytes, settings: HashSettings = DEFAULT_SETTINGS) -> Ima
         # Pillow's RGB->L conversion, which measured up to 20 bits off instead of 6
         image.draft(image.mode, (settings.jpeg_draft, settings.jpeg_draft))
     image.load()
-    if settings.flatten_alpha and (image.mode in ("RGBA", "LA", "PA", "RGBa", "La")
-                                   or (image.mode == "P" and "transparency" in image.info)):
+    return flatten_on_white(image) if settings.flatten_alpha else image
+
+
+def flatten_on_white(image: Image.Image) -> Image.Image:
+    """Transparent pixels composited on white (as img2dataset does); an opaque image as it is."""
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return image
 
 

@@ -153,9 +153,11 @@ class Features:
     def from_bytes(cls, data: bytes) -> "Features":
         from PIL import Image
 
+        from dedup.phash import flatten_on_white
+
         with Image.open(io.BytesIO(data)) as image:
             image.draft("RGB", (SIDE, SIDE))  # reduced JPEG decode: we never need more than SIDE
-            return cls(_on_white(image))
+            return cls(flatten_on_white(image))  # Features converts the rest to RGB
 
     def mirrored(self) -> "Features":
         from PIL import Image, ImageOps
@@ -164,16 +166,6 @@ class Features:
 
     def __len__(self) -> int:
         return len(self.points)
-
-
-def _on_white(image):
-    """Transparent pixels composited on white, as the thumbnails and eval sets show them."""
-    from PIL import Image
-
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 _SIFT: dict[bool, object] = {}
