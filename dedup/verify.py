@@ -27,6 +27,12 @@ transform, then the aligned images compared pixel by pixel.
    count against it) and the share of the overlap whose colour differs after a global
    gain/offset fit per channel (``colour_diff``: a recoloured drawing, like an emoji with
    another skin tone, is a different image; a brighter copy is not).
+5. Brightening clips: ``x 1.2`` turns a golden yellow into a pure one and light grey lines
+   into white, which no fit in step 4 undoes. So before comparing, the gain ``k >= 1`` for which
+   ``clip(k * eval)`` best explains the copy is fitted (:func:`_brightness_gain`) and the eval
+   image is compared in that form. A block the gain washes out (textured in the eval image,
+   flat after the gain) is no evidence either way; a block that keeps some texture still has to
+   agree, which is what tells two thin-line stars apart once both are brightened.
 
 Mirrors are checked by also matching against the mirrored eval image. A pair whose images
 hold too few keypoints to ever reach ``min_inliers`` is ``undecided``: verification cannot veto
@@ -48,6 +54,11 @@ BLOCK = 16          # block size (px) of the block agreement
 MIN_BLOCK_STD = 6.0  # a block is textured when the eval image's grey levels vary this much
 COLOUR_DELTA = 16.0  # a pixel differs when its fitted Lab colour is this far off (8-bit Lab units)
 FEW_KEYPOINTS = 50   # below this, keypoints are looked for again at a lower contrast threshold
+# brightening modelled as copy = clip(k * eval): k from 1 to VerifyRules.max_gain in GAIN_STEP steps,
+# kept only when it cuts the mean absolute error of identity by GAIN_EVIDENCE (an unedited copy, or
+# another picture, gains little from a gain; a brightened copy's error drops by 70-90 %)
+GAIN_STEP = 0.025
+GAIN_EVIDENCE = 0.3
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,10 @@ class VerifyRules:
     # a pHash candidate this close is strong evidence by itself: its blocks need agree less
     # (brightening or halving a line drawing loses its faint lines, not its layout)
     near_radius: int = 4
-    near_min_block_agreement: float = 0.6
+    near_min_block_agreement: float = 0.7
+    # brightest edit modelled: the eval image is compared as clip(k * eval), k in [1, max_gain]
+    # fitted to the copy (1.0: off). Brightening clips, and no fit of the comparison undoes that.
+    max_gain: float = 1.6
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,12 +128,14 @@ class Verification:
     undecided: bool
     confirmed: bool
     dense: bool = False  # the transform was refined (or found) by dense ECC alignment
+    gain: float = 1.0    # brightening k the copy was compared under (1: none; see _brightness_gain)
 
     def summary(self) -> str:
         if self.undecided:
             return "verification undecided (too few keypoints)"
         verdict = "confirmed" if self.confirmed else "not confirmed"
         how = f"{self.inliers} inliers" + (", ECC-aligned" if self.dense else "")
+        how += f", brightened x{self.gain:.2f}" if self.gain != 1.0 else ""
         return (f"{verdict}: {how}{' (mirror)' if self.mirrored else ''}, ncc {self.ncc:.2f}, "
                 f"blocks {self.block_agreement:.2f}, colour differs on {self.colour_diff:.0%}")
 
@@ -254,8 +270,8 @@ def _correlation(x: np.ndarray, y: np.ndarray) -> float:
     return float((x * y).sum() / denominator) if denominator > 0 else 0.0
 
 
-def _compare(query: Features, ref: Features, matrix) -> tuple[float, float, float]:
-    """(ncc, block agreement, colour difference) of the query warped onto the ref, over their overlap."""
+def _compare(query: Features, ref: Features, matrix, max_gain: float) -> tuple[float, float, float, float]:
+    """(ncc, block agreement, colour difference, gain) of the query warped onto the ref, over their overlap."""
     import cv2
 
     height, width = ref.rgb.shape[:2]
@@ -264,12 +280,14 @@ def _compare(query: Features, ref: Features, matrix) -> tuple[float, float, floa
                             flags=cv2.INTER_NEAREST, borderValue=0)
     inside = cv2.erode(inside, np.ones((5, 5), np.uint8)) > 0  # no interpolated border pixels
     if inside.mean() < 0.25:
-        return 0.0, 0.0, 1.0
+        return 0.0, 0.0, 1.0, 1.0
+    gain = _brightness_gain(warped, ref.rgb, inside, max_gain)
+    target = ref.rgb if gain == 1.0 else np.clip(ref.rgb * np.float32(gain) + 0.5, 0, 255).astype(np.uint8)
 
     def grey(rgb):
         return cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), (3, 3), 0)
 
-    a, b = grey(warped), grey(ref.rgb)
+    a, b, original = grey(warped), grey(target), grey(ref.rgb)
     ncc = _correlation(a[inside], b[inside])
     blocks = []
     for y0 in range(0, height - BLOCK + 1, BLOCK):
@@ -277,11 +295,39 @@ def _compare(query: Features, ref: Features, matrix) -> tuple[float, float, floa
             if not inside[y0:y0 + BLOCK, x0:x0 + BLOCK].all():
                 continue
             pa, pb = a[y0:y0 + BLOCK, x0:x0 + BLOCK], b[y0:y0 + BLOCK, x0:x0 + BLOCK]
-            if pb.std() < MIN_BLOCK_STD:
+            if original[y0:y0 + BLOCK, x0:x0 + BLOCK].std() < MIN_BLOCK_STD:
                 continue  # flat in the eval image: what the corpus image adds there (a border, a caption) is no evidence
+            if gain != 1.0 and pb.std() < MIN_BLOCK_STD / 2:
+                continue  # washed out by the brightening: no evidence either way
             blocks.append(_correlation(pa, pb))
     agreement = float(np.mean(np.asarray(blocks) >= 0.7)) if blocks else ncc
-    return ncc, agreement, _colour_difference(warped, ref.rgb, inside, query.colour and ref.colour)
+    return ncc, agreement, _colour_difference(warped, target, inside, query.colour and ref.colour), gain
+
+
+def _brightness_gain(warped: np.ndarray, ref: np.ndarray, inside: np.ndarray, max_gain: float) -> float:
+    """The brightening ``k`` (1 to ``max_gain``) for which ``clip(k * ref)`` best explains the copy, or 1.
+
+    Fitted by mean absolute error at a quarter of :data:`SIDE` (robust to the part of a copy that
+    is not the eval image: a caption, another picture), over all three channels: one gain for
+    all, so hue only moves where a channel clips, as it does in the copy. Kept only when it cuts
+    identity's error by :data:`GAIN_EVIDENCE`: distinct drawings of light lines would otherwise
+    "explain" each other by washing their differences out.
+    """
+    import cv2
+
+    height, width = ref.shape[:2]
+    size = (max(1, width // 4), max(1, height // 4))
+    keep = cv2.resize(inside.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.999
+    if keep.sum() < 16 or max_gain <= 1.0:
+        return 1.0
+    eval_pixels = cv2.resize(ref, size, interpolation=cv2.INTER_AREA)[keep].astype(np.float32)
+    copy_pixels = cv2.resize(warped, size, interpolation=cv2.INTER_AREA)[keep].astype(np.float32)
+    gains = np.arange(1.0, max_gain + GAIN_STEP / 2, GAIN_STEP)
+    errors = [float(np.abs(np.minimum(k * eval_pixels, 255.0) - copy_pixels).mean()) for k in gains]
+    best = int(np.argmin(errors))
+    if best == 0 or errors[best] > (1 - GAIN_EVIDENCE) * errors[0]:
+        return 1.0
+    return float(gains[best])
 
 
 def _colour_difference(warped: np.ndarray, ref: np.ndarray, inside: np.ndarray, both_colour: bool) -> float:
@@ -338,11 +384,11 @@ def verify(query: Features, ref: Features, rules: VerifyRules = VerifyRules(),
         if matrix is None:
             found = Verification(0, 0.0, 0.0, 1.0, 0.0, 0.0, mirrored, undecided, False)
         else:
-            ncc, agreement, colour_diff = _compare(query, target, matrix)
+            ncc, agreement, colour_diff, gain = _compare(query, target, matrix, rules.max_gain)
             confirmed = rules.accepts(inliers, ncc, agreement, colour_diff, dense, phash_distance)
             found = Verification(inliers, ncc, agreement, colour_diff, math.hypot(matrix[0, 0], matrix[1, 0]),
                                  math.degrees(math.atan2(matrix[1, 0], matrix[0, 0])), mirrored,
-                                 undecided and not confirmed, confirmed, dense)
+                                 undecided and not confirmed, confirmed, dense, gain)
         if best is None or (found.confirmed, found.block_agreement, found.inliers) > (
                 best.confirmed, best.block_agreement, best.inliers):  # ties: the direct match
             best = found
