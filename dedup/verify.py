@@ -65,7 +65,7 @@ GAIN_EVIDENCE = 0.3
 class VerifyRules:
     """Thresholds of a confirmed match (defaults calibrated by ``bench/bench_dedup_quality.py``)."""
 
-    min_inliers: int = 4           # RANSAC inliers of the similarity transform
+    min_inliers: int = 6           # RANSAC inliers of the similarity transform
     min_ncc: float = 0.7           # grey correlation over the overlap
     min_block_agreement: float = 0.8  # share of the eval image's textured blocks with correlation >= 0.7
     max_colour_diff: float = 0.3   # share of the overlap whose colour differs (after a global fit)
@@ -85,7 +85,7 @@ class VerifyRules:
     dense_min_block_agreement: float = 0.9
     # a pHash candidate this close is strong evidence by itself: its blocks need agree less
     # (brightening or halving a line drawing loses its faint lines, not its layout)
-    near_radius: int = 4
+    near_radius: int = 2
     near_min_block_agreement: float = 0.7
     # brightest edit modelled: the eval image is compared as clip(k * eval), k in [1, max_gain]
     # fitted to the copy (1.0: off). Brightening clips, and no fit of the comparison undoes that.
