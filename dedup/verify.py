@@ -287,7 +287,8 @@ def _compare(query: Features, ref: Features, matrix, max_gain: float) -> tuple[f
     def grey(rgb):
         return cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), (3, 3), 0)
 
-    a, b, original = grey(warped), grey(target), grey(ref.rgb)
+    a, b = grey(warped), grey(target)
+    original = b if gain == 1.0 else grey(ref.rgb)  # which blocks are textured: the eval image as it is
     ncc = _correlation(a[inside], b[inside])
     blocks = []
     for y0 in range(0, height - BLOCK + 1, BLOCK):
