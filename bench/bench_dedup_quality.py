@@ -32,7 +32,8 @@ of the best count as tied, then the fewest false positives, then the stricter ru
 is half 1. Half 1 has been looked at while the method was built, so ``--sample 1`` (2, ...)
 draws the next originals in the same hash order, disjoint from sample 0 and never used for
 tuning, and reports both of its halves (no photos there: scikit-image has only the ones in
-sample 0). Signals, per (query, eval image of the same half):
+sample 0; the embedding-alone threshold is still calibrated on the sample's half 0, the full
+method uses no threshold fitted to it). Signals, per (query, eval image of the same half):
 
   phash          pHash distance <= radius
   phash+mirror   ... or to the eval image's mirror hash (what the eval index stores)
