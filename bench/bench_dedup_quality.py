@@ -68,11 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dedup.embedding import calibrate_threshold, embed_all, tower_embedder  # noqa: E402
 from dedup.phash import DEFAULT_SETTINGS, hash_image_bytes  # noqa: E402
 from dedup.verify import Features, Verifier, VerifyRules, verify  # noqa: E402
-
-
-def _on_white(image: Image.Image) -> Image.Image:
-    rgba = image.convert("RGBA")
-    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+from tests.images import on_white, png_bytes, shard_bytes  # noqa: E402
 
 
 def _crop(image, p):
@@ -116,24 +112,6 @@ EDITS = {
 }
 
 
-def shard_bytes(image: Image.Image) -> bytes:
-    """As a curated shard stores it: RGB JPEG q95, shorter side at most 256 px."""
-    image = image.convert("RGB")
-    scale = 256 / min(image.size)
-    if scale < 1:
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.Resampling.BICUBIC)
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=95)
-    return buffer.getvalue()
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def originals(clipart: int, emoji: int, sample: int = 0) -> list[tuple[str, Image.Image]]:
     """Sample ``sample`` of the originals: the next ``clipart`` and ``emoji`` files in a stable hash order."""
     from curation.demo_data import fetch_all
@@ -148,7 +126,7 @@ def originals(clipart: int, emoji: int, sample: int = 0) -> list[tuple[str, Imag
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for path in chosen:
-            image = _on_white(Image.open(path))
+            image = on_white(Image.open(path))
             image.thumbnail((512, 512))
             out.append((str(path.relative_to(demo.cache)), image))
     if sample:
@@ -169,7 +147,7 @@ def originals(clipart: int, emoji: int, sample: int = 0) -> list[tuple[str, Imag
             array = array[0] if isinstance(array, tuple) else array
             if array.dtype == bool:
                 array = array.astype(np.uint8) * 255
-            image = _on_white(Image.fromarray(array))
+            image = on_white(Image.fromarray(array))
             image.thumbnail((512, 512))
             out.append((f"skimage/{name}", image))
     except ImportError:
@@ -237,7 +215,7 @@ def main() -> None:
     items = distinct_originals(raw)
     names = [n for n, _ in items]
     half = np.array([int(hashlib.sha256(n.encode()).hexdigest(), 16) % 2 for n in names])
-    eval_blobs = [_png(im) for _, im in items]  # the eval image file the index hashes
+    eval_blobs = [png_bytes(im) for _, im in items]  # the eval image file the index hashes
     eval_hashes = np.array([hash_image_bytes(b, DEFAULT_SETTINGS) for b in eval_blobs], np.uint64)
     # queries: block 0 the originals themselves (negatives only), block b the b-th edit
     query_edit = ["original"] + list(EDITS)

@@ -3,7 +3,6 @@ real locked tower, verification; the flags it writes are what training excludes.
 
 from __future__ import annotations
 
-import io
 import json
 
 import pandas as pd
@@ -17,34 +16,13 @@ from dedup.flags import flag_corpus
 from dedup.index import build_index
 from dedup.verify import VerifyRules
 from flows.cli import main as litflow
+from tests.images import on_white, photo, shard_bytes
 from training.embed_cache import embed_shards
 from training.exclusions import load_exclusions
 from training.image_towers import build_image_tower
 
 TOWER = "efficientnet-lite0"
 BUGS = "openclipart/png/animals/bugs"
-
-
-def _on_white(image: Image.Image) -> Image.Image:
-    rgba = image.convert("RGBA")
-    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-
-
-def _photo(name: str) -> Image.Image:
-    import skimage.data
-
-    return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-
-
-def _shard_jpeg(image: Image.Image) -> bytes:
-    """As a curated shard stores an image: RGB JPEG q95, shorter side at most 256 px."""
-    image = image.convert("RGB")
-    scale = 256 / min(image.size)
-    if scale < 1:
-        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=95)
-    return buffer.getvalue()
 
 
 def _crop(image: Image.Image, keep: float) -> Image.Image:
@@ -59,11 +37,11 @@ def setup(demo_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("flags")
     cache = demo_data.cache
     evals = {
-        "photos/chelsea.png": _photo("chelsea"),
-        "photos/coffee.png": _photo("coffee"),
-        "bugs/ladybug_01.png": _on_white(Image.open(cache / BUGS / "ladybug_01.png")),
-        "bugs/farfalla_butterfly_fra1.png": _on_white(Image.open(cache / BUGS / "farfalla_butterfly_fra1.png")),
-        "bugs/spider.png": _on_white(Image.open(cache / BUGS / "spider.png")),
+        "photos/chelsea.png": photo("chelsea"),
+        "photos/coffee.png": photo("coffee"),
+        "bugs/ladybug_01.png": on_white(Image.open(cache / BUGS / "ladybug_01.png")),
+        "bugs/farfalla_butterfly_fra1.png": on_white(Image.open(cache / BUGS / "farfalla_butterfly_fra1.png")),
+        "bugs/spider.png": on_white(Image.open(cache / BUGS / "spider.png")),
     }
     for key, image in evals.items():
         (root / "eval" / key).parent.mkdir(parents=True, exist_ok=True)
@@ -73,14 +51,14 @@ def setup(demo_data, tmp_path_factory):
     copies = {"c-crop": (_crop(evals["photos/chelsea.png"], 0.8), "photos/chelsea.png"),
               "c-mirror": (ImageOps.mirror(evals["bugs/farfalla_butterfly_fra1.png"]), "bugs/farfalla_butterfly_fra1.png")}
     distinct = {
-        "d-astronaut": _photo("astronaut"), "d-rocket": _photo("rocket"),
-        "d-wasp": _on_white(Image.open(cache / BUGS / "flying_wasp_gerald_g._02.png")),
-        "d-snail": _on_white(Image.open(cache / BUGS / "lumaca_turbo_architetto__01.png")),
-        "d-mantis": _on_white(Image.open(cache / BUGS / "mantide_religiosa_archit_01.png")),
-        "d-fox": _on_white(Image.open(cache / "emoji/img/google/64/1f98a.png")),
+        "d-astronaut": photo("astronaut"), "d-rocket": photo("rocket"),
+        "d-wasp": on_white(Image.open(cache / BUGS / "flying_wasp_gerald_g._02.png")),
+        "d-snail": on_white(Image.open(cache / BUGS / "lumaca_turbo_architetto__01.png")),
+        "d-mantis": on_white(Image.open(cache / BUGS / "mantide_religiosa_archit_01.png")),
+        "d-fox": on_white(Image.open(cache / "emoji/img/google/64/1f98a.png")),
     }
     images = {key: image for key, (image, _) in copies.items()} | distinct
-    samples = [(empty_pair(key=key, caption=f"a picture called {key}", status="kept"), _shard_jpeg(image))
+    samples = [(empty_pair(key=key, caption=f"a picture called {key}", status="kept"), shard_bytes(image))
                for key, image in sorted(images.items())]
     shards = [write_shard(root / "corpus" / "shards", "00000", samples[:4]),
               write_shard(root / "corpus" / "shards", "00001", samples[4:])]

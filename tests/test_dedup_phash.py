@@ -13,6 +13,7 @@ from PIL import Image, ImageOps
 from dedup.phash import (DEFAULT_SETTINGS, HashSettings, HashSettingsMismatch, check_same_settings,
                          hamming, hash_image_bytes, hash_many_bytes, mirror_phash64, phash64,
                          phash64_batch)
+from tests.images import shard_bytes
 
 
 def _imagehash_int(image: Image.Image) -> int:
@@ -58,20 +59,9 @@ def test_mirror_hash_equals_hash_of_mirrored_image(real_images):
         assert mirror_phash64(image) == _imagehash_int(ImageOps.mirror(image))
 
 
-def _shard_jpeg(image: Image.Image) -> bytes:
-    """Like a curated shard image: RGB JPEG q95, shorter side at most 256 px."""
-    rgb = image.convert("RGB")
-    scale = 256 / min(rgb.size)
-    if scale < 1:
-        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))))
-    buffer = io.BytesIO()
-    rgb.save(buffer, "JPEG", quality=95)
-    return buffer.getvalue()
-
-
 def test_reduced_jpeg_decode_disagreement_is_bounded(real_images):
     """Draft decode vs full decode: the same image, a few bits apart at most (measured bound)."""
-    blobs = [_shard_jpeg(im) for im in real_images]
+    blobs = [shard_bytes(im) for im in real_images]
     full = np.array([phash64(Image.open(io.BytesIO(b))) for b in blobs], np.uint64)
     draft = np.array([hash_image_bytes(b)[0] for b in blobs], np.uint64)
     exact = np.array([hash_image_bytes(b, HashSettings(jpeg_draft=None))[0] for b in blobs], np.uint64)
@@ -83,7 +73,7 @@ def test_reduced_jpeg_decode_disagreement_is_bounded(real_images):
 
 
 def test_batched_bytes_hashing_keeps_order_and_reports_bad_bytes(real_images):
-    blobs = [_shard_jpeg(im) for im in real_images[:5]]
+    blobs = [shard_bytes(im) for im in real_images[:5]]
     mixed = blobs[:2] + [b"not an image", blobs[2][: len(blobs[2]) // 3]] + blobs[2:]
     results = list(hash_many_bytes(mixed, batch=2))
     assert len(results) == len(mixed)

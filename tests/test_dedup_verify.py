@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps, Unidentifie
 
 from dedup.embedding import EmbeddingIndex, embedding_candidates, verify_candidates
 from dedup.verify import GAIN_STEP, Features, Verifier, VerifyRules, _brightness_gain, verify
+from tests.images import on_white, photo, png_bytes, shard_bytes
 
 EMOJI = "emoji/img/google/64"
 CLIPART = ("openclipart/png/animals/bugs/ladybug_01.png", "openclipart/png/animals/bugs/farfalla_butterfly_fra1.png")
@@ -27,37 +28,10 @@ PHOTOS = ("astronaut", "chelsea", "coffee")
 # ---- images ------------------------------------------------------------------------------------
 
 
-def _on_white(image: Image.Image) -> Image.Image:
-    rgba = image.convert("RGBA")
-    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-
-
-def _photo(name: str) -> Image.Image:
-    import skimage.data
-
-    return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def _jpeg(image: Image.Image, quality: int) -> bytes:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
-
-
-def shard_bytes(image: Image.Image) -> bytes:
-    """As a curated shard stores an image: RGB JPEG q95, shorter side at most 256 px."""
-    image = image.convert("RGB")
-    scale = 256 / min(image.size)
-    if scale < 1:
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.Resampling.BICUBIC)
-    return _jpeg(image, 95)
 
 
 def _crop(image: Image.Image, keep: float) -> Image.Image:
@@ -106,7 +80,7 @@ EMOJI_EDITS = ("crop_10", "crop_20", "pad_10", "mirror", "rotate_5", "grayscale"
 @pytest.fixture(scope="module")
 def originals(demo_data) -> dict[str, bytes]:
     """name -> the eval image's file bytes."""
-    out = {name: _png(_photo(name)) for name in PHOTOS}
+    out = {name: png_bytes(photo(name)) for name in PHOTOS}
     for path in CLIPART:
         out[Path(path).name] = (demo_data.cache / path).read_bytes()
     out["1f98a"] = (demo_data.cache / EMOJI / "1f98a.png").read_bytes()
@@ -119,7 +93,7 @@ def _eval(data: bytes) -> tuple[Features, Features]:
 
 
 def _corpus(data: bytes, edit: str) -> Features:
-    image = _on_white(Image.open(io.BytesIO(data)))
+    image = on_white(Image.open(io.BytesIO(data)))
     return Features.from_bytes(shard_bytes(EDITS[edit][0](image)))
 
 
@@ -159,9 +133,9 @@ def test_edited_emoji_is_confirmed(originals, edit):
 
 
 def test_different_photos_are_not_confirmed():
-    photos = {name: _photo(name) for name in ("astronaut", "chelsea", "coffee", "rocket", "camera")}
+    photos = {name: photo(name) for name in ("astronaut", "chelsea", "coffee", "rocket", "camera")}
     corpus = {name: Features.from_bytes(shard_bytes(image)) for name, image in photos.items()}
-    evals = {name: _eval(_png(image)) for name, image in photos.items()}
+    evals = {name: _eval(png_bytes(image)) for name, image in photos.items()}
     for a in photos:
         for b in photos:
             ref, mirror = evals[b]
@@ -171,7 +145,7 @@ def test_different_photos_are_not_confirmed():
 
 def test_different_drawings_are_not_confirmed(demo_data):
     paths = [demo_data.cache / p for p in CLIPART] + [demo_data.cache / "openclipart/png/animals/bugs/spider.png"]
-    corpus = [Features.from_bytes(shard_bytes(_on_white(Image.open(p)))) for p in paths]
+    corpus = [Features.from_bytes(shard_bytes(on_white(Image.open(p)))) for p in paths]
     evals = [_eval(p.read_bytes()) for p in paths]
     for i, query in enumerate(corpus):
         for j, (ref, mirror) in enumerate(evals):
@@ -179,7 +153,7 @@ def test_different_drawings_are_not_confirmed(demo_data):
 
 
 def _emoji_pair(demo_data, corpus_code: str, eval_code: str):
-    corpus = Features.from_bytes(shard_bytes(_on_white(Image.open(demo_data.cache / EMOJI / f"{corpus_code}.png"))))
+    corpus = Features.from_bytes(shard_bytes(on_white(Image.open(demo_data.cache / EMOJI / f"{corpus_code}.png"))))
     ref, mirror = _eval((demo_data.cache / EMOJI / f"{eval_code}.png").read_bytes())
     return corpus, ref, mirror
 
@@ -217,7 +191,7 @@ SATURATED = ("openclipart/png/signs_and_symbols/flags/america/united_states/usa_
 
 
 def _brightened(path: Path, factor: float = 1.2) -> Features:
-    return Features.from_bytes(shard_bytes(ImageEnhance.Brightness(_on_white(Image.open(path))).enhance(factor)))
+    return Features.from_bytes(shard_bytes(ImageEnhance.Brightness(on_white(Image.open(path))).enhance(factor)))
 
 
 def test_brightness_gain_is_fitted_only_to_a_brightened_copy():
@@ -283,14 +257,14 @@ def test_mirror_is_found_only_through_the_mirrored_eval_image(originals):
     v = verify(query, ref, VerifyRules(), ref_mirror)
     assert v.confirmed and v.mirrored
     # the unedited copy is found directly, not through the mirror
-    direct = verify(Features.from_bytes(shard_bytes(_photo("chelsea"))), ref, VerifyRules(), ref_mirror)
+    direct = verify(Features.from_bytes(shard_bytes(photo("chelsea"))), ref, VerifyRules(), ref_mirror)
     assert direct.confirmed and not direct.mirrored
 
 
 @pytest.mark.parametrize("name", ["astronaut", "chelsea"])
 def test_rotation_beyond_the_bound_is_not_confirmed(name):
-    image = _photo(name)
-    ref, mirror = _eval(_png(image))
+    image = photo(name)
+    ref, mirror = _eval(png_bytes(image))
     rules = VerifyRules()
     assert rules.max_rotation < 45
     small = verify(Features.from_bytes(shard_bytes(_rotate(image, 5))), ref, rules, mirror)
@@ -359,7 +333,7 @@ def test_verifier_caches_eval_features(originals, tmp_path):
         return Path(ref).read_bytes()
 
     verifier = Verifier(read_ref=read_ref)
-    crop = shard_bytes(_crop(_photo("chelsea"), 0.8))
+    crop = shard_bytes(_crop(photo("chelsea"), 0.8))
     results = [verifier.check(crop, refs["chelsea"]) for _ in range(3)]
     assert reads == [refs["chelsea"]]
     ref, mirror = _eval(originals["chelsea"])
@@ -380,7 +354,7 @@ def test_verifier_caches_eval_features(originals, tmp_path):
 
 
 def _truncated_jpeg() -> bytes:
-    data = _jpeg(_photo("astronaut"), 90)
+    data = _jpeg(photo("astronaut"), 90)
     return data[: len(data) // 2]
 
 
@@ -403,7 +377,7 @@ def test_verify_candidates_keeps_unreadable_corpus_images_flagged(originals, tmp
     vectors = np.array([[1.0, 0.1], [0.1, 1.0], [0.1, 1.0], [0.1, 1.0]])
     candidates = embedding_candidates(keys, vectors, index, top_k=1, min_cosine=0.5)
     assert candidates["key"].tolist() == keys and candidates["eval_key"].tolist() == ["chelsea"] + ["coffee"] * 3
-    images = {"copy": shard_bytes(_crop(_photo("chelsea"), 0.8)), "truncated": _truncated_jpeg(),
+    images = {"copy": shard_bytes(_crop(photo("chelsea"), 0.8)), "truncated": _truncated_jpeg(),
               "html": b"<!doctype html><html></html>"}  # "missing": no bytes at all
     checked = verify_candidates(candidates, images, index, Verifier()).set_index("key")
     assert checked.loc["copy", "confirmed"] and checked.loc["copy", "flagged"]
@@ -421,7 +395,7 @@ def test_verify_candidates_keeps_pairs_with_an_unreadable_eval_image_flagged(ori
     index = EmbeddingIndex(np.eye(2), ["photos"] * 2, ["test"] * 2, ["chelsea", "gone"], [present, gone])
     candidates = embedding_candidates(["copy", "other"], np.array([[1.0, 0.1], [0.1, 1.0]]), index,
                                       top_k=1, min_cosine=0.5)
-    images = {"copy": shard_bytes(_crop(_photo("chelsea"), 0.8)), "other": shard_bytes(_photo("coffee"))}
+    images = {"copy": shard_bytes(_crop(photo("chelsea"), 0.8)), "other": shard_bytes(photo("coffee"))}
     checked = verify_candidates(candidates, images, index, Verifier()).set_index("key")
     assert checked.loc["copy", "confirmed"]
     row = checked.loc["other"]
