@@ -16,6 +16,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from curation.demo_data import DemoData, fetch_all  # noqa: E402
 from curation.file_server import serve_folder  # noqa: E402
+from training.demo_shards import write_demo_shards  # noqa: E402
+from training.embed_cache import embed_shards  # noqa: E402
+from training.image_towers import build_image_tower  # noqa: E402
+from training.text_towers import TextSpec  # noqa: E402
 
 # a real openclipart PNG of 20990 x 29700 pixels (623 M): a genuine decompression bomb
 REAL_BOMB = "openclipart/png/transportation/roadsigns/stop_sign_right_font_mig_.png"
@@ -107,3 +111,16 @@ def hostile_site(demo_data, tmp_path_factory):
             Row("", "empty url", "invalid_url"),
         ]
         yield rows, base_url
+
+
+# a small scratch text tower: training tests that need it to learn something, fast
+SMALL_TEXT = TextSpec(name="scratch", width=64, depth=2, heads=2, vocab_size=1000)
+
+
+@pytest.fixture(scope="session")
+def embedded_demo_corpus(demo_data, tmp_path_factory):
+    """4 demo shards of 24 pairs, and the tiny image tower's embedding cache of them (tests only read it)."""
+    root = tmp_path_factory.mktemp("embedded_corpus")
+    shards = write_demo_shards(demo_data.cache, demo_data.catalogue, root / "shards", 4, 24)
+    embed_shards(build_image_tower("tiny"), shards, root / "cache")
+    return root

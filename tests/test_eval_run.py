@@ -20,10 +20,9 @@ from training.embed_cache import embed_shards, open_cache
 from training.eval_model import load_run
 from training.evaluate import evaluate_run, headline
 from training.image_towers import build_image_tower
-from training.text_towers import TextSpec
 from training.train import TrainConfig, train
+from tests.conftest import SMALL_TEXT
 
-SMALL_TEXT = TextSpec(name="scratch", width=64, depth=2, heads=2, vocab_size=1000)
 SHARDS, PER_SHARD = 4, 24
 
 

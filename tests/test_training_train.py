@@ -16,18 +16,9 @@ from training.demo_shards import write_demo_shards
 from training.embed_cache import CacheMismatchError, embed_shards
 from training.image_towers import build_image_tower
 from training.metrics import read_metrics
-from training.text_towers import EmptyCaptionError, TextSpec
+from training.text_towers import EmptyCaptionError
 from training.train import TrainConfig, TrainingDiverged, train
-
-SMALL_TEXT = TextSpec(name="scratch", width=64, depth=2, heads=2, vocab_size=1000)
-
-
-@pytest.fixture(scope="module")
-def corpus(demo_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    shards = write_demo_shards(demo_data.cache, demo_data.catalogue, root / "shards", 4, 24)
-    embed_shards(build_image_tower("tiny"), shards, root / "cache")
-    return root
+from tests.conftest import SMALL_TEXT
 
 
 def _config(corpus, out, **overrides) -> TrainConfig:
@@ -38,8 +29,8 @@ def _config(corpus, out, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def test_lu_from_cache_learns_and_logs(corpus, tmp_path):
-    result = train(_config(corpus, tmp_path, steps=80, checkpoint_every=40, lr=3e-3, warmup=5))
+def test_lu_from_cache_learns_and_logs(embedded_demo_corpus, tmp_path):
+    result = train(_config(embedded_demo_corpus, tmp_path, steps=80, checkpoint_every=40, lr=3e-3, warmup=5))
     rows = read_metrics(result["metrics"])
     assert [r["step"] for r in rows] == list(range(1, 81))
     first = sum(r["loss"] for r in rows[:5]) / 5
@@ -54,11 +45,11 @@ def test_lu_from_cache_learns_and_logs(corpus, tmp_path):
     assert payload["step"] == 80 and not any(k.startswith("image.") for k in payload["model"])
 
 
-def test_resume_is_bit_identical(corpus, tmp_path):
-    straight = train(_config(corpus, tmp_path / "a"))
-    train(_config(corpus, tmp_path / "b", stop_after=3))  # a session that ends early (checkpoint at 3)
+def test_resume_is_bit_identical(embedded_demo_corpus, tmp_path):
+    straight = train(_config(embedded_demo_corpus, tmp_path / "a"))
+    train(_config(embedded_demo_corpus, tmp_path / "b", stop_after=3))  # a session that ends early (checkpoint at 3)
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 3
-    resumed = train(_config(corpus, tmp_path / "b"))
+    resumed = train(_config(embedded_demo_corpus, tmp_path / "b"))
     assert resumed["start_step"] == 3 and resumed["step"] == straight["step"] == 8
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
@@ -68,23 +59,23 @@ def test_resume_is_bit_identical(corpus, tmp_path):
     assert [r["loss"] for r in read_metrics(tmp_path / "a" / "metrics.jsonl")] == \
         [r["loss"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl")]
     with pytest.raises(CheckpointMismatchError, match=r"checkpoint\.pt: checkpoint from another config \(lr"):
-        train(_config(corpus, tmp_path / "b", lr=1e-2))
+        train(_config(embedded_demo_corpus, tmp_path / "b", lr=1e-2))
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(embedded_demo_corpus, tmp_path):
     # a learning rate of 1e30 (and no effective clipping) makes the weights overflow at step 2
     with pytest.raises(TrainingDiverged, match=r"at step 2.*checkpoint\.pt \(step 1\)"):
-        train(_config(corpus, tmp_path, lr=1e30, clip=1e30, warmup=1, checkpoint_every=1))
+        train(_config(embedded_demo_corpus, tmp_path, lr=1e30, clip=1e30, warmup=1, checkpoint_every=1))
     payload = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert payload["step"] == 1
     assert all(torch.isfinite(v).all() for v in payload["model"].values() if v.is_floating_point())
 
 
-def test_image_modes_lock_or_train_the_tower(corpus, tmp_path):
+def test_image_modes_lock_or_train_the_tower(embedded_demo_corpus, tmp_path):
     pretrained = build_image_tower("tiny").module.state_dict()
     states = {}
     for mode, source in (("Lu", "images"), ("Uu", "images"), ("uu", "images")):
-        train(_config(corpus, tmp_path / mode, mode=mode, image_source=source, cache=None, steps=3, batch_size=16))
+        train(_config(embedded_demo_corpus, tmp_path / mode, mode=mode, image_source=source, cache=None, steps=3, batch_size=16))
         states[mode] = torch.load(tmp_path / mode / "checkpoint.pt", weights_only=True)["model"]
     assert not any(k.startswith("image.") for k in states["Lu"])  # locked: not even saved
     for mode in ("Uu", "uu"):
@@ -97,7 +88,7 @@ def test_image_modes_lock_or_train_the_tower(corpus, tmp_path):
     assert uu_gap > 5 * uU_gap
 
 
-def test_default_towers_efficientnet_cache_and_minilm(corpus, demo_data, tmp_path):
+def test_default_towers_efficientnet_cache_and_minilm(embedded_demo_corpus, demo_data, tmp_path):
     shards = write_demo_shards(demo_data.cache, demo_data.catalogue, tmp_path / "shards", 1, 16, source="openclipart")
     embed_shards(build_image_tower("efficientnet-lite0"), shards, tmp_path / "cache", batch_size=16)
     config = TrainConfig(shards=[str(tmp_path / "shards")], out=str(tmp_path / "run"), cache=str(tmp_path / "cache"),
@@ -112,19 +103,19 @@ def test_default_towers_efficientnet_cache_and_minilm(corpus, demo_data, tmp_pat
                           cache=str(tmp_path / "cache"), batch_size=8, steps=1))
 
 
-def test_bad_input_names_the_file(corpus, tmp_path):
-    samples = list(read_shard(corpus / "shards" / "00000.tar"))
+def test_bad_input_names_the_file(embedded_demo_corpus, tmp_path):
+    samples = list(read_shard(embedded_demo_corpus / "shards" / "00000.tar"))
     pairs = [(json.loads(s["json"]), s["jpg"]) for s in samples]
     pairs[5] = (pairs[5][0] | {"caption": "  \t "}, pairs[5][1])
     shard = write_shard(tmp_path / "blank", "00000", pairs)
     with pytest.raises(EmptyCaptionError, match=rf"{shard}: caption of sample '{pairs[5][0]['key']}'"):
-        train(_config(corpus, tmp_path / "run", shards=[str(shard)], mode="Uu", cache=None, batch_size=24, steps=1,
+        train(_config(embedded_demo_corpus, tmp_path / "run", shards=[str(shard)], mode="Uu", cache=None, batch_size=24, steps=1,
                       shuffle_buffer=1))
     empty = write_shard(tmp_path / "empty", "00007", [])
     with pytest.raises(ValueError, match=r"00007\.tar: empty shard"):
-        train(_config(corpus, tmp_path / "run2", shards=[str(corpus / "shards"), str(empty)]))
+        train(_config(embedded_demo_corpus, tmp_path / "run2", shards=[str(embedded_demo_corpus / "shards"), str(empty)]))
     record = empty_pair(key="k", caption="x", status="kept")
     missing_manifest = write_shard(tmp_path / "nomanifest", "00008", [(record, pairs[0][1])])
     missing_manifest.with_suffix(".parquet").unlink()
     with pytest.raises(FileNotFoundError, match=r"00008\.parquet: manifest"):
-        train(_config(corpus, tmp_path / "run3", shards=[str(missing_manifest)]))
+        train(_config(embedded_demo_corpus, tmp_path / "run3", shards=[str(missing_manifest)]))
