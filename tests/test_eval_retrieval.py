@@ -89,10 +89,27 @@ def _colour_vector(rgb) -> torch.Tensor:
     return torch.tensor(rgb, dtype=torch.float32) / 255 - 0.5
 
 
+def _assert_no_near_ties(rows: list[dict], table: dict[str, torch.Tensor], margin: float = 1e-3):
+    """Every ranking the test's expectations rest on is decided by more than ``margin`` in
+    cosine, so float rounding (which differs between CPUs) cannot flip it."""
+    images = {row["image"]: F.normalize(_colour_vector(COLOURS[row["image"][:-4]]), dim=0) for row in rows}
+    for row in rows:
+        text = F.normalize(table[row["caption"]], dim=0)
+        cosines = sorted((float(text @ vector) for vector in images.values()), reverse=True)
+        assert cosines[0] - cosines[1] > margin, f"{row['caption']!r}: images tie"
+    for name, vector in images.items():
+        own = [float(F.normalize(table[r["caption"]], dim=0) @ vector) for r in rows if r["image"] == name]
+        other = [float(F.normalize(table[r["caption"]], dim=0) @ vector) for r in rows if r["image"] != name]
+        assert all(abs(o - c) > margin for o in other for c in own), f"{name}: captions tie"
+
+
 def test_per_language_results_from_a_captions_file_with_a_language_column(demo_data, tmp_path):
     udhr = udhr_texts(demo_data.udhr_dir)
     titles = {lang: udhr[udhr["lang"] == lang]["title"].iloc[0] for lang in ("en", "ru", "ar")}
-    colours = list(COLOURS)
+    # a Russian caption points at the *next* colour. Consecutive colours must not be near-opposite
+    # (blue and yellow are, after centring): next + 0.1 * own would then be parallel to next, and
+    # its cosine with that image would tie with 1.0 to the last bit, rounding differently per CPU
+    colours = ["red", "blue", "green", "yellow"]
     rows, table = [], {}
     for i, colour in enumerate(colours):
         Image.new("RGB", (16, 16), COLOURS[colour]).save(tmp_path / f"{colour}.png")
@@ -106,6 +123,7 @@ def test_per_language_results_from_a_captions_file_with_a_language_column(demo_d
             if lang == "ru":
                 vector = _colour_vector(COLOURS[colours[(i + 1) % len(colours)]]) + 0.1 * vector
             table[caption] = vector
+    _assert_no_near_ties(rows, table)
     with open(tmp_path / "captions.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, ["image", "caption", "lang"])
         writer.writeheader()
