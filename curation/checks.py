@@ -51,6 +51,7 @@ class Candidate:
     text_key: str | None = None        # case-folded normalised caption, for text frequency
     grams: frozenset = frozenset()     # distinct unigrams + bigrams
     failures: dict[str, str] = field(default_factory=dict)  # per-record rule failed -> detail
+    reencoded: bool = False            # image is a re-encoding (see :func:`output_image`), not the raw bytes
 
     @property
     def valid(self) -> bool:
@@ -110,6 +111,7 @@ def examine(raw: dict, shard: str, index: int, config: CurationConfig) -> Candid
         # a kept-as-is JPEG was decoded exactly as dedup.phash.open_for_hash decodes it
         if decoded.converted:
             candidate.image = encode_jpeg(image, config.decode.jpeg_quality)
+            candidate.reencoded = True
             record["phash"] = hash_image_bytes(candidate.image, HASH_SETTINGS)[0]
         else:
             candidate.image = data
@@ -133,6 +135,16 @@ def examine(raw: dict, shard: str, index: int, config: CurationConfig) -> Candid
     if candidate.failures:
         candidate.image = None  # rejected whatever the corpus says: do not carry the bytes on
     return candidate
+
+
+def output_image(data: bytes, reencoded: bool, config: CurationConfig) -> bytes:
+    """The bytes a kept pair's image is written as: the raw bytes, or (``reencoded``) the
+    same JPEG re-encoding :func:`examine` hashed — decoding is deterministic, so the bytes
+    are identical to the ones examined."""
+    if not reencoded:
+        return data
+    decoded = decode_image(data, config.decode.max_pixels, draft=HASH_SETTINGS.jpeg_draft)
+    return encode_jpeg(decoded.image, config.decode.jpeg_quality)
 
 
 def tag_languages(records: list[dict], config: CurationConfig) -> list[dict]:
@@ -187,6 +199,13 @@ def decide(candidate: Candidate, verdicts: CorpusVerdicts) -> dict:
             rare = sorted(candidate.grams - verdicts.frequent_grams)
             if rare:
                 failures[R.TEXT_RARE_TOKENS.value] = f"outside the top {verdicts.limits.get('rare_tokens_k')}: {rare[:3]}"
+    return attribute(record, failures)
+
+
+def attribute(record: dict, failures: dict[str, str]) -> dict:
+    """``record`` kept, or rejected for the first of ``failures`` (reason -> detail) in
+    :data:`RULE_ORDER`: one reason per record, whatever else it failed."""
+    record = dict(record)
     for reason in RULE_ORDER:
         if reason.value in failures:
             record["status"], record["reason"], record["detail"] = REJECTED, reason.value, failures[reason.value]
@@ -195,4 +214,4 @@ def decide(candidate: Candidate, verdicts: CorpusVerdicts) -> dict:
     return record
 
 
-__all__ = ["Candidate", "CorpusVerdicts", "RULE_ORDER", "STAGES", "STAGE_OF", "decide", "examine", "tag_languages"]
+__all__ = ["Candidate", "CorpusVerdicts", "RULE_ORDER", "STAGES", "STAGE_OF", "attribute", "decide", "examine", "output_image", "tag_languages"]

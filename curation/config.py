@@ -89,6 +89,7 @@ class EvalDedupRules:
 class CorpusDedupRules:
     remove: str = "none"                    # none | exact (same sha256) | near (pHash radius)
     radius: int = 4                         # Hamming radius for "near" (dedup report's default)
+    rounds: int = 8                         # min-label propagation rounds for "near" (see curation.corpus_dedup)
 
 
 @dataclass

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+from curation import storage
 from curation.config import CurationConfig
-from curation.manifest import build_manifest, write_json_atomic
-from curation.pipeline import run_pipeline
+from curation.manifest import build_manifest
+from curation.pipeline import _location, run_pipeline
+from curation.shard_passes import WORK_DIR
 
 
 def curate(raw_dir: str | Path, out_dir: str | Path, config: CurationConfig, workers: int = 2,
            beam_args: list[str] | None = None) -> dict:
     """Curate the raw shards in ``raw_dir`` (an ingest output's ``shards/``) into ``out_dir``."""
-    raw_dir, out_dir = Path(raw_dir).resolve(), Path(out_dir).resolve()
+    raw_dir, out_dir = _location(raw_dir), _location(out_dir)
     if config.eval_dedup.index and config.eval_dedup.mode != "none":
         # fail before the run, not inside a worker: missing index, wrong hash settings
         from dedup.index import EvalIndex
@@ -21,10 +24,17 @@ def curate(raw_dir: str | Path, out_dir: str | Path, config: CurationConfig, wor
 
         EvalIndex.load(config.eval_dedup.index, config.eval_dedup.mode).check_settings(DEFAULT_SETTINGS)
     started = time.perf_counter()
-    run_pipeline(raw_dir, out_dir, config, workers, beam_args)
+    raw_shards = run_pipeline(raw_dir, out_dir, config, workers, beam_args)
     pipeline_s = time.perf_counter() - started
-    manifest = build_manifest(raw_dir, out_dir, config)
-    write_json_atomic(manifest, out_dir / "corpus.json")
-    write_json_atomic({"pipeline_s": round(pipeline_s, 3), "workers": workers,
-                       "records_per_s": round(manifest["inputs"] / pipeline_s, 2)}, out_dir / "timing.json")
+    manifest = build_manifest(raw_dir, out_dir, config, raw_shards)
+    storage.delete_tree(storage.join(out_dir, WORK_DIR))  # the facts: only the run itself needs them
+    # corpus.json last: its presence means the run finished and its counts were checked
+    storage.write_atomic(storage.join(out_dir, "corpus.json"), _json(manifest))
+    storage.write_atomic(storage.join(out_dir, "timing.json"), _json(
+        {"pipeline_s": round(pipeline_s, 3), "workers": workers,
+         "records_per_s": round(manifest["inputs"] / pipeline_s, 2)}))
     return manifest
+
+
+def _json(value: dict) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True, default=str) + "\n").encode()

@@ -31,25 +31,33 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shard(directory: str | Path, name: str, samples: Iterable[tuple[dict, bytes]],
-                schema: pa.Schema = PAIR_SCHEMA) -> Path:
-    """Write ``samples`` ((record, jpeg bytes), in the given order) as shard ``name``.
+def shard_bytes(samples: Iterable[tuple[dict, bytes]]) -> tuple[bytes, list[dict]]:
+    """The tar of ``samples`` ((record, jpeg bytes), in the given order) and its records.
 
-    The record's ``caption`` becomes ``KEY.txt``; the whole record is ``KEY.json`` and a
-    manifest row. Returns the tar's path.
+    The record's ``caption`` becomes ``KEY.txt``; the whole record is ``KEY.json``.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tar_path, manifest_path = directory / f"{name}.tar", directory / f"{name}.parquet"
-    tmp_tar, tmp_manifest = directory / f".{name}.tar.tmp", directory / f".{name}.parquet.tmp"
+    buffer = io.BytesIO()
     records = []
-    with tarfile.open(tmp_tar, "w", format=tarfile.USTAR_FORMAT) as tar:
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for record, image in samples:
             key = record["key"]
             _add(tar, f"{key}.jpg", image)
             _add(tar, f"{key}.txt", (record.get("caption") or "").encode("utf-8"))
             _add(tar, f"{key}.json", json.dumps(record, sort_keys=True, ensure_ascii=False).encode("utf-8"))
             records.append(record)
+    return buffer.getvalue(), records
+
+
+def write_shard(directory: str | Path, name: str, samples: Iterable[tuple[dict, bytes]],
+                schema: pa.Schema = PAIR_SCHEMA) -> Path:
+    """Write ``samples`` ((record, jpeg bytes), in the given order) as shard ``name``: the tar
+    and a manifest row per record. Returns the tar's path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tar_path, manifest_path = directory / f"{name}.tar", directory / f"{name}.parquet"
+    tmp_tar, tmp_manifest = directory / f".{name}.tar.tmp", directory / f".{name}.parquet.tmp"
+    data, records = shard_bytes(samples)
+    tmp_tar.write_bytes(data)
     table = pa.Table.from_pylist(records, schema=schema) if records else schema.empty_table()
     pq.write_table(table, tmp_manifest)
     os.replace(tmp_manifest, manifest_path)
@@ -57,14 +65,17 @@ def write_shard(directory: str | Path, name: str, samples: Iterable[tuple[dict, 
     return tar_path
 
 
-def read_shard(tar_path: str | Path) -> Iterator[dict[str, bytes]]:
+def read_shard(tar_path: str | Path, fileobj=None) -> Iterator[dict[str, bytes]]:
     """Yield samples as {"__key__": key, ext: bytes, ...}, grouping members by key in order.
 
-    Tolerates what raw shards can contain: a key with only some of its files, and a key that
-    appears again later (yielded again, for the caller to reject as a duplicate).
+    Reads ``fileobj`` (an open binary stream, e.g. from Beam's FileSystems) when given, else
+    ``tar_path``, as a stream: one sample's bytes in memory at a time. Tolerates what raw
+    shards can contain: a key with only some of its files, and a key that appears again
+    later (yielded again, for the caller to reject as a duplicate).
     """
     current: dict[str, bytes] | None = None
-    with tarfile.open(tar_path) as tar:
+    opened = tarfile.open(fileobj=fileobj, mode="r|*") if fileobj is not None else tarfile.open(tar_path)
+    with opened as tar:
         for member in tar:
             if not member.isfile():
                 continue

@@ -76,7 +76,7 @@ def corpus(demo_data, tmp_path_factory):
 
 def run(root, out_name, overrides=()):
     manifest = curate(root / "raw", root / out_name, load_config("align", [*RULES, *overrides]), workers=2)
-    rejected = pd.read_parquet(root / out_name / "rejected.parquet").set_index("key")
+    rejected = pd.read_parquet(root / out_name / "rejected").set_index("key")
     return manifest, rejected, set(kept_samples(root / out_name))
 
 
@@ -94,7 +94,7 @@ def test_default_keeps_every_duplicate(corpus):
     root, data, _ = corpus
     manifest, rejected, kept = run(root, "none")
     assert kept == set(data) and rejected.empty
-    assert manifest["config"]["corpus_dedup"] == {"remove": "none", "radius": 4}
+    assert manifest["config"]["corpus_dedup"] == {"remove": "none", "radius": 4, "rounds": 8}
     assert manifest["corpus_duplicates"] == {"exact": 0, "near": 0}
     check_accounting(manifest, 0)
 
@@ -120,7 +120,7 @@ def test_near_removes_both_within_the_radius(corpus):
     # the record carries the pHash the pipeline computed: the distance is between those values
     assert hamming(int(rejected.loc["d_bright", "phash"]), _phash(data["c_orig"])) == distance
     assert manifest["corpus_duplicates"] == {"exact": 1, "near": 1}
-    assert manifest["config"]["corpus_dedup"] == {"remove": "near", "radius": distance}
+    assert manifest["config"]["corpus_dedup"] == {"remove": "near", "radius": distance, "rounds": 8}
     assert json.loads((root / "near" / "corpus.json").read_text())["config"]["corpus_dedup"]["radius"] == distance
     check_accounting(manifest, 2)
 
@@ -139,7 +139,7 @@ def test_same_input_same_output(corpus):
     first, _, _ = run(root, "near-1", rules)
     second, _, _ = run(root, "near-2", rules)
     assert first == second
-    for name in ("rejected.parquet", "corpus.json"):
+    for name in ("rejected/00000.parquet", "corpus.json"):
         assert (root / "near-1" / name).read_bytes() == (root / "near-2" / name).read_bytes()
 
     def digests(out):

@@ -55,7 +55,7 @@ def run(root, mode, radius=8):
     config = load_config("align", [f"eval_dedup.index=\"{root / 'index'}\"", f"eval_dedup.mode=\"{mode}\"",
                                    f"eval_dedup.radius={radius}", "text.rare_tokens_enabled=false"])
     manifest = curate(root / "raw", root / f"out-{mode}", config, workers=2)
-    rejected = pd.read_parquet(root / f"out-{mode}" / "rejected.parquet")
+    rejected = pd.read_parquet(root / f"out-{mode}" / "rejected")
     return manifest, rejected.set_index("key")
 
 

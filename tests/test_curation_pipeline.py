@@ -158,7 +158,7 @@ def kept_samples(out):
 
 def test_each_record_meets_its_rule(hostile):
     corpus, _, out, manifest = hostile
-    rejected = pd.read_parquet(out / "rejected.parquet")
+    rejected = pd.read_parquet(out / "rejected")
     # dupkey: the first copy (shard 00000) is kept, the second rejected
     dup = rejected[rejected["key"] == "dupkey"]
     assert dup["reason"].tolist() == ["duplicate_key"] and dup["source_shard"].tolist() == ["00001"]
@@ -219,7 +219,7 @@ def test_same_input_same_output(hostile, tmp_path):
     corpus, root, out, manifest = hostile
     again = curate(root, tmp_path / "again", load_config("align", BOUNDARY_RULES), workers=2)
     assert json.dumps(again, sort_keys=True, default=str) == json.dumps(manifest, sort_keys=True, default=str)
-    for name in ("rejected.parquet", "corpus.json"):
+    for name in ("rejected/00000.parquet", "corpus.json"):
         assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes()
     first = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (out / "shards").iterdir()}
     second = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "again" / "shards").iterdir()}
@@ -238,7 +238,7 @@ def test_rare_tokens_at_the_boundary(demo_data, tmp_path):
     for k, dogs_kept in ((8, True), (7, False)):
         manifest = curate(tmp_path / "raw", tmp_path / f"k{k}", load_config("align", [f"text.rare_tokens_top_k={k}"]), workers=2)
         assert manifest["rare_tokens_k"] == k
-        rejected = pd.read_parquet(tmp_path / f"k{k}" / "rejected.parquet")
+        rejected = pd.read_parquet(tmp_path / f"k{k}" / "rejected")
         reasons = dict(zip(rejected["key"], rejected["reason"]))
         assert reasons["s5"] == "text_rare_tokens"  # "cat" and "a cat" occur once
         assert all(("s%d" % i not in reasons) == dogs_kept for i in range(5))
@@ -250,7 +250,7 @@ def test_presets_differ_as_documented(hostile, tmp_path):
     config = manifest["config"]
     assert config["preset"] == "lit-relaxed" and config["text"]["rare_tokens_enabled"] is False
     assert config["text"]["min_words"] == 1 and config["text"]["max_words"] == 64
-    rejected = pd.read_parquet(tmp_path / "relaxed" / "rejected.parquet")
+    rejected = pd.read_parquet(tmp_path / "relaxed" / "rejected")
     reasons = dict(zip(rejected["key"], rejected["reason"]))
     assert "words2" not in reasons and "words21" not in reasons   # kept under lit-relaxed
     assert reasons["size200"] == "too_small" and reasons["shared11_0"] == "text_too_common"  # same image + common rules
@@ -264,7 +264,7 @@ def test_real_ingested_demo_shards(demo_data, tmp_path):
     assert manifest["inputs"] == ingest_report["downloaded"]
     assert manifest["inputs"] == manifest["kept"] + sum(manifest["rejected"].values())
     # every emoji is 64 px: the ALIGN image rule (shorter side > 200) rejects all of them
-    rejected = pd.read_parquet(tmp_path / "curated" / "rejected.parquet")
+    rejected = pd.read_parquet(tmp_path / "curated" / "rejected")
     catalogue = pd.read_parquet(tmp_path / "ingest" / "demo_urls.parquet")
     assert (rejected["reason"] == "too_small").sum() >= (catalogue["source"] == "emoji").sum() - ingest_report["failed"].get("image_too_large", 0)
     assert sum(manifest["languages"]["kept"].values()) == manifest["kept"]

@@ -1,0 +1,267 @@
+"""The per-shard work of the curation pipeline, free of Beam so that a test can run it alone.
+
+The pipeline (:mod:`curation.pipeline`) reads every raw shard in two or three passes, and
+only small facts travel between them — never image bytes:
+
+1. :func:`examine_shard` decodes, hashes and normalises each sample (:func:`curation.checks.examine`),
+   writes the shard's *facts* (every pair-record field, the per-record failures, no image) to
+   ``_work/facts/STEM.parquet``, and returns the small :class:`Fact` tuples the corpus-wide
+   rules aggregate over.
+2. :func:`decide_shard` reads the facts back, adds the corpus-wide verdicts for this shard
+   (duplicate key, texts per image, images per text, rare tokens), gives each record its one
+   reason (:func:`curation.checks.attribute`), tags the kept captions' languages in one batch
+   and matches kept images against the eval index (reading the raw shard again for the
+   bytes, only when an index is given).
+3. :func:`write_shard_outputs` applies the corpus-duplicate drops (when asked for), reads the
+   raw shard once more for the kept images' bytes and writes the curated shard(s)
+   ``shards/STEM[_C].tar`` + ``.parquet``, the rejections ``rejected/STEM.parquet`` and the
+   counts ``_counts/STEM.json``. Without corpus de-duplication, passes 2 and 3 run as one.
+
+Memory: one raw shard's facts and decided records (a few hundred bytes each, bounded by the
+raw shard's size) and one curated shard's bytes (bounded by ``output.shard_size``); one
+sample's raw bytes at a time while reading. Nothing grows with the corpus.
+
+A raw shard that is gone or changed between passes fails the run with its path: the facts
+say which key each position held, and a re-read that disagrees is not silently curated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from collections import Counter, defaultdict
+from typing import Iterable, Iterator, NamedTuple
+
+import pyarrow as pa
+
+from curation import storage
+from curation.checks import _image_bytes, attribute, examine, output_image, tag_languages
+from curation.config import CurationConfig
+from curation.records import KEPT, PAIR_SCHEMA, REJECTED, CurationReason as R
+from curation.shards import read_shard, shard_bytes
+from dedup.intra import drop_detail
+
+WORK_DIR = "_work"
+COUNTS_DIR = "_counts"
+FACTS_SCHEMA = PAIR_SCHEMA.append(pa.field("index", pa.int64())).append(
+    pa.field("failures", pa.string())).append(pa.field("reencoded", pa.bool_()))
+
+
+class RawShardChanged(RuntimeError):
+    """A raw shard is gone, or holds other samples, since it was examined."""
+
+
+class Fact(NamedTuple):
+    """What the corpus-wide rules need of one sample (no image, no caption)."""
+
+    key: str
+    shard: int                 # the raw shard's number in the run (its rank by path)
+    index: int                 # the sample's position in its raw shard
+    valid: bool                # read and decoded: counts toward corpus statistics
+    sha256: str | None
+    text_key: str | None       # case-folded normalised caption, for text frequency
+    gram_text: str | None      # the caption's tokens joined by spaces; None: no tokens
+
+
+class Verdict(NamedTuple):
+    """A corpus-wide rule's finding about one sample, sent back to its shard."""
+
+    index: int
+    reason: str
+    detail: str
+
+
+def _raw_samples(path: str) -> Iterator[tuple[int, dict]]:
+    """(index, raw sample) of a raw shard. A tar that breaks off yields what was readable,
+    then one sample carrying ``__error__`` (an ``unreadable_shard`` rejection), so the broken
+    shard is counted and named instead of crashing the run or vanishing."""
+    name = storage.stem(path)
+    index = -1
+    try:
+        with storage.open_read(path) as handle:
+            for index, raw in enumerate(read_shard(path, fileobj=handle)):
+                yield index, raw
+    except (tarfile.TarError, OSError, EOFError, ValueError) as err:
+        yield index + 1, {"__key__": f"{name}@{index + 1}",
+                          "__error__": f"{path}: unreadable after {index + 1} samples: {type(err).__name__}: {err}"}
+
+
+def facts_path(out_dir: str, raw_path: str) -> str:
+    return storage.join(out_dir, WORK_DIR, "facts", storage.stem(raw_path) + ".parquet")
+
+
+def examine_shard(shard: int, path: str, out_dir: str, config: CurationConfig) -> list[Fact]:
+    """Pass 1: examine every sample of one raw shard; write its facts; return the small ones."""
+    rows, facts = [], []
+    name = storage.stem(path)
+    for index, raw in _raw_samples(path):
+        candidate = examine(raw, name, index, config)
+        rows.append({**candidate.record, "index": index, "reencoded": candidate.reencoded,
+                     "failures": json.dumps(candidate.failures, sort_keys=True)})
+        # text_key is " ".join(tokens) when the caption has tokens: the grams are rebuilt from it
+        facts.append(Fact(candidate.record["key"], shard, index, candidate.valid, candidate.record["sha256"],
+                          candidate.text_key, candidate.text_key if candidate.grams else None))
+    storage.write_parquet(facts_path(out_dir, path), rows, FACTS_SCHEMA)
+    return facts
+
+
+def _read_facts(out_dir: str, path: str) -> list[dict]:
+    return storage.read_parquet(facts_path(out_dir, path)).to_pylist()
+
+
+def _merge_verdicts(verdicts: Iterable[Verdict], rare_k: int | None) -> dict[int, dict[str, str]]:
+    """{index: {reason: detail}}; a record's rare grams become one detail (sorted, first 3)."""
+    by_index: dict[int, dict[str, str]] = defaultdict(dict)
+    rare: dict[int, list[str]] = defaultdict(list)
+    for verdict in verdicts:
+        if verdict.reason == R.TEXT_RARE_TOKENS.value:
+            rare[verdict.index].append(verdict.detail)
+        else:
+            by_index[verdict.index][verdict.reason] = verdict.detail
+    for index, grams in rare.items():
+        by_index[index][R.TEXT_RARE_TOKENS.value] = f"outside the top {rare_k}: {sorted(grams)[:3]}"
+    return by_index
+
+
+def _images_by_index(path: str, wanted: dict[int, str]) -> dict[int, bytes]:
+    """The raw image bytes at the ``wanted`` positions ({index: key}), read in one stream
+    that stops after the last one (so a tar broken further on is not read into)."""
+    found: dict[int, bytes] = {}
+    if not wanted:
+        return found
+    last = max(wanted)
+    try:
+        with storage.open_read(path) as handle:
+            for index, raw in enumerate(read_shard(path, fileobj=handle)):
+                if index in wanted:
+                    if raw["__key__"] != wanted[index]:
+                        raise RawShardChanged(f"{path}: sample {index} is now {raw['__key__']!r}, was "
+                                              f"{wanted[index]!r} when examined; re-run the curation")
+                    found[index] = _image_bytes(raw)
+                if index >= last:
+                    break
+    except (OSError, tarfile.TarError, EOFError) as err:
+        raise RawShardChanged(f"{path}: raw shard unreadable since it was examined "
+                              f"({type(err).__name__}: {err}); re-run the curation") from err
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise RawShardChanged(f"{path}: {len(missing)} sample(s) examined earlier are gone "
+                              f"(first: {wanted[missing[0]]!r}); re-run the curation")
+    return found
+
+
+def decide_shard(path: str, out_dir: str, verdicts: Iterable[Verdict], rare_k: int | None,
+                 config: CurationConfig, eval_matcher=None) -> list[dict]:
+    """Pass 2: every record of one raw shard with its final status (input order)."""
+    facts = _read_facts(out_dir, path)
+    found = _merge_verdicts(verdicts, rare_k)
+    decided = []
+    for fact in facts:
+        failures = json.loads(fact.pop("failures"))
+        index = fact["index"]
+        failures.update(found.get(index, {}))
+        decided.append(attribute(fact, failures))
+    decided = tag_languages(decided, config)
+    if eval_matcher is not None:
+        kept = {r["index"]: r["key"] for r in decided if r["status"] == KEPT and r["phash"] is not None}
+        images = _images_by_index(path, kept)
+        decided = [eval_matcher(r, images[r["index"]]) if r["index"] in images else r for r in decided]
+    return decided
+
+
+def decided_path(out_dir: str, raw_path: str) -> str:
+    return storage.join(out_dir, WORK_DIR, "decided", storage.stem(raw_path) + ".parquet")
+
+
+def save_decided(path: str, out_dir: str, decided: list[dict]) -> None:
+    storage.write_parquet(decided_path(out_dir, path), decided, FACTS_SCHEMA)
+
+
+def load_decided(path: str, out_dir: str) -> list[dict]:
+    return storage.read_parquet(decided_path(out_dir, path)).to_pylist()
+
+
+def apply_drops(decided: list[dict], drops: Iterable[tuple[int, str, int | None, str]]) -> list[dict]:
+    """Reject kept records named in ``drops`` ((index, kept key, pHash distance, kind))."""
+    by_index = {index: (kept_key, distance, kind) for index, kept_key, distance, kind in drops}
+    out = []
+    for record in decided:
+        found = by_index.get(record["index"]) if record["status"] == KEPT else None
+        if found is not None:
+            record = {**record, "status": REJECTED, "reason": R.CORPUS_DUPLICATE.value, "detail": drop_detail(*found)}
+        out.append(record)
+    return out
+
+
+def curated_names(stem: str, kept: int, shard_size: int) -> list[str]:
+    """Curated shard names for a raw shard with ``kept`` pairs: ``STEM`` when they fit in one
+    shard of ``shard_size``, else ``STEM_00``, ``STEM_01``, …"""
+    chunks = -(-kept // shard_size)
+    if chunks <= 1:
+        return [stem] if kept else []
+    width = max(2, len(str(chunks - 1)))
+    return [f"{stem}_{c:0{width}d}" for c in range(chunks)]
+
+
+def _contract(record: dict) -> dict:
+    return {name: record.get(name) for name in PAIR_SCHEMA.names}
+
+
+def write_shard_outputs(path: str, out_dir: str, decided: list[dict], config: CurationConfig) -> dict:
+    """Pass 3: curated shard(s), rejections and counts of one raw shard; returns the counts."""
+    stem = storage.stem(path)
+    kept = sorted((r for r in decided if r["status"] == KEPT), key=lambda r: r["key"])
+    rejected = [_contract(r) for r in decided if r["status"] != KEPT]
+    images = _images_by_index(path, {r["index"]: r["key"] for r in kept})
+    shard_size = config.output.shard_size
+    shards = []
+    for chunk, name in enumerate(curated_names(stem, len(kept), shard_size)):
+        part = kept[chunk * shard_size:(chunk + 1) * shard_size]
+        samples = [(_contract(r), output_image(images[r["index"]], r["reencoded"], config)) for r in part]
+        data, records = shard_bytes(samples)
+        # the manifest first, the tar last: a tar's presence means its shard is complete
+        storage.write_parquet(storage.join(out_dir, "shards", f"{name}.parquet"), records, PAIR_SCHEMA)
+        storage.write_atomic(storage.join(out_dir, "shards", f"{name}.tar"), data)
+        shards.append({"name": f"{name}.tar", "samples": len(records), "sha256": _sha256(data)})
+    storage.write_parquet(storage.join(out_dir, "rejected", f"{stem}.parquet"), rejected, PAIR_SCHEMA)
+    counts = shard_counts(stem, decided, shards)
+    storage.write_json(storage.join(out_dir, COUNTS_DIR, f"{stem}.json"), counts)
+    return counts
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def shard_counts(stem: str, decided: list[dict], shards: list[dict]) -> dict:
+    """Everything the manifest sums, for one raw shard (small: bounded by the reasons,
+    languages and eval splits, not by the shard)."""
+    kept = [r for r in decided if r["status"] == KEPT]
+    rejected = [r for r in decided if r["status"] != KEPT]
+    by_lang_reason: dict[str, Counter] = defaultdict(Counter)
+    for r in rejected:
+        by_lang_reason[r["lang"] or "none"][r["reason"]] += 1
+    eval_dups: dict[str, Counter] = defaultdict(Counter)
+    corpus_dups: Counter = Counter()
+    for r in rejected:
+        if r["reason"] == R.EVAL_DUPLICATE.value:
+            eval_dups[r["eval_set"]][r["eval_split"]] += 1
+        elif r["reason"] == R.CORPUS_DUPLICATE.value:
+            corpus_dups[str(r["detail"]).split(" ", 1)[0]] += 1
+    return {
+        "raw_shard": stem,
+        "inputs": len(decided),
+        "kept": len(kept),
+        "rejected": dict(sorted(Counter(r["reason"] for r in rejected).items())),
+        "languages_kept": dict(sorted(Counter(r["lang"] or "none" for r in kept).items())),
+        "languages_rejected": {lang: dict(sorted(c.items())) for lang, c in sorted(by_lang_reason.items())},
+        "eval_duplicates": {s: dict(sorted(c.items())) for s, c in sorted(eval_dups.items())},
+        "corpus_duplicates": dict(sorted(corpus_dups.items())),
+        "shards": shards,
+    }
+
+
+__all__ = ["COUNTS_DIR", "FACTS_SCHEMA", "Fact", "RawShardChanged", "Verdict", "WORK_DIR", "apply_drops",
+           "curated_names", "decide_shard", "examine_shard", "load_decided", "save_decided", "shard_counts",
+           "write_shard_outputs"]
