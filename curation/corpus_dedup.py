@@ -1,6 +1,7 @@
 """Duplicates inside the corpus (``corpus_dedup.remove``) as keyed Beam joins.
 
-Input: one ``(key, shard, index, sha256, phash)`` per kept pair. Output: one
+Input: one ``(key, shard, index, sha256, phash)`` per kept pair, the pHash as
+:func:`wire_phash` gives it. Output: one
 ``(shard, (index, kept key, pHash distance, kind))`` per pair to drop, sent back to its shard.
 In every group the first key (in key order) is kept.
 
@@ -35,7 +36,10 @@ from __future__ import annotations
 import apache_beam as beam
 import numpy as np
 
+from dedup.phash import to_signed
+
 DEFAULT_ROUNDS = 8
+_MASK = (1 << 64) - 1
 _CHUNK_CELLS = 1 << 22  # 4 M distances (≈ 40 MB with the XOR) per chunk of a bucket
 
 
@@ -50,10 +54,16 @@ def blocks(radius: int) -> list[tuple[int, int]]:
     return out
 
 
+def wire_phash(phash: int | None) -> int | None:
+    """The pHash as Beam carries it: the int64 bit pattern (Beam's integer coder is signed
+    64-bit, and half of all pHashes are >= 2^63). The input of both transforms uses it."""
+    return None if phash is None else to_signed(int(phash))
+
+
 def _distance(a: int | None, b: int | None) -> int | None:
     if a is None or b is None:
         return None
-    return (int(a) ^ int(b)).bit_count()
+    return ((int(a) ^ int(b)) & _MASK).bit_count()
 
 
 def _exact_drops(sha_items):
@@ -90,7 +100,7 @@ def _same_phash(phash_nodes):
 
 
 def _bucket_keys(node, layout):
-    phash = int(node[1])
+    phash = int(node[1]) & _MASK
     for number, (shift, width) in enumerate(layout):
         yield (number, (phash >> shift) & ((1 << width) - 1)), node
 
@@ -101,7 +111,7 @@ def _bucket_links(bucket_nodes, radius: int):
     nodes = sorted(nodes)
     if len(nodes) < 2:
         return
-    hashes = np.array([int(n[1]) for n in nodes], dtype=np.uint64)
+    hashes = np.array([int(n[1]) for n in nodes], dtype=np.int64).view(np.uint64)
     chunk = max(1, _CHUNK_CELLS // len(nodes))  # rows of the distance matrix held at once
     for start in range(0, len(nodes), chunk):
         block = hashes[start:start + chunk]

@@ -44,7 +44,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from curation import storage
 from curation.config import CurationConfig
-from curation.corpus_dedup import ExactDuplicates, NearDuplicates
+from curation.corpus_dedup import ExactDuplicates, NearDuplicates, wire_phash
 from curation.corpus_rules import CorpusVerdicts
 from curation.eval_match import EvalMatcher
 from curation.records import KEPT
@@ -80,7 +80,7 @@ class DecideShards(beam.DoFn):
         save_decided(path, self.out_dir, decided)
         for r in decided:
             if r["status"] == KEPT:
-                yield r["key"], shard, r["index"], r["sha256"], r["phash"]
+                yield r["key"], shard, r["index"], r["sha256"], wire_phash(r["phash"])
 
 
 def _write_after_drops(shard_joined, out_dir: str, config: CurationConfig):

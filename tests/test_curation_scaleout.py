@@ -1,0 +1,175 @@
+"""The scale-out pieces of curation on their own: the rare-token tie rule, the multi-index
+buckets, corpus de-duplication as keyed joins (against the union-find rule it replaces), and
+raw shards that change between passes."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+
+import apache_beam as beam
+import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from PIL import Image
+
+from curation.config import load_config
+from curation.corpus_dedup import ExactDuplicates, NearDuplicates, blocks, wire_phash
+from curation.corpus_rules import frequent_threshold
+from curation.shard_passes import RawShardChanged, decide_shard, examine_shard, write_shard_outputs
+from dedup.intra import duplicates_to_drop
+
+
+# ---- rare tokens: the frequent set is df >= T, at most K grams, boundary ties whole ----------
+
+def _frequent(df: dict[str, int], k: int) -> set[str]:
+    histogram: dict[int, int] = {}
+    for value in df.values():
+        histogram[value] = histogram.get(value, 0) + 1
+    threshold = frequent_threshold(histogram, k)
+    return {g for g, d in df.items() if d >= threshold}
+
+
+def test_frequent_set_takes_boundary_ties_whole():
+    df = {"a": 9, "b": 7, "c": 7, "d": 7, "e": 2}
+    assert _frequent(df, 1) == {"a"}
+    assert _frequent(df, 3) == {"a"}            # a + three tied at 7 would be 4 > 3: the tie stays out
+    assert _frequent(df, 4) == {"a", "b", "c", "d"}
+    assert _frequent(df, 5) == set(df)
+    assert _frequent(df, 0) == set()
+    assert frequent_threshold({}, 10) == 1       # nothing counted: nothing is rare either
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_frequent_set_is_the_largest_df_closed_set_within_k(seed):
+    rng = random.Random(seed)
+    df = {f"g{i}": rng.choice([1, 1, 1, 2, 2, 3, 5, 8, 13]) for i in range(200)}
+    for k in (0, 10, 50, 100, 150, 200):
+        frequent = _frequent(df, k)
+        assert len(frequent) <= k
+        # closed upwards: everything more frequent than a member is a member
+        floor = min((df[g] for g in frequent), default=max(df.values()) + 1)
+        assert frequent == {g for g, d in df.items() if d >= floor}
+        # and the next df value down would overflow K
+        lower = [d for d in df.values() if d < floor]
+        if lower:
+            assert sum(1 for d in df.values() if d >= max(lower)) > k
+
+
+# ---- multi-index hashing: two hashes within the radius share a block ----------------------
+
+@pytest.mark.parametrize("radius", [0, 1, 4, 8, 13])
+def test_blocks_cover_64_bits_and_catch_every_pair_within_the_radius(radius):
+    layout = blocks(radius)
+    assert sum(w for _, w in layout) == 64 and len(layout) == radius + 1
+    rng = random.Random(radius)
+    for _ in range(300):
+        a = rng.getrandbits(64)
+        b = a
+        for bit in rng.sample(range(64), rng.randint(0, radius)):
+            b ^= 1 << bit
+        assert any(((a >> s) & ((1 << w) - 1)) == ((b >> s) & ((1 << w) - 1)) for s, w in layout)
+
+
+# ---- corpus de-duplication as joins == the union-find rule --------------------------------
+
+def _run(transform, items, tmp_path):
+    """``transform`` on a real (in-process) FnApiRunner; its output, read back from a file."""
+    path = str(tmp_path / "out.jsonl")
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        _ = (p | beam.Create(items) | transform | beam.Map(json.dumps)
+             | beam.combiners.ToList() | beam.Map(lambda lines: open(path, "w").write("\n".join(lines))))
+    return [(shard, tuple(v)) for shard, v in (json.loads(line) for line in open(path).read().splitlines())]
+
+
+def _corpus(seed: int, n_clusters: int = 40):
+    """Clusters of pHashes: an original and copies a few bits away (some chained), exact copies."""
+    rng = random.Random(seed)
+    items, i = [], 0
+    for c in range(n_clusters):
+        base = rng.getrandbits(64)
+        members = [base]
+        for _ in range(rng.randint(0, 4)):
+            value = rng.choice(members)
+            for bit in rng.sample(range(64), rng.randint(0, 3)):
+                value ^= 1 << bit
+            members.append(value)
+        for value in members:
+            sha = f"sha-{value:x}" if rng.random() < 0.7 else f"sha-other-{i}"
+            items.append((f"k{rng.getrandbits(32):08x}", i // 100, i % 100, sha, value))  # uint64, half >= 2^63
+            i += 1
+    return items
+
+
+def _wire(items):
+    return [(k, shard, index, sha, wire_phash(ph)) for k, shard, index, sha, ph in items]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_near_duplicates_as_joins_equal_the_union_find_rule(seed, tmp_path):
+    items = _corpus(seed)
+    expected = duplicates_to_drop([(k, sha, ph) for k, _, _, sha, ph in items], "near", 4)
+    found = _run(NearDuplicates(4, rounds=8), _wire(items), tmp_path)
+    position = {(shard, index): key for key, shard, index, _, _ in items}
+    got = {position[(shard, index)]: (kept, dist, kind) for shard, (index, kept, dist, kind) in found}
+    assert got == expected and len(found) == len(got)
+
+
+def test_a_chain_longer_than_the_rounds_is_still_dropped_after_a_smaller_key(tmp_path):
+    (tmp_path / "4").mkdir()
+    # a - b - c - d - e, each one bit from the next; with one round only neighbours are seen
+    chain, value = [], 0
+    for i, key in enumerate("abcde"):
+        chain.append((key, 0, i, f"sha{i}", value))
+        value ^= 1 << (i * 5)
+    found = {index: kept for _, (index, kept, _, _) in _run(NearDuplicates(1, rounds=1), chain, tmp_path)}
+    assert found == {1: "a", 2: "b", 3: "c", 4: "d"}      # each names its smaller neighbour
+    found = {index: kept for _, (index, kept, _, _) in _run(NearDuplicates(1, rounds=4), chain, tmp_path / "4")}
+    assert found == {1: "a", 2: "a", 3: "a", 4: "a"}      # 4 rounds reach across the chain
+
+
+def test_exact_duplicates_as_joins_equal_the_rule(tmp_path):
+    items = _corpus(7)
+    expected = duplicates_to_drop([(k, sha, ph) for k, _, _, sha, ph in items], "exact")
+    found = _run(ExactDuplicates(), _wire(items), tmp_path)
+    position = {(shard, index): key for key, shard, index, _, _ in items}
+    assert {position[(s, i)]: (kept, dist, kind) for s, (i, kept, dist, kind) in found} == expected
+
+
+# ---- a raw shard that changes or disappears between the passes ----------------------------
+
+def _raw_shard(path, n=3):
+    with tarfile.open(path, "w") as tar:
+        for i in range(n):
+            buffer = io.BytesIO()
+            Image.new("RGB", (300, 300), (40 * i, 90, 200)).save(buffer, "JPEG")
+            for ext, data in (("jpg", buffer.getvalue()), ("txt", f"a blue square number {i}".encode())):
+                info = tarfile.TarInfo(f"s{i}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("change", ["gone", "other samples", "truncated"])
+def test_a_raw_shard_changed_after_examining_fails_naming_it(tmp_path, change):
+    config = load_config("lit-relaxed", ["language.enabled=false"])
+    raw = tmp_path / "00000.tar"
+    _raw_shard(raw)
+    out = str(tmp_path / "out")
+    facts = examine_shard(0, str(raw), out, config)
+    assert [f.key for f in facts] == ["s0", "s1", "s2"] and all(f.valid for f in facts)
+    decided = decide_shard(str(raw), out, [], None, config)
+    assert [r["status"] for r in decided] == ["kept"] * 3
+    if change == "gone":
+        raw.unlink()
+    elif change == "other samples":
+        _raw_shard(raw, 2)
+        with tarfile.open(raw, "a") as tar:  # a third sample under another key
+            info = tarfile.TarInfo("x9.txt")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    else:
+        raw.write_bytes(raw.read_bytes()[:1500])
+    with pytest.raises(RawShardChanged, match=str(raw)):
+        write_shard_outputs(str(raw), out, decided, config)
+    assert not (tmp_path / "out" / "shards").exists() or not list((tmp_path / "out" / "shards").glob("*.tar"))
