@@ -4,8 +4,8 @@ No image bytes and no caption travel through a shuffle, and nothing that grows w
 corpus is gathered on one worker. Graph (every arrow a Beam transform)::
 
     raw shard paths ─► examine each shard (decode, hash, normalise; facts file) ─► facts
-    facts ─► corpus-wide rules (curation.corpus_rules: keyed groups and joins) ─► verdicts
-    (shard, path) ⋈ verdicts by shard ─► decide each shard (rules, language, eval index)
+    facts ─► corpus-wide rules (curation.corpus_rules: keyed combines and joins) ─► findings
+    (shard, path) ⋈ findings by shard ─► decide each shard (rules, language, eval index)
       ├─ corpus_dedup none:  write each shard (curated tar + parquet, rejections, counts)
       └─ exact | near: kept (key, hashes) ─► curation.corpus_dedup ─► drops
                        (shard, path) ⋈ drops by shard ─► write each shard
@@ -45,10 +45,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from curation import storage
 from curation.config import CurationConfig
 from curation.corpus_dedup import ExactDuplicates, NearDuplicates, wire_phash
-from curation.corpus_rules import CorpusVerdicts
+from curation.corpus_rules import CorpusRules
 from curation.eval_match import EvalMatcher
 from curation.records import KEPT
-from curation.shard_passes import (COUNTS_DIR, WORK_DIR, Verdict, apply_drops, decide_shard, examine_shard,
+from curation.shard_passes import (COUNTS_DIR, WORK_DIR, Finding, apply_drops, decide_shard, examine_shard,
                                    load_decided, save_decided, write_shard_outputs)
 
 
@@ -72,8 +72,8 @@ class DecideShards(beam.DoFn):
     def process(self, shard_joined, stats):
         shard, joined = shard_joined
         (path,) = joined["path"]
-        verdicts = [Verdict(*v) for v in joined["verdicts"]]
-        decided = decide_shard(path, self.out_dir, verdicts, stats["rare_tokens_k"], self.config, self.matcher)
+        findings = [Finding(*f) for f in joined["findings"]]
+        decided = decide_shard(path, self.out_dir, findings, stats["rare_tokens_k"], self.config, self.matcher)
         if self.write:
             write_shard_outputs(path, self.out_dir, decided, self.config)
             return
@@ -109,15 +109,15 @@ def build(p: beam.Pipeline, raw_shards: list[str], out_dir: str, config: Curatio
     numbered = list(enumerate(raw_shards))
     shards = p | "Raw shards" >> beam.Create(numbered) | "Spread shards" >> beam.Reshuffle()
     facts = shards | "Examine" >> beam.FlatMap(_facts, out_dir, config)
-    corpus = facts | "Corpus rules" >> CorpusVerdicts(config)
+    corpus = facts | "Corpus rules" >> CorpusRules(config)
     stats = corpus["stats"]
     _ = stats | "Write stats" >> beam.Map(lambda s: storage.write_json(storage.join(out_dir, WORK_DIR, "stats.json"), s))
 
     paths = p | "Shard paths" >> beam.Create(numbered)
     remove = config.corpus_dedup.remove
     decided = (
-        {"path": paths, "verdicts": corpus["verdicts"]}
-        | "Verdicts to shards" >> beam.CoGroupByKey()
+        {"path": paths, "findings": corpus["findings"]}
+        | "Findings to shards" >> beam.CoGroupByKey()
         | "Decide" >> beam.ParDo(DecideShards(out_dir, config, write=remove == "none"), beam.pvalue.AsSingleton(stats))
     )
     if remove == "none":

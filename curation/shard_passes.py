@@ -7,7 +7,7 @@ only small facts travel between them — never image bytes:
    writes the shard's *facts* (every pair-record field, the per-record failures, no image) to
    ``_work/facts/STEM.parquet``, and returns the small :class:`Fact` tuples the corpus-wide
    rules aggregate over.
-2. :func:`decide_shard` reads the facts back, adds the corpus-wide verdicts for this shard
+2. :func:`decide_shard` reads the facts back, adds the corpus-wide findings for this shard
    (duplicate key, texts per image, images per text, rare tokens), gives each record its one
    reason (:func:`curation.checks.attribute`), tags the kept captions' languages in one batch
    and matches kept images against the eval index (reading the raw shard again for the
@@ -40,12 +40,14 @@ from curation.checks import _image_bytes, attribute, examine, output_image, tag_
 from curation.config import CurationConfig
 from curation.records import KEPT, PAIR_SCHEMA, REJECTED, CurationReason as R
 from curation.shards import read_shard, shard_bytes
+from curation.text import unigrams_and_bigrams
 from dedup.intra import drop_detail
 
 WORK_DIR = "_work"
 COUNTS_DIR = "_counts"
-FACTS_SCHEMA = PAIR_SCHEMA.append(pa.field("index", pa.int64())).append(
-    pa.field("failures", pa.string())).append(pa.field("reencoded", pa.bool_()))
+FACTS_SCHEMA = pa.schema(list(PAIR_SCHEMA) + [
+    pa.field("index", pa.int64()), pa.field("failures", pa.string()), pa.field("reencoded", pa.bool_()),
+    pa.field("text_key", pa.string()), pa.field("gram_text", pa.string())])
 
 
 class RawShardChanged(RuntimeError):
@@ -64,11 +66,12 @@ class Fact(NamedTuple):
     gram_text: str | None      # the caption's tokens joined by spaces; None: no tokens
 
 
-class Verdict(NamedTuple):
-    """A corpus-wide rule's finding about one sample, sent back to its shard."""
+class Finding(NamedTuple):
+    """A corpus-wide rule's finding for one raw shard: its pairs with ``value`` (a position
+    for ``duplicate_key``, else a content hash, a text key or a gram) break ``reason``."""
 
-    index: int
     reason: str
+    value: object
     detail: str
 
 
@@ -97,11 +100,13 @@ def examine_shard(shard: int, path: str, out_dir: str, config: CurationConfig) -
     name = storage.stem(path)
     for index, raw in _raw_samples(path):
         candidate = examine(raw, name, index, config)
-        rows.append({**candidate.record, "index": index, "reencoded": candidate.reencoded,
-                     "failures": json.dumps(candidate.failures, sort_keys=True)})
         # text_key is " ".join(tokens) when the caption has tokens: the grams are rebuilt from it
-        facts.append(Fact(candidate.record["key"], shard, index, candidate.valid, candidate.record["sha256"],
-                          candidate.text_key, candidate.text_key if candidate.grams else None))
+        fact = Fact(candidate.record["key"], shard, index, candidate.valid, candidate.record["sha256"],
+                    candidate.text_key, candidate.text_key if candidate.grams else None)
+        rows.append({**candidate.record, "index": index, "reencoded": candidate.reencoded,
+                     "failures": json.dumps(candidate.failures, sort_keys=True),
+                     "text_key": fact.text_key, "gram_text": fact.gram_text})
+        facts.append(fact)
     storage.write_parquet(facts_path(out_dir, path), rows, FACTS_SCHEMA)
     return facts
 
@@ -110,18 +115,24 @@ def _read_facts(out_dir: str, path: str) -> list[dict]:
     return storage.read_parquet(facts_path(out_dir, path)).to_pylist()
 
 
-def _merge_verdicts(verdicts: Iterable[Verdict], rare_k: int | None) -> dict[int, dict[str, str]]:
-    """{index: {reason: detail}}; a record's rare grams become one detail (sorted, first 3)."""
-    by_index: dict[int, dict[str, str]] = defaultdict(dict)
-    rare: dict[int, list[str]] = defaultdict(list)
-    for verdict in verdicts:
-        if verdict.reason == R.TEXT_RARE_TOKENS.value:
-            rare[verdict.index].append(verdict.detail)
-        else:
-            by_index[verdict.index][verdict.reason] = verdict.detail
-    for index, grams in rare.items():
-        by_index[index][R.TEXT_RARE_TOKENS.value] = f"outside the top {rare_k}: {sorted(grams)[:3]}"
-    return by_index
+def _corpus_failures(record: dict, findings: list[Finding], rare_k: int | None) -> dict[str, str]:
+    """The corpus-wide rules ``record`` breaks, by the findings for its shard."""
+    by_reason: dict[str, dict] = defaultdict(dict)
+    for finding in findings:
+        by_reason[finding.reason][finding.value] = finding.detail
+    failures = {}
+    if record["index"] in by_reason[R.DUPLICATE_KEY.value]:
+        failures[R.DUPLICATE_KEY.value] = by_reason[R.DUPLICATE_KEY.value][record["index"]]
+    if record["sha256"] in by_reason[R.IMAGE_TOO_MANY_TEXTS.value]:
+        failures[R.IMAGE_TOO_MANY_TEXTS.value] = by_reason[R.IMAGE_TOO_MANY_TEXTS.value][record["sha256"]]
+    if record["text_key"] in by_reason[R.TEXT_TOO_COMMON.value]:
+        failures[R.TEXT_TOO_COMMON.value] = by_reason[R.TEXT_TOO_COMMON.value][record["text_key"]]
+    rare_grams = by_reason[R.TEXT_RARE_TOKENS.value]
+    if rare_grams and record["gram_text"] is not None:
+        rare = sorted(g for g in unigrams_and_bigrams(record["gram_text"].split(" ")) if g in rare_grams)
+        if rare:
+            failures[R.TEXT_RARE_TOKENS.value] = f"outside the top {rare_k}: {rare[:3]}"
+    return failures
 
 
 def _images_by_index(path: str, wanted: dict[int, str]) -> dict[int, bytes]:
@@ -151,16 +162,17 @@ def _images_by_index(path: str, wanted: dict[int, str]) -> dict[int, bytes]:
     return found
 
 
-def decide_shard(path: str, out_dir: str, verdicts: Iterable[Verdict], rare_k: int | None,
+def decide_shard(path: str, out_dir: str, findings: Iterable[Finding], rare_k: int | None,
                  config: CurationConfig, eval_matcher=None) -> list[dict]:
     """Pass 2: every record of one raw shard with its final status (input order)."""
     facts = _read_facts(out_dir, path)
-    found = _merge_verdicts(verdicts, rare_k)
+    findings = list(findings)
     decided = []
     for fact in facts:
         failures = json.loads(fact.pop("failures"))
-        index = fact["index"]
-        failures.update(found.get(index, {}))
+        # a record that was not read or decoded fails on that first; the corpus rules are
+        # counted over, and so only speak of, valid records
+        failures.update(_corpus_failures(fact, findings, rare_k))
         decided.append(attribute(fact, failures))
     decided = tag_languages(decided, config)
     if eval_matcher is not None:
@@ -212,7 +224,10 @@ def write_shard_outputs(path: str, out_dir: str, decided: list[dict], config: Cu
     """Pass 3: curated shard(s), rejections and counts of one raw shard; returns the counts."""
     stem = storage.stem(path)
     kept = sorted((r for r in decided if r["status"] == KEPT), key=lambda r: r["key"])
-    rejected = [_contract(r) for r in decided if r["status"] != KEPT]
+    # key order (then position) for rejections too: the same samples in another order within a
+    # raw shard (img2dataset's threads finish in any order) give the same bytes
+    rejected = [_contract(r) for r in sorted((r for r in decided if r["status"] != KEPT),
+                                             key=lambda r: (r["key"] or "", r["index"]))]
     images = _images_by_index(path, {r["index"]: r["key"] for r in kept})
     shard_size = config.output.shard_size
     shards = []
@@ -262,6 +277,6 @@ def shard_counts(stem: str, decided: list[dict], shards: list[dict]) -> dict:
     }
 
 
-__all__ = ["COUNTS_DIR", "FACTS_SCHEMA", "Fact", "RawShardChanged", "Verdict", "WORK_DIR", "apply_drops",
+__all__ = ["COUNTS_DIR", "FACTS_SCHEMA", "Fact", "RawShardChanged", "Finding", "WORK_DIR", "apply_drops",
            "curated_names", "decide_shard", "examine_shard", "load_decided", "save_decided", "shard_counts",
            "write_shard_outputs"]
