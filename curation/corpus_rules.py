@@ -12,29 +12,32 @@ copy that must not count. The steps, and what crosses each shuffle:
 * **duplicate keys** — GroupByKey on the key (one element per sample; a group is one key's
   copies, a handful). The first copy (lowest shard number, then index) is kept; later ones
   are ``duplicate_key``.
-* **texts per image** — CombinePerKey(sum) per content hash; over
-  ``image.max_texts_per_image`` → joined (CoGroupByKey) with the shards that hold the hash.
+* **texts per image** — each raw shard counts its valid pairs per content hash; a
+  GroupByKey on the hash sums the shards' counts (and the corrections). Over
+  ``image.max_texts_per_image`` → a finding for every shard that holds the hash.
 * **images per text** — CombinePerKey(sum) per (text, hash), then per text the number of
-  hashes with a positive count; over the limit → joined with the shards that hold the text.
-* **rare tokens** — CombinePerKey(sum) per unigram/bigram is its document frequency (df).
-  The K most frequent are found without gathering the gram counts: the *histogram* of df
-  values (how many grams have df = d) is the only thing combined globally, and it has at most
-  one entry per distinct df value — fewer than sqrt(2 × Σdf) entries, a few thousand for a
-  billion pairs. Tie rule (:func:`frequent_threshold`): the frequent set is every gram with
-  df ≥ T, for the smallest T that keeps it at most K grams; grams tied at the boundary are
-  all in or all out, never split by spelling. Grams with df < T are joined with the shards
-  that hold them, and reject every valid pair holding one (``text_rare_tokens``).
+  hashes with a positive count; over the limit → joined (CoGroupByKey) with the shards that
+  hold the text.
+* **rare tokens** — each raw shard counts its unigrams/bigrams; a GroupByKey on the gram sums
+  them into its document frequency (df). The K most frequent are found without gathering the
+  gram counts: the *histogram* of df values (how many grams have df = d) is the only thing
+  combined globally, and it has at most one entry per distinct df value — fewer than
+  sqrt(2 × Σdf) entries, a few thousand for a billion pairs. Tie rule
+  (:func:`frequent_threshold`): the frequent set is every gram with df ≥ T, for the smallest T
+  that keeps it at most K grams; grams tied at the boundary are all in or all out, never split
+  by spelling. A gram with df < T is a finding for every shard holding it, and rejects every
+  valid pair there that holds it (``text_rare_tokens``).
 
-Every count is combined in the worker before its shuffle (Beam lifts CombinePerKey and
-Distinct), so what crosses is one entry per distinct value per bundle — a bundle is a raw
-shard here — not one per occurrence; "which shards hold value v" has one entry per shard.
-A CoGroupByKey group holds one count and the shards holding the value: at most the number
-of raw shards (the corpus / 1,000), and runners that stream group values (Dataflow, Flink,
-Spark) never hold it whole. Side inputs are scalars only: the number of valid pairs (for K)
-and T.
+Counting per raw shard first (in the worker, before the shuffle) means one element per
+distinct value per shard crosses it, not one per occurrence. A group holds one entry per raw
+shard that has the value: at most the number of raw shards (the corpus / 1,000); runners
+that stream group values (Dataflow, Flink, Spark) never hold it whole. Side inputs are
+scalars only: the number of valid pairs (for K) and T.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import apache_beam as beam
 
@@ -58,8 +61,12 @@ def frequent_threshold(histogram: dict[int, int], k: int) -> int:
     return threshold
 
 
-def _by_key(fact):
-    return fact.key, (fact.shard, fact.index, fact.valid, fact.sha256, fact.text_key, fact.gram_text)
+_NO_SHARD = -1  # a correction's "shard": it holds nothing
+
+
+def _by_key(shard_facts):
+    for fact in shard_facts:
+        yield fact.key, (fact.shard, fact.index, fact.valid, fact.sha256, fact.text_key, fact.gram_text)
 
 
 def _later_copies(key_copies):
@@ -69,63 +76,93 @@ def _later_copies(key_copies):
 
 
 def _uncounted_copies(key_copies):
-    """The valid copies the statistics must not count: all but the first copy (and the first
-    too when it is not valid). They were counted once each from the facts; this takes them
-    out again (weight -1), so the statistics are those of valid first copies."""
+    """The valid copies the statistics must not count: all but the first copy of a key. Each
+    was counted once from its shard; this takes it out again (the first copy, when not valid,
+    was never counted), so the statistics are those of valid first copies."""
     _, copies = key_copies
-    copies = sorted(copies)
-    for shard, index, valid, sha256, text_key, gram_text in copies[1:]:
+    for _, _, valid, sha256, text_key, gram_text in sorted(copies)[1:]:
         if valid:
-            yield sha256, text_key, gram_text, -1
-
-
-def _counted(fact):
-    if fact.valid:
-        yield fact.sha256, fact.text_key, fact.gram_text, 1
+            yield sha256, text_key, gram_text
 
 
 def _grams(gram_text: str | None):
     return unigrams_and_bigrams(gram_text.split(" ")) if gram_text is not None else ()
 
 
+def _valid(shard_facts):
+    return [f for f in shard_facts if f.valid]
+
+
+# per raw shard, counted in the worker: one element per distinct value and shard crosses the shuffle
+
+def _image_counts(shard_facts):
+    valid = _valid(shard_facts)
+    for sha256, n in sorted(Counter(f.sha256 for f in valid).items()):
+        yield sha256, (n, valid[0].shard)
+
+
+def _pair_counts(shard_facts):
+    for pair, n in sorted(Counter((f.text_key, f.sha256) for f in _valid(shard_facts)).items()):
+        yield pair, n
+
+
+def _text_shards(shard_facts):
+    valid = _valid(shard_facts)
+    for text_key in sorted({f.text_key for f in valid}):
+        yield text_key, valid[0].shard
+
+
+def _gram_counts(shard_facts):
+    valid = _valid(shard_facts)
+    counts = Counter(g for f in valid for g in _grams(f.gram_text))
+    for gram, n in sorted(counts.items()):
+        yield gram, (n, valid[0].shard)
+
+
 def _over(value_count, limit: int) -> bool:
     return value_count[1] > limit
 
 
-def _findings(joined_by_value, reason: str, detail_format: str):
-    """(shard, (reason, value, detail)) for every shard holding a value over its limit."""
-    value, joined = joined_by_value
+def _total(counts) -> int:
+    return sum(n for n, _ in counts)
+
+
+def _holding(counts):
+    """The shards among a group's (count, shard) entries that hold the value."""
+    return sorted({shard for n, shard in counts if shard != _NO_SHARD and n > 0})
+
+
+def _too_many_texts(sha_counts, limit: int):
+    sha256, counts = sha_counts
+    total = _total(counts)
+    if total > limit:
+        for shard in _holding(counts):
+            yield shard, (R.IMAGE_TOO_MANY_TEXTS.value, sha256, f"image has {total} alt-texts > {limit}")
+
+
+def _too_common(text_joined, limit: int):
+    text_key, joined = text_joined
     counts = list(joined["count"])
     if counts:
-        detail = detail_format.format(counts[0])
         for shard in joined["shards"]:
-            yield shard, (reason, value, detail)
+            yield shard, (R.TEXT_TOO_COMMON.value, text_key, f"alt-text on {counts[0]} images > {limit}")
 
 
-def _rare(gram_joined, threshold: int):
-    gram, joined = gram_joined
-    counts = list(joined["count"])
-    if counts and counts[0] < threshold:
-        for shard in joined["shards"]:
+def _rare(gram_counts, threshold: int):
+    gram, counts = gram_counts
+    df = _total(counts)
+    if 0 < df < threshold:
+        for shard in _holding(counts):
             yield shard, (R.TEXT_RARE_TOKENS.value, gram, "")
 
 
-def _shards_holding(facts, label: str, values):
-    """(value, shard) once per shard that holds it (combined in the worker before the shuffle)."""
-    return (facts
-            | f"{label} in shard" >> beam.FlatMap(lambda f: ((v, f.shard) for v in values(f)) if f.valid else ())
-            | f"{label} once per shard" >> beam.Distinct())
-
-
 class CorpusRules(beam.PTransform):
-    """facts → findings for each raw shard, and the corpus statistics.
+    """facts (one list per raw shard) → findings for each raw shard, and the corpus statistics.
 
     ``expand`` returns ``{"findings": PCollection of (shard, (reason, value, detail)),
     "stats": PCollection of one dict}``. A finding's value is a position (duplicate key), a
     content hash, a text key or a gram; the shard applies it to its records
-    (:func:`curation.shard_passes.decide_shard`). Every count is a CombinePerKey, combined in
-    the worker first (one entry per distinct value per bundle crosses the shuffle), and the
-    corrections from the key groups make them counts over valid first copies.
+    (:func:`curation.shard_passes.decide_shard`).
     """
 
     def __init__(self, config: CurationConfig):
@@ -134,58 +171,52 @@ class CorpusRules(beam.PTransform):
 
     def expand(self, facts):
         config, rules_i, rules_t = self.config, self.config.image, self.config.text
-        by_key = facts | "By key" >> beam.Map(_by_key) | "Copies per key" >> beam.GroupByKey()
+        by_key = facts | "By key" >> beam.FlatMap(_by_key) | "Copies per key" >> beam.GroupByKey()
         findings = [by_key | "Later copies" >> beam.FlatMap(_later_copies)]
-        weighted = (
-            (facts | "Counted" >> beam.FlatMap(_counted), by_key | "Uncounted" >> beam.FlatMap(_uncounted_copies))
-            | "Weighted" >> beam.Flatten())
-        n_valid = weighted | "Weights" >> beam.Map(lambda w: w[3]) | "Count valid" >> beam.CombineGlobally(sum)
+        uncounted = by_key | "Uncounted copies" >> beam.FlatMap(_uncounted_copies)
+        n_valid = (
+            (facts | "Valid per shard" >> beam.Map(lambda fs: len(_valid(fs))),
+             uncounted | "Uncounted" >> beam.Map(lambda _: -1))
+            | "Valid counts" >> beam.Flatten()
+            | "Count valid" >> beam.CombineGlobally(sum))
 
         if rules_i.max_texts_enabled:
-            limit = rules_i.max_texts_per_image
-            counts = (
-                weighted
-                | "Image weight" >> beam.Map(lambda w: (w[0], w[3]))
-                | "Pairs per image" >> beam.CombinePerKey(sum)
-                | "Over text limit" >> beam.Filter(_over, limit))
             findings.append(
-                {"count": counts, "shards": _shards_holding(facts, "Image", lambda f: (f.sha256,))}
-                | "Join image counts" >> beam.CoGroupByKey()
-                | "Too many texts" >> beam.FlatMap(_findings, R.IMAGE_TOO_MANY_TEXTS.value,
-                                                   f"image has {{}} alt-texts > {limit}"))
+                (facts | "Image counts" >> beam.FlatMap(_image_counts),
+                 uncounted | "Image corrections" >> beam.Map(lambda u: (u[0], (-1, _NO_SHARD))))
+                | "Image entries" >> beam.Flatten()
+                | "Per image" >> beam.GroupByKey()
+                | "Too many texts" >> beam.FlatMap(_too_many_texts, rules_i.max_texts_per_image))
         if rules_t.max_images_per_text_enabled:
             limit = rules_t.max_images_per_text
             counts = (
-                weighted
-                | "Text,image weight" >> beam.Map(lambda w: ((w[1], w[0]), w[3]))
+                (facts | "Text,image counts" >> beam.FlatMap(_pair_counts),
+                 uncounted | "Text,image corrections" >> beam.Map(lambda u: ((u[1], u[0]), -1)))
+                | "Text,image entries" >> beam.Flatten()
                 | "Pairs per text,image" >> beam.CombinePerKey(sum)
                 | "Text,image present" >> beam.Filter(lambda kv: kv[1] > 0)
                 | "Text" >> beam.Map(lambda kv: (kv[0][0], 1))
                 | "Images per text" >> beam.CombinePerKey(sum)
                 | "Over image limit" >> beam.Filter(_over, limit))
             findings.append(
-                {"count": counts, "shards": _shards_holding(facts, "Text", lambda f: (f.text_key,))}
+                {"count": counts, "shards": facts | "Text shards" >> beam.FlatMap(_text_shards)}
                 | "Join text counts" >> beam.CoGroupByKey()
-                | "Too common" >> beam.FlatMap(_findings, R.TEXT_TOO_COMMON.value,
-                                               f"alt-text on {{}} images > {limit}"))
+                | "Too common" >> beam.FlatMap(_too_common, limit))
 
         k = n_valid | "K" >> beam.Map(config.rare_tokens_k)
         if rules_t.rare_tokens_enabled:
-            df = (
-                weighted
-                | "Gram weights" >> beam.FlatMap(lambda w: ((g, w[3]) for g in _grams(w[2])))
-                | "Document frequency" >> beam.CombinePerKey(sum)
-                | "In a counted pair" >> beam.Filter(lambda kv: kv[1] > 0))
+            by_gram = (
+                (facts | "Gram counts" >> beam.FlatMap(_gram_counts),
+                 uncounted | "Gram corrections" >> beam.FlatMap(lambda u: ((g, (-1, _NO_SHARD)) for g in _grams(u[2]))))
+                | "Gram entries" >> beam.Flatten()
+                | "Per gram" >> beam.GroupByKey())
             histogram = (
-                df
-                | "df" >> beam.Map(lambda kv: (kv[1], 1))
+                by_gram
+                | "df" >> beam.FlatMap(lambda kv: [(_total(kv[1]), 1)] if _total(kv[1]) > 0 else [])
                 | "Grams per df" >> beam.CombinePerKey(sum)
                 | "df histogram" >> beam.combiners.ToDict())  # bounded: one entry per distinct df
             threshold = histogram | "Threshold" >> beam.Map(frequent_threshold, beam.pvalue.AsSingleton(k))
-            findings.append(
-                {"count": df, "shards": _shards_holding(facts, "Gram", lambda f: _grams(f.gram_text))}
-                | "Join gram counts" >> beam.CoGroupByKey()
-                | "Rare" >> beam.FlatMap(_rare, beam.pvalue.AsSingleton(threshold)))
+            findings.append(by_gram | "Rare" >> beam.FlatMap(_rare, beam.pvalue.AsSingleton(threshold)))
         else:
             threshold = facts.pipeline | "No gram rule" >> beam.Create([None])
         stats = n_valid | "Stats" >> beam.Map(

@@ -108,7 +108,7 @@ def build(p: beam.Pipeline, raw_shards: list[str], out_dir: str, config: Curatio
     """Add the curation transforms to pipeline ``p``; ``raw_shards`` in run order."""
     numbered = list(enumerate(raw_shards))
     shards = p | "Raw shards" >> beam.Create(numbered) | "Spread shards" >> beam.Reshuffle()
-    facts = shards | "Examine" >> beam.FlatMap(_facts, out_dir, config)
+    facts = shards | "Examine" >> beam.Map(_facts, out_dir, config)  # one list of facts per raw shard
     corpus = facts | "Corpus rules" >> CorpusRules(config)
     stats = corpus["stats"]
     _ = stats | "Write stats" >> beam.Map(lambda s: storage.write_json(storage.join(out_dir, WORK_DIR, "stats.json"), s))
