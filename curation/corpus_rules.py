@@ -6,11 +6,12 @@ content hash, text key, tokens — no image, no caption). Output: *findings*
 text / gram (or at this position) break this rule" — which go back to the raw shard (a
 CoGroupByKey on the shard number) and are applied there to its records. Nothing corpus-sized
 is gathered on one worker. Statistics count *valid first copies* (read and decoded, first
-copy of their key): every valid fact counts once, and the key groups send a -1 for each valid
-copy that must not count. The steps, and what crosses each shuffle:
+copy of their key): every valid fact counts once, and each valid copy that must not count is
+read back from its shard's facts and counts -1. Content hashes and texts are counted by a
+16-byte id (:func:`curation.shard_passes.value_id`). The steps, and what crosses each shuffle:
 
-* **duplicate keys** — GroupByKey on the key (one element per sample; a group is one key's
-  copies, a handful). The first copy (lowest shard number, then index) is kept; later ones
+* **duplicate keys** — GroupByKey on the key (one element per sample: the key, its position
+  and validity; a group is one key's copies, a handful). The first copy (lowest shard number, then index) is kept; later ones
   are ``duplicate_key``.
 * **texts per image** — each raw shard counts its valid pairs per content hash; a
   GroupByKey on the hash sums the shards' counts (and the corrections). Over
@@ -43,6 +44,7 @@ import apache_beam as beam
 
 from curation.config import CurationConfig
 from curation.records import CurationReason as R
+from curation.shard_passes import facts_at
 from curation.text import unigrams_and_bigrams
 
 
@@ -66,23 +68,38 @@ _NO_SHARD = -1  # a correction's "shard": it holds nothing
 
 def _by_key(shard_facts):
     for fact in shard_facts:
-        yield fact.key, (fact.shard, fact.index, fact.valid, fact.sha256, fact.text_key, fact.gram_text)
+        yield fact.key, (fact.shard, fact.index, fact.valid)
 
 
 def _later_copies(key_copies):
     _, copies = key_copies
-    for shard, index, *_ in sorted(copies)[1:]:  # the first copy (earliest shard, then index) is kept
+    for shard, index, _ in sorted(copies)[1:]:  # the first copy (earliest shard, then index) is kept
         yield shard, (R.DUPLICATE_KEY.value, index, "key already read from an earlier sample")
 
 
 def _uncounted_copies(key_copies):
-    """The valid copies the statistics must not count: all but the first copy of a key. Each
-    was counted once from its shard; this takes it out again (the first copy, when not valid,
-    was never counted), so the statistics are those of valid first copies."""
+    """(shard, index) of the valid copies the statistics must not count: all but the first copy
+    of a key. Each was counted once from its shard; its facts are read back and counted -1 (the
+    first copy, when not valid, was never counted), so the statistics are those of valid first
+    copies. Duplicate keys are rare: this touches few shards."""
     _, copies = key_copies
-    for _, _, valid, sha256, text_key, gram_text in sorted(copies)[1:]:
+    for shard, index, valid in sorted(copies)[1:]:
         if valid:
-            yield sha256, text_key, gram_text
+            yield shard, index
+
+
+class _UncountedFacts(beam.DoFn):
+    """The facts of the uncounted copies, read back from their raw shard's facts file."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+
+    def process(self, shard_joined):
+        shard, joined = shard_joined
+        indices = list(joined["indices"])
+        if indices:
+            (path,) = joined["path"]
+            yield from facts_at(shard, path, self.out_dir, indices)
 
 
 def _grams(gram_text: str | None):
@@ -97,19 +114,19 @@ def _valid(shard_facts):
 
 def _image_counts(shard_facts):
     valid = _valid(shard_facts)
-    for sha256, n in sorted(Counter(f.sha256 for f in valid).items()):
-        yield sha256, (n, valid[0].shard)
+    for image_id, n in sorted(Counter(f.image_id for f in valid).items()):
+        yield image_id, (n, valid[0].shard)
 
 
 def _pair_counts(shard_facts):
-    for pair, n in sorted(Counter((f.text_key, f.sha256) for f in _valid(shard_facts)).items()):
+    for pair, n in sorted(Counter((f.text_id, f.image_id) for f in _valid(shard_facts)).items()):
         yield pair, n
 
 
 def _text_shards(shard_facts):
     valid = _valid(shard_facts)
-    for text_key in sorted({f.text_key for f in valid}):
-        yield text_key, valid[0].shard
+    for text_id in sorted({f.text_id for f in valid}):
+        yield text_id, valid[0].shard
 
 
 def _gram_counts(shard_facts):
@@ -133,19 +150,19 @@ def _holding(counts):
 
 
 def _too_many_texts(sha_counts, limit: int):
-    sha256, counts = sha_counts
+    image_id, counts = sha_counts
     total = _total(counts)
     if total > limit:
         for shard in _holding(counts):
-            yield shard, (R.IMAGE_TOO_MANY_TEXTS.value, sha256, f"image has {total} alt-texts > {limit}")
+            yield shard, (R.IMAGE_TOO_MANY_TEXTS.value, image_id, f"image has {total} alt-texts > {limit}")
 
 
 def _too_common(text_joined, limit: int):
-    text_key, joined = text_joined
+    text_id, joined = text_joined
     counts = list(joined["count"])
     if counts:
         for shard in joined["shards"]:
-            yield shard, (R.TEXT_TOO_COMMON.value, text_key, f"alt-text on {counts[0]} images > {limit}")
+            yield shard, (R.TEXT_TOO_COMMON.value, text_id, f"alt-text on {counts[0]} images > {limit}")
 
 
 def _rare(gram_counts, threshold: int):
@@ -165,15 +182,18 @@ class CorpusRules(beam.PTransform):
     (:func:`curation.shard_passes.decide_shard`).
     """
 
-    def __init__(self, config: CurationConfig):
+    def __init__(self, config: CurationConfig, shard_paths, out_dir: str):
         super().__init__()
-        self.config = config
+        self.config, self.shard_paths, self.out_dir = config, shard_paths, out_dir
 
     def expand(self, facts):
         config, rules_i, rules_t = self.config, self.config.image, self.config.text
         by_key = facts | "By key" >> beam.FlatMap(_by_key) | "Copies per key" >> beam.GroupByKey()
         findings = [by_key | "Later copies" >> beam.FlatMap(_later_copies)]
-        uncounted = by_key | "Uncounted copies" >> beam.FlatMap(_uncounted_copies)
+        uncounted = (
+            {"path": self.shard_paths, "indices": by_key | "Uncounted copies" >> beam.FlatMap(_uncounted_copies)}
+            | "Uncounted to shards" >> beam.CoGroupByKey()
+            | "Uncounted facts" >> beam.ParDo(_UncountedFacts(self.out_dir)))
         n_valid = (
             (facts | "Valid per shard" >> beam.Map(lambda fs: len(_valid(fs))),
              uncounted | "Uncounted" >> beam.Map(lambda _: -1))
@@ -183,7 +203,7 @@ class CorpusRules(beam.PTransform):
         if rules_i.max_texts_enabled:
             findings.append(
                 (facts | "Image counts" >> beam.FlatMap(_image_counts),
-                 uncounted | "Image corrections" >> beam.Map(lambda u: (u[0], (-1, _NO_SHARD))))
+                 uncounted | "Image corrections" >> beam.Map(lambda u: (u.image_id, (-1, _NO_SHARD))))
                 | "Image entries" >> beam.Flatten()
                 | "Per image" >> beam.GroupByKey()
                 | "Too many texts" >> beam.FlatMap(_too_many_texts, rules_i.max_texts_per_image))
@@ -191,7 +211,7 @@ class CorpusRules(beam.PTransform):
             limit = rules_t.max_images_per_text
             counts = (
                 (facts | "Text,image counts" >> beam.FlatMap(_pair_counts),
-                 uncounted | "Text,image corrections" >> beam.Map(lambda u: ((u[1], u[0]), -1)))
+                 uncounted | "Text,image corrections" >> beam.Map(lambda u: ((u.text_id, u.image_id), -1)))
                 | "Text,image entries" >> beam.Flatten()
                 | "Pairs per text,image" >> beam.CombinePerKey(sum)
                 | "Text,image present" >> beam.Filter(lambda kv: kv[1] > 0)
@@ -207,7 +227,7 @@ class CorpusRules(beam.PTransform):
         if rules_t.rare_tokens_enabled:
             by_gram = (
                 (facts | "Gram counts" >> beam.FlatMap(_gram_counts),
-                 uncounted | "Gram corrections" >> beam.FlatMap(lambda u: ((g, (-1, _NO_SHARD)) for g in _grams(u[2]))))
+                 uncounted | "Gram corrections" >> beam.FlatMap(lambda u: ((g, (-1, _NO_SHARD)) for g in _grams(u.gram_text))))
                 | "Gram entries" >> beam.Flatten()
                 | "Per gram" >> beam.GroupByKey())
             histogram = (

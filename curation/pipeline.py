@@ -109,11 +109,11 @@ def build(p: beam.Pipeline, raw_shards: list[str], out_dir: str, config: Curatio
     numbered = list(enumerate(raw_shards))
     shards = p | "Raw shards" >> beam.Create(numbered) | "Spread shards" >> beam.Reshuffle()
     facts = shards | "Examine" >> beam.Map(_facts, out_dir, config)  # one list of facts per raw shard
-    corpus = facts | "Corpus rules" >> CorpusRules(config)
+    paths = p | "Shard paths" >> beam.Create(numbered)
+    corpus = facts | "Corpus rules" >> CorpusRules(config, paths, out_dir)
     stats = corpus["stats"]
     _ = stats | "Write stats" >> beam.Map(lambda s: storage.write_json(storage.join(out_dir, WORK_DIR, "stats.json"), s))
 
-    paths = p | "Shard paths" >> beam.Create(numbered)
     remove = config.corpus_dedup.remove
     decided = (
         {"path": paths, "findings": corpus["findings"]}

@@ -36,7 +36,7 @@ from typing import Iterable, Iterator, NamedTuple
 import pyarrow as pa
 
 from curation import storage
-from curation.checks import _image_bytes, attribute, examine, output_image, tag_languages
+from curation.checks import VALIDITY, _image_bytes, attribute, examine, output_image, tag_languages
 from curation.config import CurationConfig
 from curation.records import KEPT, PAIR_SCHEMA, REJECTED, CurationReason as R
 from curation.shards import read_shard, shard_bytes
@@ -54,6 +54,13 @@ class RawShardChanged(RuntimeError):
     """A raw shard is gone, or holds other samples, since it was examined."""
 
 
+def value_id(value: str | None) -> bytes | None:
+    """A 16-byte id of a content hash or text key: what the corpus rules count and join on
+    (a 64-hex sha256 or a long caption would cost 3-10x more in every shuffle; 128 bits keep
+    collisions out of reach: about 1e-20 for a billion values)."""
+    return None if value is None else hashlib.blake2b(value.encode("utf-8"), digest_size=16).digest()
+
+
 class Fact(NamedTuple):
     """What the corpus-wide rules need of one sample (no image, no caption)."""
 
@@ -61,9 +68,19 @@ class Fact(NamedTuple):
     shard: int                 # the raw shard's number in the run (its rank by path)
     index: int                 # the sample's position in its raw shard
     valid: bool                # read and decoded: counts toward corpus statistics
-    sha256: str | None
-    text_key: str | None       # case-folded normalised caption, for text frequency
+    image_id: bytes | None     # value_id(sha256)
+    text_id: bytes | None      # value_id(case-folded normalised caption), for text frequency
     gram_text: str | None      # the caption's tokens joined by spaces; None: no tokens
+
+    @classmethod
+    def of(cls, row: dict, shard: int) -> "Fact":
+        """The fact of a facts-file row."""
+        return cls(row["key"], shard, row["index"], not _invalid(row), value_id(row["sha256"]),
+                   value_id(row["text_key"]), row["gram_text"])
+
+
+def _invalid(row: dict) -> bool:
+    return any(R(f) in VALIDITY for f in json.loads(row["failures"]))
 
 
 class Finding(NamedTuple):
@@ -101,11 +118,11 @@ def examine_shard(shard: int, path: str, out_dir: str, config: CurationConfig) -
     for index, raw in _raw_samples(path):
         candidate = examine(raw, name, index, config)
         # text_key is " ".join(tokens) when the caption has tokens: the grams are rebuilt from it
-        fact = Fact(candidate.record["key"], shard, index, candidate.valid, candidate.record["sha256"],
-                    candidate.text_key, candidate.text_key if candidate.grams else None)
+        fact = Fact(candidate.record["key"], shard, index, candidate.valid, value_id(candidate.record["sha256"]),
+                    value_id(candidate.text_key), candidate.text_key if candidate.grams else None)
         rows.append({**candidate.record, "index": index, "reencoded": candidate.reencoded,
                      "failures": json.dumps(candidate.failures, sort_keys=True),
-                     "text_key": fact.text_key, "gram_text": fact.gram_text})
+                     "text_key": candidate.text_key, "gram_text": fact.gram_text})
         facts.append(fact)
     storage.write_parquet(facts_path(out_dir, path), rows, FACTS_SCHEMA)
     return facts
@@ -113,6 +130,12 @@ def examine_shard(shard: int, path: str, out_dir: str, config: CurationConfig) -
 
 def _read_facts(out_dir: str, path: str) -> list[dict]:
     return storage.read_parquet(facts_path(out_dir, path)).to_pylist()
+
+
+def facts_at(shard: int, path: str, out_dir: str, indices) -> list[Fact]:
+    """The facts of the samples at ``indices`` of one raw shard, read back from its facts file."""
+    wanted = set(indices)
+    return [Fact.of(row, shard) for row in _read_facts(out_dir, path) if row["index"] in wanted]
 
 
 def _corpus_failures(record: dict, findings: list[Finding], rare_k: int | None) -> dict[str, str]:
@@ -123,10 +146,11 @@ def _corpus_failures(record: dict, findings: list[Finding], rare_k: int | None) 
     failures = {}
     if record["index"] in by_reason[R.DUPLICATE_KEY.value]:
         failures[R.DUPLICATE_KEY.value] = by_reason[R.DUPLICATE_KEY.value][record["index"]]
-    if record["sha256"] in by_reason[R.IMAGE_TOO_MANY_TEXTS.value]:
-        failures[R.IMAGE_TOO_MANY_TEXTS.value] = by_reason[R.IMAGE_TOO_MANY_TEXTS.value][record["sha256"]]
-    if record["text_key"] in by_reason[R.TEXT_TOO_COMMON.value]:
-        failures[R.TEXT_TOO_COMMON.value] = by_reason[R.TEXT_TOO_COMMON.value][record["text_key"]]
+    image_id, text_id = value_id(record["sha256"]), value_id(record["text_key"])
+    if image_id in by_reason[R.IMAGE_TOO_MANY_TEXTS.value]:
+        failures[R.IMAGE_TOO_MANY_TEXTS.value] = by_reason[R.IMAGE_TOO_MANY_TEXTS.value][image_id]
+    if text_id in by_reason[R.TEXT_TOO_COMMON.value]:
+        failures[R.TEXT_TOO_COMMON.value] = by_reason[R.TEXT_TOO_COMMON.value][text_id]
     rare_grams = by_reason[R.TEXT_RARE_TOKENS.value]
     if rare_grams and record["gram_text"] is not None:
         rare = sorted(g for g in unigrams_and_bigrams(record["gram_text"].split(" ")) if g in rare_grams)
@@ -278,5 +302,5 @@ def shard_counts(stem: str, decided: list[dict], shards: list[dict]) -> dict:
 
 
 __all__ = ["COUNTS_DIR", "FACTS_SCHEMA", "Fact", "RawShardChanged", "Finding", "WORK_DIR", "apply_drops",
-           "curated_names", "decide_shard", "examine_shard", "load_decided", "save_decided", "shard_counts",
+           "curated_names", "decide_shard", "examine_shard", "facts_at", "value_id", "load_decided", "save_decided", "shard_counts",
            "write_shard_outputs"]

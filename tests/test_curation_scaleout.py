@@ -173,3 +173,45 @@ def test_a_raw_shard_changed_after_examining_fails_naming_it(tmp_path, change):
     with pytest.raises(RawShardChanged, match=str(raw)):
         write_shard_outputs(str(raw), out, decided, config)
     assert not (tmp_path / "out" / "shards").exists() or not list((tmp_path / "out" / "shards").glob("*.tar"))
+
+
+# ---- statistics count valid first copies: a duplicate key's later copy is taken out again ----
+
+def _tar(path, samples):
+    with tarfile.open(path, "w") as tar:
+        for key, image, caption in samples:
+            for ext, data in (("jpg", image), ("txt", caption.encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def _jpeg(colour) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 300), colour).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_a_later_copy_of_a_key_does_not_count_toward_the_image_limit(tmp_path):
+    from curation.curate import curate
+    import pandas as pd
+
+    shared, other = _jpeg((200, 30, 30)), _jpeg((30, 30, 200))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    # the shared image is in 3 valid first copies (a, b, c) and in c's later copy in the next shard
+    _tar(raw / "00000.tar", [("a", shared, "one red square here"), ("b", shared, "two red squares there"),
+                             ("c", shared, "three red squares"), ("d", other, "a blue square too")])
+    _tar(raw / "00001.tar", [("c", shared, "the later copy of c"), ("e", other, "another blue square")])
+    rules = ["text.rare_tokens_enabled=false", "language.enabled=false", "image.max_texts_per_image=3"]
+    manifest = curate(raw, tmp_path / "out", load_config("align", rules), workers=2)
+    rejected = pd.read_parquet(tmp_path / "out" / "rejected")
+    assert dict(zip(rejected["key"], rejected["reason"])) == {"c": "duplicate_key"}   # 3 is not > 3
+    assert manifest["valid_pairs"] == 5 and manifest["kept"] == 5
+    manifest = curate(raw, tmp_path / "out2", load_config("align", rules[:2] + ["image.max_texts_per_image=2"]),
+                      workers=2)
+    rejected = pd.read_parquet(tmp_path / "out2" / "rejected")
+    reasons = dict(zip(rejected["source_shard"] + "/" + rejected["key"], rejected["reason"]))
+    assert reasons == {"00000/a": "image_too_many_texts", "00000/b": "image_too_many_texts",
+                       "00000/c": "image_too_many_texts", "00001/c": "duplicate_key"}
+    assert "image has 3 alt-texts > 2" in set(rejected["detail"])
