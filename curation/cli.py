@@ -32,11 +32,12 @@ def add_commands(sub) -> None:
         "curate",
         help="Beam pipeline: raw shards -> curated shards, rejections and corpus.json",
         description="Curate raw webdataset shards (an ingest output's shards/ folder) with ALIGN-style "
-        "image and text filters, language tags and perceptual hashes. Writes OUTPUT/shards/*.tar+.parquet, "
-        "OUTPUT/rejected.parquet and OUTPUT/corpus.json (every rule and threshold, counts per stage and "
-        "reason, per-language counts). OUTPUT is replaced. Fails if inputs != kept + rejected.",
+        "image and text filters, language tags and perceptual hashes. Writes, per raw shard STEM, "
+        "OUTPUT/shards/STEM.tar+.parquet and OUTPUT/rejected/STEM.parquet, then OUTPUT/corpus.json (every rule "
+        "and threshold, counts per stage and reason, per-language counts). RAW and OUTPUT may be local paths or "
+        "any Beam file system (gs://, s3://). OUTPUT is replaced. Fails if inputs != kept + rejected.",
     )
-    p.add_argument("raw", help="folder of raw shards (*.tar), e.g. work/demo/ingest/shards")
+    p.add_argument("raw", help="folder (or gs://, s3://, … URL) of raw shards (*.tar), e.g. work/demo/ingest/shards")
     p.add_argument("output", help="output folder (replaced)")
     p.add_argument("--preset", default="align", choices=("align", "lit-relaxed"), help="filter preset (default align)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
