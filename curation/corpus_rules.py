@@ -63,7 +63,17 @@ def frequent_threshold(histogram: dict[int, int], k: int) -> int:
     return threshold
 
 
-_NO_SHARD = -1  # a correction's "shard": it holds nothing
+_NO_SHARD = (1 << 32) - 1  # a correction's "shard": it holds nothing
+
+
+def _entry(count: int, shard: int) -> int:
+    """(count, shard) packed in one int64: a local runner keeps each grouped value as a Python
+    object, and one int is a third of a tuple of two (counts are in ±2^31, shards < 2^32 - 1)."""
+    return count * (1 << 32) + shard
+
+
+def _unpack(entry: int) -> tuple[int, int]:
+    return entry >> 32, entry & ((1 << 32) - 1)
 
 
 def _by_key(shard_facts):
@@ -115,7 +125,7 @@ def _valid(shard_facts):
 def _image_counts(shard_facts):
     valid = _valid(shard_facts)
     for image_id, n in sorted(Counter(f.image_id for f in valid).items()):
-        yield image_id, (n, valid[0].shard)
+        yield image_id, _entry(n, valid[0].shard)
 
 
 def _pair_counts(shard_facts):
@@ -133,20 +143,20 @@ def _gram_counts(shard_facts):
     valid = _valid(shard_facts)
     counts = Counter(g for f in valid for g in _grams(f.gram_text))
     for gram, n in sorted(counts.items()):
-        yield gram, (n, valid[0].shard)
+        yield gram, _entry(n, valid[0].shard)
 
 
 def _over(value_count, limit: int) -> bool:
     return value_count[1] > limit
 
 
-def _total(counts) -> int:
-    return sum(n for n, _ in counts)
+def _total(entries) -> int:
+    return sum(_unpack(e)[0] for e in entries)
 
 
-def _holding(counts):
+def _holding(entries):
     """The shards among a group's (count, shard) entries that hold the value."""
-    return sorted({shard for n, shard in counts if shard != _NO_SHARD and n > 0})
+    return sorted({shard for n, shard in map(_unpack, entries) if shard != _NO_SHARD and n > 0})
 
 
 def _too_many_texts(sha_counts, limit: int):
@@ -203,7 +213,7 @@ class CorpusRules(beam.PTransform):
         if rules_i.max_texts_enabled:
             findings.append(
                 (facts | "Image counts" >> beam.FlatMap(_image_counts),
-                 uncounted | "Image corrections" >> beam.Map(lambda u: (u.image_id, (-1, _NO_SHARD))))
+                 uncounted | "Image corrections" >> beam.Map(lambda u: (u.image_id, _entry(-1, _NO_SHARD))))
                 | "Image entries" >> beam.Flatten()
                 | "Per image" >> beam.GroupByKey()
                 | "Too many texts" >> beam.FlatMap(_too_many_texts, rules_i.max_texts_per_image))
@@ -227,7 +237,7 @@ class CorpusRules(beam.PTransform):
         if rules_t.rare_tokens_enabled:
             by_gram = (
                 (facts | "Gram counts" >> beam.FlatMap(_gram_counts),
-                 uncounted | "Gram corrections" >> beam.FlatMap(lambda u: ((g, (-1, _NO_SHARD)) for g in _grams(u.gram_text))))
+                 uncounted | "Gram corrections" >> beam.FlatMap(lambda u: ((g, _entry(-1, _NO_SHARD)) for g in _grams(u.gram_text))))
                 | "Gram entries" >> beam.Flatten()
                 | "Per gram" >> beam.GroupByKey())
             histogram = (
