@@ -1,18 +1,36 @@
 """Ingestion: a URL list becomes raw webdataset shards, every input row accounted for.
 
+A URL list is one file, a folder or a glob of parquet/csv/tsv *parts* (:mod:`curation.url_list`).
 Layout of an ingest output folder::
 
-    OUT/vetted.parquet          rows that passed the URL policy (+ ``row``: index in the input)
-    OUT/shards/NNNNN.tar        img2dataset webdataset shards (KEY.jpg, KEY.txt, KEY.json)
-    OUT/shards/NNNNN.parquet    every row of the shard, failures too (img2dataset)
-    OUT/shards/NNNNN_stats.json img2dataset's per-shard stats; its presence marks a finished shard
-    OUT/rejected.parquet        every input row that did not become a sample: row, url, reason, detail
-    OUT/ingest.json             the stage report: rows_in = downloaded + Σ failed[reason]
+    OUT/vetted/PPPPP-CCCCC.parquet  chunk C of part P (+ ``part``, ``row``); refused rows with no url
+    OUT/parts/PPPPP.json            part P's vetting: source file (size, mtime), rows, refused rows
+    OUT/parts/PPPPP.refused.parquet part P's rows refused before any request (row, url, reason, detail)
+    OUT/shards/NNNNN.tar            img2dataset webdataset shards (KEY.jpg, KEY.txt, KEY.json)
+    OUT/shards/NNNNN.parquet        every row of the shard, failures too (img2dataset)
+    OUT/shards/NNNNN_stats.json     img2dataset's per-shard stats; its presence marks a finished shard
+    OUT/rejected.parquet            every input row that did not become a sample: part, row, url, reason, detail
+    OUT/ingest.json                 the stage report: rows_in = downloaded + Σ failed[reason], per part and in total
+
+A row is identified by ``(part, row)``: the part's number (its rank among the parts by name)
+and the row's number in its part. img2dataset is given the folder of vetted chunks: it reads
+them in name order and numbers shards across them, so keys (shard + index) never collide
+between parts, and each chunk's shards are a known contiguous range (its rows / shard size,
+rounded up; refused rows stay in the chunk without a url, so the range never depends on what
+the URL policy or DNS said). This is the least fragile way found to feed it many parts: one
+run, its own resume (``incremental`` mode skips shards whose stats file exists), and nothing
+in it patched; it reads one chunk file at a time.
+
+Re-running on the same folder resumes per part: a part whose vetting report matches its file
+(size and mtime) is not read again, and img2dataset skips the shards it finished.
+
+Memory: one chunk of a part (default 65,536 rows) while vetting, in img2dataset's reader and
+while accounting (with one shard's outcomes and the part's refused row numbers). Nothing holds
+the whole list.
 
 img2dataset does the downloading and resizing (multiprocessing, or pyspark against a Spark
 master); this module vets the list first (:mod:`curation.url_safety`), gates decoding
 (:mod:`curation.strict_resizer`) and turns img2dataset's free-text errors into reasons.
-Re-running on the same folder resumes: img2dataset skips shards whose stats file exists.
 """
 
 from __future__ import annotations
@@ -24,11 +42,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curation.provenance import code_revision, library_versions
 from curation.reasons import IngestReason, classify_error
 from curation.strict_resizer import DEFAULT_MAX_PIXELS, strict_resizing
-from curation.url_list import read_url_list
+from curation.url_list import UrlListError, iter_chunks, list_parts
 from curation.url_safety import UrlPolicy, cached_resolver
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home on import
@@ -36,7 +56,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones 
 # img2dataset reserves these names; a URL list's own column of that name is carried as src_<name>
 RESERVED_COLUMNS = {
     "key", "caption", "url", "width", "height", "original_width", "original_height",
-    "status", "error_message", "exif", "md5", "sha256", "sha512", "row",
+    "status", "error_message", "exif", "md5", "sha256", "sha512", "row", "part",
 }
 DISTRIBUTORS = ("multiprocessing", "pyspark")
 
@@ -73,35 +93,111 @@ class IngestConfig:
         self.allow = tuple(self.allow)
 
 
-def vet_rows(frame: pd.DataFrame, policy: UrlPolicy) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split a URL list into (vetted rows, rejected rows) by the URL policy."""
-    resolve = cached_resolver()
+REJECTED_COLUMNS = ["part", "row", "url", "reason", "detail"]
+REJECTED_SCHEMA = pa.schema([("part", pa.int32()), ("row", pa.int64()), ("url", pa.string()),
+                             ("reason", pa.string()), ("detail", pa.string())])
+
+
+def vet_rows(frame: pd.DataFrame, policy: UrlPolicy, resolve=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a chunk (with its ``row`` column, see :func:`_with_identity`) into (vetted rows,
+    refused rows) by the URL policy."""
+    resolve = resolve or cached_resolver()
     kept, rejected = [], []
-    for row, url in enumerate(frame["url"]):
+    for position, (row, url) in enumerate(zip(frame["row"], frame["url"])):
         url = url.strip()
         problem = "empty url" if not url else policy.check(url, resolve=resolve)
         if problem is None:
-            kept.append(row)
+            kept.append(position)
             continue
         reason = IngestReason.BLOCKED_ADDRESS if "internal address" in problem else (
             IngestReason.DNS_FAILURE if "does not resolve" in problem else IngestReason.INVALID_URL
         )
-        rejected.append({"row": row, "url": url, "reason": reason.value, "detail": problem})
-    vetted = frame.iloc[kept].copy()
-    vetted.insert(0, "row", kept)
-    vetted = vetted.rename(columns={c: f"src_{c}" for c in vetted.columns if c in RESERVED_COLUMNS - {"row", "url", "caption"}})
-    return vetted.reset_index(drop=True), pd.DataFrame(rejected, columns=["row", "url", "reason", "detail"])
+        rejected.append({"row": int(row), "url": url, "reason": reason.value, "detail": problem})
+    return frame.iloc[kept].reset_index(drop=True), pd.DataFrame(rejected, columns=["row", "url", "reason", "detail"])
 
 
-def _run_img2dataset(vetted_path: Path, shards: Path, extra_columns: list[str], config: IngestConfig) -> None:
+def _with_identity(frame: pd.DataFrame, part: int) -> pd.DataFrame:
+    """The list's columns that img2dataset reserves renamed ``src_<name>``, then ``part`` and
+    ``row`` (the index: the row's number in its part) in front."""
+    frame = frame.rename(columns={c: f"src_{c}" for c in frame.columns if c in RESERVED_COLUMNS - {"url", "caption"}})
+    frame.insert(0, "row", frame.index.astype("int64"))
+    frame.insert(0, "part", part)
+    return frame
+
+
+def _source_of(path: Path) -> dict:
+    stat = path.stat()
+    return {"file": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _write_table(path: Path, table: pa.Table) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _chunk_name(part: int, chunk: int) -> str:
+    return f"{part:05d}-{chunk:05d}.parquet"
+
+
+def vet_part(number: int, path: Path, out_dir: Path, policy: UrlPolicy, config: IngestConfig,
+             columns: list[str] | None) -> dict:
+    """Vet one part chunk by chunk: each chunk becomes ``vetted/PPPPP-CCCCC.parquet`` (all its
+    rows, the refused ones with an empty url) and the refusals ``parts/PPPPP.refused.parquet``;
+    returns the part's report (``parts/PPPPP.json``, written last). ``columns``: the first
+    part's columns, which every part must have (img2dataset carries the same extra columns).
+
+    Refused rows stay in the file, with no url: img2dataset reports them failed without any
+    request, and every chunk's shards then cover a fixed range of rows — the numbering never
+    depends on what the URL policy (or DNS) said, so a re-vetted part cannot shift the
+    shards of the parts after it.
+    """
+    name = f"{number:05d}"
+    report_path = out_dir / "parts" / f"{name}.json"
+    source = _source_of(path)
+    if report_path.exists():
+        done = json.loads(report_path.read_text())
+        if done["source"] == source:
+            return done  # resumed: this part was vetted from this very file
+    for old in (out_dir / "vetted").glob(f"{name}-*.parquet"):
+        old.unlink()  # the part changed since it was vetted: its chunks are written anew
+    resolve = cached_resolver()
+    refused, chunks, schema = [], [], None
+    for chunk in iter_chunks(path, config.url_col, config.caption_col):
+        if columns is not None and list(chunk.columns) != columns:
+            raise UrlListError(f"{path}: columns {list(chunk.columns)} differ from the first part's {columns}")
+        columns = list(chunk.columns)
+        chunk = _with_identity(chunk, part=number)
+        if schema is None:  # the schema of the whole first chunk (the types of its columns)
+            schema = pa.Schema.from_pandas(chunk, preserve_index=False)
+        _, rejected = vet_rows(chunk, policy, resolve)
+        refused.append(rejected)
+        chunk.loc[chunk["row"].isin(rejected["row"]), "url"] = ""
+        _write_table(out_dir / "vetted" / _chunk_name(number, len(chunks)),
+                     pa.Table.from_pandas(chunk, schema=schema, preserve_index=False))
+        chunks.append(len(chunk))
+    refused_frame = pd.concat(refused, ignore_index=True)
+    refused_frame.insert(0, "part", number)
+    _write_table(out_dir / "parts" / f"{name}.refused.parquet",
+                 pa.Table.from_pandas(refused_frame.astype({"part": "int32", "row": "int64"}), schema=REJECTED_SCHEMA,
+                                      preserve_index=False))
+    report = {"part": number, "source": source, "columns": columns, "rows_in": sum(chunks), "chunks": chunks,
+              "refused": len(refused_frame)}
+    tmp = report_path.with_name(f".{report_path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, report_path)
+    return report
+
+
+def _run_img2dataset(vetted_dir: Path, shards: Path, extra_columns: list[str], config: IngestConfig) -> None:
     from img2dataset import download
 
     kwargs = dict(
-        url_list=str(vetted_path),
+        url_list=str(vetted_dir),
         input_format="parquet",
         url_col="url",
         caption_col="caption",
-        save_additional_columns=["row", *extra_columns],
+        save_additional_columns=["part", "row", *extra_columns],
         output_folder=str(shards),
         output_format="webdataset",
         image_size=config.image_size,
@@ -131,75 +227,110 @@ def _run_img2dataset(vetted_path: Path, shards: Path, extra_columns: list[str], 
             download(**kwargs)
 
 
-def collect_outcomes(shards: Path) -> pd.DataFrame:
-    """Every row img2dataset wrote into its per-shard parquet files (successes and failures)."""
-    files = sorted(shards.glob("*.parquet"))
-    columns = ["row", "key", "url", "status", "error_message", "width", "height",
-               "original_width", "original_height", "sha256"]
-    if not files:
-        return pd.DataFrame(columns=columns)
-    frames = [pd.read_parquet(f, columns=columns).assign(shard=f.stem) for f in files]
-    return pd.concat(frames, ignore_index=True)
+OUTCOME_COLUMNS = ["row", "key", "url", "status", "error_message"]
 
 
-def account(rows_in: int, vetted: pd.DataFrame, prefilter_rejected: pd.DataFrame,
-            outcomes: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
-    """Counts per outcome and the full rejection table; raise if any row is lost or doubled."""
-    if outcomes["row"].duplicated().any():
-        dup = outcomes.loc[outcomes["row"].duplicated(), "row"].tolist()[:5]
-        raise AccountingError(f"rows written twice by img2dataset: {dup}")
-    ok = outcomes["status"] == "success"
-    failed = outcomes.loc[~ok, ["row", "url", "error_message"]].copy()
-    failed["reason"] = failed["error_message"].map(lambda m: classify_error(m).value)
-    failed = failed.rename(columns={"error_message": "detail"})
-    missing_rows = sorted(set(vetted["row"]) - set(outcomes["row"]))
-    missing = vetted.set_index("row").loc[missing_rows, ["url"]].reset_index()
-    missing["reason"], missing["detail"] = IngestReason.SHARD_FAILED.value, "shard never completed"
-    rejected = (
-        pd.concat([prefilter_rejected, failed, missing], ignore_index=True)
-        .astype({"row": "int64"})
-        .sort_values("row")
-        .reset_index(drop=True)[["row", "url", "reason", "detail"]]
-    )
-    counts = {
-        "rows_in": rows_in,
-        "downloaded": int(ok.sum()),
-        "failed": {k: int(v) for k, v in sorted(rejected["reason"].value_counts().items())},
-    }
-    total = counts["downloaded"] + sum(counts["failed"].values())
-    if total != rows_in or set(rejected["row"]) & set(outcomes.loc[ok, "row"]):
-        raise AccountingError(f"rows_in={rows_in} but downloaded + failed = {total}")
-    return counts, rejected
+def shards_of(rows: int, samples_per_shard: int) -> int:
+    return -(-rows // samples_per_shard)
+
+
+def account_part(report: dict, first_shard: int, out_dir: Path, samples_per_shard: int) -> tuple[dict, pd.DataFrame]:
+    """Part counts and rejections from its refusals and its shards' outcomes (one shard at a
+    time); raise if a row is lost, doubled or in the wrong shard."""
+    number = report["part"]
+    refused = pd.read_parquet(out_dir / "parts" / f"{number:05d}.refused.parquet")
+    refused_rows = set(refused["row"])
+    rejected, downloaded, shard, names = [refused], 0, first_shard, []
+    for c, rows in enumerate(report["chunks"]):
+        chunk = pq.read_table(out_dir / "vetted" / _chunk_name(number, c), columns=["row", "url"]).to_pandas()
+        for k in range(shards_of(rows, samples_per_shard)):
+            expected = chunk.iloc[k * samples_per_shard:(k + 1) * samples_per_shard]
+            expected = expected[~expected["row"].isin(refused_rows)]
+            stem = f"{shard:05d}"
+            shard += 1
+            outcome_file = out_dir / "shards" / f"{stem}.parquet"
+            if not outcome_file.exists():
+                rejected.append(expected.assign(reason=IngestReason.SHARD_FAILED.value, detail="shard never completed"))
+                continue
+            if (out_dir / "shards" / f"{stem}.tar").exists():
+                names.append(f"{stem}.tar")
+            outcomes = pd.read_parquet(outcome_file, columns=OUTCOME_COLUMNS)
+            mine = outcomes[~outcomes["row"].isin(refused_rows)]
+            if outcomes["row"].duplicated().any() or set(mine["row"]) != set(expected["row"]):
+                raise AccountingError(f"{outcome_file}: does not hold part {number}'s rows of chunk {c}, "
+                                      f"shard {k}, once each")
+            if (outcomes["row"].isin(refused_rows) & (outcomes["status"] == "success")).any():
+                raise AccountingError(f"{outcome_file}: a row refused by the URL policy was downloaded")
+            ok = mine["status"] == "success"
+            downloaded += int(ok.sum())
+            failed = mine.loc[~ok, ["row", "url", "error_message"]].rename(columns={"error_message": "detail"})
+            failed["reason"] = failed["detail"].map(lambda m: classify_error(m).value)
+            rejected.append(failed)
+    frame = pd.concat(rejected, ignore_index=True)
+    frame["part"] = number
+    frame = frame.astype({"part": "int32", "row": "int64"}).sort_values("row").reset_index(drop=True)[REJECTED_COLUMNS]
+    counts = {"part": number, "file": report["source"]["file"], "rows_in": report["rows_in"], "downloaded": downloaded,
+              "failed": {k: int(v) for k, v in sorted(frame["reason"].value_counts().items())}, "shards": names}
+    if counts["downloaded"] + len(frame) != counts["rows_in"]:
+        raise AccountingError(f"part {number} ({counts['file']}): rows_in={counts['rows_in']} but downloaded "
+                              f"{counts['downloaded']} + failed {len(frame)}")
+    return counts, frame
 
 
 def ingest(url_list: str | Path, out_dir: str | Path, config: IngestConfig | None = None) -> dict:
-    """Download and resize a URL list into raw webdataset shards; return the stage report."""
+    """Download and resize a URL list (a file, a folder or a glob of parts) into raw webdataset
+    shards; return the stage report."""
     config = config or IngestConfig()
-    url_list, out_dir = Path(url_list), Path(out_dir)
+    out_dir = Path(out_dir)
     started = time.perf_counter()
-    frame = read_url_list(url_list, config.url_col, config.caption_col)
+    parts = list_parts(url_list)
+    for path in parts:  # the usual problems (format, header, columns, empty) fail before anything is written
+        next(iter_chunks(path, config.url_col, config.caption_col, chunk_rows=64))
     policy = UrlPolicy.allowing(config.allow)
-    vetted, prefilter_rejected = vet_rows(frame, policy)
-    extra_columns = [c for c in vetted.columns if c not in ("row", "url", "caption")]
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shards = out_dir / "shards"
-    vetted_path = out_dir / "vetted.parquet"
-    vetted.to_parquet(vetted_path, index=False)
+    for folder in ("vetted", "parts", "shards"):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    reports, columns = [], None
+    for number, path in enumerate(parts):
+        report = vet_part(number, path, out_dir, policy, config, columns)
+        columns = report["columns"]
+        reports.append(report)
+    # chunks left over from an earlier run over another list would be read by img2dataset
+    expected = {_chunk_name(r["part"], c) for r in reports for c in range(len(r["chunks"]))}
+    stale = sorted({p.name for p in (out_dir / "vetted").glob("*.parquet")} - expected)
+    if stale:
+        raise UrlListError(f"{out_dir}: holds vetted chunks {stale[:3]} that this list does not have: another "
+                           "URL list was ingested here; use another output folder")
+    extra_columns = [f"src_{c}" if c in RESERVED_COLUMNS else c for c in columns if c not in ("url", "caption")]
     downloader_started = time.perf_counter()
-    if len(vetted):
-        _run_img2dataset(vetted_path, shards, extra_columns, config)
+    if sum(r["rows_in"] - r["refused"] for r in reports):
+        _run_img2dataset(out_dir / "vetted", out_dir / "shards", extra_columns, config)
     downloader_s = time.perf_counter() - downloader_started
 
-    outcomes = collect_outcomes(shards)
-    counts, rejected = account(len(frame), vetted, prefilter_rejected, outcomes)
-    rejected.to_parquet(out_dir / "rejected.parquet", index=False)
+    totals = {"rows_in": 0, "downloaded": 0, "failed": {}}
+    part_counts, first_shard = [], 0
+    tmp = out_dir / ".rejected.parquet.tmp"
+    with pq.ParquetWriter(tmp, REJECTED_SCHEMA) as writer:
+        for report in reports:
+            counts, rejected = account_part(report, first_shard, out_dir, config.samples_per_shard)
+            first_shard += sum(shards_of(rows, config.samples_per_shard) for rows in report["chunks"])
+            writer.write_table(pa.Table.from_pandas(rejected, schema=REJECTED_SCHEMA, preserve_index=False))
+            part_counts.append(counts)
+            totals["rows_in"] += counts["rows_in"]
+            totals["downloaded"] += counts["downloaded"]
+            for reason, n in counts["failed"].items():
+                totals["failed"][reason] = totals["failed"].get(reason, 0) + n
+    os.replace(tmp, out_dir / "rejected.parquet")
+    totals["failed"] = dict(sorted(totals["failed"].items()))
+    if totals["downloaded"] + sum(totals["failed"].values()) != totals["rows_in"]:
+        raise AccountingError(f"rows_in={totals['rows_in']} but downloaded + failed = "
+                              f"{totals['downloaded'] + sum(totals['failed'].values())}")
     report = {
         "stage": "ingest",
-        "input": str(url_list.resolve()),
+        "input": str(Path(url_list).resolve()) if len(parts) == 1 and Path(url_list).is_file() else str(url_list),
         "output": str(out_dir.resolve()),
-        **counts,
-        "shards": sorted(p.name for p in shards.glob("*.tar")),
+        **totals,
+        "parts": part_counts,
+        "shards": [s for counts in part_counts for s in counts["shards"]],
         "url_policy": policy.describe(),
         "config": asdict(config),
         "elapsed_s": round(time.perf_counter() - started, 3),

@@ -16,12 +16,17 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import os
 import warnings
 
-from img2dataset.resizer import Resizer
-from PIL import Image, UnidentifiedImageError
+# albumentations (imported by img2dataset's resizer) checks PyPI for updates on import unless
+# this is set first: litflow contacts no host the user did not name
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from curation.reasons import IngestReason, own_error
+from img2dataset.resizer import Resizer  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+
+from curation.reasons import IngestReason, own_error  # noqa: E402
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 

@@ -86,10 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         "ingest",
         help="download + resize a URL list into raw webdataset shards (img2dataset)",
         description="Download and resize a URL list (parquet/csv/tsv with url and caption columns; "
-        "extra columns are carried through) into raw webdataset shards. Writes OUTPUT/ingest.json, "
-        "which accounts for every input row, and OUTPUT/rejected.parquet. Re-running resumes.",
+        "extra columns are carried through; one file, a folder of parts or a glob) into raw webdataset "
+        "shards, reading it part by part in chunks. Writes OUTPUT/ingest.json, which accounts for every "
+        "input row per part and in total, and OUTPUT/rejected.parquet. Re-running resumes per part.",
     )
-    p.add_argument("url_list", help="URL list file: .parquet, .csv or .tsv")
+    p.add_argument("url_list", help="URL list: a .parquet, .csv or .tsv file, a folder of them, or a quoted glob "
+                                    "('parts/*.parquet')")
     p.add_argument("output", help="output folder (shards/, ingest.json, rejected.parquet)")
     p.add_argument("--image-size", type=int, default=256, help="shorter side after resizing (default 256; small images are not upscaled)")
     p.add_argument("--samples-per-shard", type=int, default=1000, help="samples per raw shard (default 1000)")
