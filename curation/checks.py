@@ -67,7 +67,7 @@ def _meta(raw: dict) -> dict:
         return {}
 
 
-def _image_bytes(raw: dict) -> bytes | None:
+def image_bytes(raw: dict) -> bytes | None:
     for ext in ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tiff"):
         if ext in raw:
             return raw[ext]
@@ -82,7 +82,7 @@ def examine(raw: dict, shard: str, index: int, config: CurationConfig) -> Candid
     if "__error__" in raw:  # what could not be read of a broken shard, as one record
         candidate.failures[R.UNREADABLE_SHARD.value] = raw["__error__"]
         return candidate
-    data = _image_bytes(raw)
+    data = image_bytes(raw)
 
     try:
         decoded = decode_image(data, config.decode.max_pixels, draft=HASH_SETTINGS.jpeg_draft)
@@ -171,37 +171,6 @@ def tag_languages(records: list[dict], config: CurationConfig) -> list[dict]:
     return out
 
 
-@dataclass(frozen=True)
-class CorpusVerdicts:
-    """What the corpus-wide steps found (small sets, broadcast to every worker)."""
-
-    duplicate_positions: frozenset = frozenset()   # (shard, index) of later copies of a key
-    images_with_too_many_texts: dict = field(default_factory=dict)  # sha256 -> alt-texts
-    texts_too_common: dict = field(default_factory=dict)            # text_key -> images
-    frequent_grams: frozenset | None = None        # the K most frequent grams; None: rule off
-    limits: dict = field(default_factory=dict)     # thresholds, for the details
-
-
-def decide(candidate: Candidate, verdicts: CorpusVerdicts) -> dict:
-    """The final pair record: kept, or rejected with the first failing rule's reason."""
-    failures = dict(candidate.failures)
-    record = dict(candidate.record)
-    if candidate.position in verdicts.duplicate_positions:
-        failures[R.DUPLICATE_KEY.value] = "key already read from an earlier sample"
-    if candidate.valid:
-        texts = verdicts.images_with_too_many_texts.get(record["sha256"])
-        if texts is not None:
-            failures[R.IMAGE_TOO_MANY_TEXTS.value] = f"image has {texts} alt-texts > {verdicts.limits.get('max_texts_per_image')}"
-        images = verdicts.texts_too_common.get(candidate.text_key)
-        if images is not None:
-            failures[R.TEXT_TOO_COMMON.value] = f"alt-text on {images} images > {verdicts.limits.get('max_images_per_text')}"
-        if verdicts.frequent_grams is not None:
-            rare = sorted(candidate.grams - verdicts.frequent_grams)
-            if rare:
-                failures[R.TEXT_RARE_TOKENS.value] = f"outside the top {verdicts.limits.get('rare_tokens_k')}: {rare[:3]}"
-    return attribute(record, failures)
-
-
 def attribute(record: dict, failures: dict[str, str]) -> dict:
     """``record`` kept, or rejected for the first of ``failures`` (reason -> detail) in
     :data:`RULE_ORDER`: one reason per record, whatever else it failed."""
@@ -214,4 +183,4 @@ def attribute(record: dict, failures: dict[str, str]) -> dict:
     return record
 
 
-__all__ = ["Candidate", "CorpusVerdicts", "RULE_ORDER", "STAGES", "STAGE_OF", "attribute", "decide", "examine", "output_image", "tag_languages"]
+__all__ = ["Candidate", "RULE_ORDER", "STAGES", "STAGE_OF", "attribute", "examine", "image_bytes", "output_image", "tag_languages"]

@@ -36,7 +36,7 @@ from typing import Iterable, Iterator, NamedTuple
 import pyarrow as pa
 
 from curation import storage
-from curation.checks import VALIDITY, _image_bytes, attribute, examine, output_image, tag_languages
+from curation.checks import VALIDITY, attribute, examine, image_bytes, output_image, tag_languages
 from curation.config import CurationConfig
 from curation.records import KEPT, PAIR_SCHEMA, REJECTED, CurationReason as R
 from curation.shards import read_shard, shard_bytes
@@ -173,7 +173,7 @@ def _images_by_index(path: str, wanted: dict[int, str]) -> dict[int, bytes]:
                     if raw["__key__"] != wanted[index]:
                         raise RawShardChanged(f"{path}: sample {index} is now {raw['__key__']!r}, was "
                                               f"{wanted[index]!r} when examined; re-run the curation")
-                    found[index] = _image_bytes(raw)
+                    found[index] = image_bytes(raw)
                 if index >= last:
                     break
     except (OSError, tarfile.TarError, EOFError) as err:
