@@ -1,276 +1,332 @@
-"""Curation at scale: wall time, records/s/core and peak memory at 64k, 256k and 1M pairs.
+"""Curation at scale: wall time, records/s/core and peak memory of ``litflow curate`` at
+64k, 256k and 1M pairs, next to the decode + pHash floor measured in the same run.
 
+    .venv/bin/python bench/bench_scale.py --sizes 64000,256000
     .venv/bin/python bench/bench_scale.py [--sizes 64000,256000,1000000] [--presets align,lit-relaxed]
-        [--workers 2] [--workers-scaling 256000] [--real]
+        [--workers 2] [--workers-scaling 256000] [--real] [--floor-samples 20000] [--set SECTION.FIELD=VALUE]
 
-Synthetic raw shards shaped like img2dataset's output (1,000 samples a shard, 9-digit keys,
-``KEY.jpg`` real 64-px JPEG bytes, ``KEY.txt``, ``KEY.json`` with url, original size and
-sha256), deterministic from a seed and cached under ``bench/results/scale-data/``:
+Data: synthetic raw shards shaped like img2dataset's output (``bench/synthetic_shards.py``:
+1,000 samples a shard, 9-digit keys, real 64-px JPEG bytes of distinct pictures, img2dataset's
+json; Zipf captions, boilerplate, exact copies, a placeholder image, small and odd-aspect
+originals, repeated keys, a few empty captions and broken JPEGs, so every rule does work),
+made once per (N, seed, generator version) and cached under ``bench/results/scale-data/``
+(git-ignored), with the planted counts in its ``DONE`` file.
 
-* captions: Zipf-distributed words from a 30,000-word vocabulary (so rare tokens exist), 2-14
-  words; 8 % are boilerplate from a list of 40 ("click to enlarge", …, shared by far more than
-  10 images, so ``text_too_common`` fires);
-* images: drawn from a pool of 5,000 smooth random pictures; 5 % are exact copies of a pool
-  picture (same bytes, other captions), the rest distinct bytes (a JPEG comment with the key:
-  a new sha256, the same decode cost); 10 % have an original shorter side of
-  150 px and 5 % an aspect ratio of 4 (``too_small``, ``aspect_ratio``);
-* 0.2 % of samples repeat an earlier key (``duplicate_key``).
+For each size and preset, ``.venv/bin/litflow curate RAW OUT --preset P --workers W`` runs as
+a user runs it (a subprocess, its output in ``OUT.log``). Measured:
 
-For each size and preset, ``litflow curate`` runs as a user runs it (a subprocess), and a
-sampler reads the resident memory of the whole process tree every 0.2 s (the litflow process,
-the Beam runner, its worker processes). Printed: wall time, records/s/core (inputs / (wall ×
-workers)), peak RSS of the tree and of its largest process, and the growth in KB per pair
-between consecutive sizes. The decode + pHash *floor* is measured in the same run on the same
-images, one process: Pillow's full decode + imagehash.phash (the reference pHash, as
-``bench/bench_curate.py`` measures it), and the project's own path (reduced JPEG decode +
-batched DCT, what curation actually runs). The ratio is stage / floor per core.
+* wall time, and records/s/core = inputs / (wall × W);
+* CPU seconds of the whole tree (``wait4`` rusage: the process and every descendant it
+  reaped) and records per CPU second, which other load on the machine disturbs less;
+* peak RSS of the process tree, sampled every 0.2 s with psutil (the litflow process, the
+  Beam runner's worker processes and anything they start, summed; shared pages count once
+  per process, so this is an upper bound), and of its largest single process;
+* KB per pair growth of both peaks between consecutive sizes (1 KB = 1,000 bytes);
+* the counts per rejection reason from ``OUT/corpus.json``.
 
-``--workers-scaling N`` also curates size N with 1 worker and prints the 2-worker speed-up;
-``--real`` runs ``bench/bench_curate.py`` on the real demo data and prints its ratio. Figures go
-to ``bench/results/scale.json``.
+The floor, per size, in this process on the first ``--floor-samples`` samples of the same
+shards: reading the tar (``curation.shards.read_shard``), then Pillow decode + pHash two ways —
+*reference*: full decode + ``imagehash.phash`` (what ``bench/bench_curate.py`` calls the
+floor), and *project*: what ``curation.checks.examine`` runs (reduced JPEG decode under the
+hash settings' draft, then ``dedup.phash.phash64``, or ``hash_image_bytes`` for what cannot be
+drafted). Printed: stage records/s/core / floor records/s/core for each (the issue's goal is
+on the reference), and the same ratio per CPU second.
+
+``--workers-scaling N`` also curates size N with 1 and 2 workers (reusing a 2-worker run of
+the main table) and prints the speed-up; ``--real`` runs ``bench/bench_curate.py`` (real
+ingested demo samples; its log in ``bench/results/curate.log``) and prints its summary and ratios. Everything goes to
+``bench/results/scale.json`` as well as to the table. Curated outputs are deleted after
+reading unless ``--keep-outputs``.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import os
-import random
+import shutil
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-GENERATOR_VERSION = 2
-SHARD = 1000
-BOILERPLATE = [f"{a} {b}" for a in ("click to", "image of", "photo by", "view", "download", "see the", "buy now",
-                                     "free shipping")
-               for b in ("enlarge", "the product", "our shop", "full size", "more")]
+from bench.synthetic_shards import GENERATOR_VERSION, generate, planted  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+SAMPLE_EVERY_S = 0.2
 
 
-def _pool(rng: np.random.Generator, n: int) -> list[bytes]:
-    """Distinct smooth pictures (8x8 noise upscaled) as 64-px JPEGs: cheap, real bytes."""
-    out = []
-    for _ in range(n):
-        small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(small).resize((64, 64), Image.BILINEAR).save(buffer, "JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
+# ---------------------------------------------------------------- measuring a process tree
 
 
-def _distinct(image: bytes, key: int) -> bytes:
-    """The same picture as other bytes: a JPEG comment naming the key after the start marker
-    (a new sha256, the same decode cost; re-encoding every image would make 1M take hours)."""
-    payload = f"litflow bench {key}".encode()
-    return image[:2] + b"\xff\xfe" + (len(payload) + 2).to_bytes(2, "big") + payload + image[2:]
+def _tree(root: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime = len(data), 0
-    tar.addfile(info, io.BytesIO(data))
-
-
-def generate(n: int, seed: int = 0) -> Path:
-    """``n`` synthetic pairs as raw shards (cached). Streams: one shard in memory at a time."""
-    folder = ROOT / "bench" / "results" / "scale-data" / f"v{GENERATOR_VERSION}-n{n}-seed{seed}"
-    done = folder / "DONE"
-    if done.exists():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    pick = random.Random(seed)
-    vocabulary = [f"w{i}" for i in range(30_000)]
-    weights = 1 / np.arange(1, len(vocabulary) + 1) ** 1.1
-    weights /= weights.sum()
-    pool = _pool(rng, 5000)
-    key = 0
-    for shard in range((n + SHARD - 1) // SHARD):
-        size = min(SHARD, n - shard * SHARD)
-        lengths = rng.integers(2, 15, size)
-        words = rng.choice(len(vocabulary), int(lengths.sum()), p=weights)
-        with tarfile.open(folder / f"{shard:05d}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
-            start = 0
-            for i in range(size):
-                caption = " ".join(vocabulary[w] for w in words[start:start + lengths[i]])
-                start += lengths[i]
-                if pick.random() < 0.08:
-                    caption = pick.choice(BOILERPLATE)
-                image = pick.choice(pool) if pick.random() < 0.05 else _distinct(pick.choice(pool), key)
-                width, height = 640, 480
-                roll = pick.random()
-                if roll < 0.10:
-                    width, height = 150, 200
-                elif roll < 0.15:
-                    width, height = 800, 200
-                this = f"{key - 7:09d}" if key > 10 and pick.random() < 0.002 else f"{key:09d}"
-                meta = {"url": f"https://example.org/{key}.jpg", "original_width": width, "original_height": height,
-                        "sha256": hashlib.sha256(image).hexdigest(), "key": this}
-                _add(tar, f"{this}.jpg", image)
-                _add(tar, f"{this}.txt", caption.encode())
-                _add(tar, f"{this}.json", json.dumps(meta).encode())
-                key += 1
-    done.write_text(json.dumps({"pairs": n, "seed": seed}))
-    return folder
-
-
-def _tree_rss(root: int) -> tuple[int, int]:
-    """(sum, largest) resident bytes of ``root`` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(entry))
-            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            continue
-    total, largest, todo = 0, 0, [root]
-    while todo:
-        pid = todo.pop()
-        total += rss.get(pid, 0)
-        largest = max(largest, rss.get(pid, 0))
-        todo.extend(children.get(pid, []))
-    return total, largest
-
-
-def run_measured(command: list[str]) -> dict:
-    """Run ``command``; its wall time and the peak RSS of its process tree (sampled every 0.2 s)."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = {"tree": 0, "largest": 0}
+def run_measured(command: list[str], log_path: Path) -> dict:
+    """Run ``command`` (output to ``log_path``): wall and CPU time, and the peak RSS of its
+    process tree (sum and largest process, sampled every 0.2 s)."""
+    peak = {"tree": 0, "largest": 0, "processes": 0}
     stop = threading.Event()
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        root = psutil.Process(proc.pid)
+    except psutil.Error:
+        root = None
 
     def sample():
-        while not stop.is_set():
-            total, largest = _tree_rss(proc.pid)
+        while root is not None and not stop.is_set():
+            total = largest = count = 0
+            for p in _tree(root):
+                try:
+                    rss = p.memory_info().rss
+                except psutil.Error:
+                    continue
+                total, largest, count = total + rss, max(largest, rss), count + 1
             peak["tree"], peak["largest"] = max(peak["tree"], total), max(peak["largest"], largest)
-            stop.wait(0.2)
+            peak["processes"] = max(peak["processes"], count)
+            stop.wait(SAMPLE_EVERY_S)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    output = proc.communicate()[0]
+    _, status, usage = os.wait4(proc.pid, 0)  # rusage of the process and its reaped descendants
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
     stop.set()
     sampler.join()
-    wall = time.perf_counter() - started
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}):\n{output[-3000:]}")
-    return {"wall_s": wall, "peak_tree_bytes": peak["tree"], "peak_process_bytes": peak["largest"]}
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}); {log_path}:\n{tail}")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_tree_bytes": peak["tree"],
+            "peak_process_bytes": peak["largest"], "max_processes": peak["processes"]}
 
 
-def floor(raw_dir: Path, limit: int = 3000) -> dict:
-    """Decode + pHash records/s in one process on the first ``limit`` images of ``raw_dir``."""
+def curate(raw: Path, preset: str, workers: int, sets: list[str], keep: bool) -> dict:
+    out = RESULTS / "scale-out" / f"{raw.name}-{preset}-w{workers}"
+    command = [str(ROOT / ".venv" / "bin" / "litflow"), "curate", str(raw), str(out), "--preset", preset,
+               "--workers", str(workers)]
+    for item in sets:
+        command += ["--set", item]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    measured = run_measured(command, out.with_name(out.name + ".log"))
+    manifest = json.loads((out / "corpus.json").read_text())
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
+    inputs = manifest["inputs"]
+    return {**measured, "preset": preset, "workers": workers, "inputs": inputs, "kept": manifest["kept"],
+            "rejected": manifest["rejected"], "records_per_s_per_core": inputs / (measured["wall_s"] * workers),
+            "records_per_cpu_s": inputs / measured["cpu_s"] if measured["cpu_s"] else float("nan")}
+
+
+# ---------------------------------------------------------------- the floor
+
+
+def floor(raw: Path, limit: int) -> dict:
+    """Records/s in one process over the first ``limit`` samples (0 = all): tar read alone,
+    then tar read + decode + pHash, reference and project, wall and CPU."""
     import imagehash
 
-    from curation.decode import decode_image
+    from curation.checks import image_bytes
+    from curation.config import load_config
+    from curation.decode import ImageRejected, decode_image
     from curation.shards import list_shards, read_shard
     from dedup.phash import DEFAULT_SETTINGS, hash_image_bytes, phash64
 
-    images = []
-    for shard in list_shards(raw_dir):
-        images += [s["jpg"] for s in read_shard(shard)]
-        if len(images) >= limit:
-            break
-    images = images[:limit]
-    started = time.perf_counter()
-    for data in images:
-        imagehash.phash(Image.open(io.BytesIO(data)).convert("RGB"))
-    reference = len(images) / (time.perf_counter() - started)
-    started = time.perf_counter()
-    for data in images:
-        decoded = decode_image(data, 89_478_485, draft=DEFAULT_SETTINGS.jpeg_draft)
+    max_pixels = load_config("align").decode.max_pixels
+
+    def samples():
+        n = 0
+        for shard in list_shards(raw):
+            for sample in read_shard(shard):
+                if limit and n >= limit:
+                    return
+                n += 1
+                yield image_bytes(sample)
+
+    def reference(data):
+        try:
+            imagehash.phash(decode_image(data, max_pixels).image)
+        except ImageRejected:
+            pass
+
+    def project(data):  # as curation.checks.examine hashes a kept-as-is image
+        try:
+            decoded = decode_image(data, max_pixels, draft=DEFAULT_SETTINGS.jpeg_draft)
+        except ImageRejected:
+            return
         phash64(decoded.image) if decoded.reduced else hash_image_bytes(data, DEFAULT_SETTINGS)
-    ours = len(images) / (time.perf_counter() - started)
-    return {"reference_decode_imagehash": reference, "project_decode_phash": ours}
+
+    out = {}
+    for name, work in (("tar_read", None), ("reference_decode_imagehash", reference), ("project_decode_phash", project)):
+        n, wall, cpu = 0, time.perf_counter(), time.process_time()
+        for data in samples():
+            if work is not None:
+                work(data)
+            n += 1
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        out[name] = {"records": n, "records_per_s": n / wall, "records_per_cpu_s": n / cpu if cpu else float("nan")}
+    return out
 
 
-def curate(raw: Path, preset: str, workers: int) -> dict:
-    out = ROOT / "bench" / "results" / "scale-out" / f"{raw.name}-{preset}-w{workers}"
-    measured = run_measured([str(ROOT / ".venv" / "bin" / "litflow"), "curate", str(raw), str(out),
-                             "--preset", preset, "--workers", str(workers)])
-    manifest = json.loads((out / "corpus.json").read_text())
-    inputs = manifest["inputs"]
-    return {**measured, "inputs": inputs, "kept": manifest["kept"], "workers": workers,
-            "records_per_s_per_core": inputs / (measured["wall_s"] * workers)}
+# ---------------------------------------------------------------- the report
+
+
+def _growth(runs: list[dict]) -> None:
+    """KB/pair growth of the peaks between consecutive sizes, per preset and worker count."""
+    by_kind: dict[tuple, list[dict]] = {}
+    for r in runs:
+        by_kind.setdefault((r["preset"], r["workers"]), []).append(r)
+    for group in by_kind.values():
+        group.sort(key=lambda r: r["pairs"])
+        for previous, r in zip(group, group[1:]):
+            pairs = r["pairs"] - previous["pairs"]
+            if pairs > 0:
+                r["kb_per_pair_growth_tree"] = (r["peak_tree_bytes"] - previous["peak_tree_bytes"]) / pairs / 1e3
+                r["kb_per_pair_growth_process"] = (r["peak_process_bytes"] - previous["peak_process_bytes"]) / pairs / 1e3
+                r["growth_from_pairs"] = previous["pairs"]
+
+
+def _print_table(runs: list[dict]) -> None:
+    header = (f"{'pairs':>9} {'preset':<12}{'W':>2}{'wall s':>8}{'rec/s/core':>11}{'rec/cpu-s':>10}{'tree GB':>9}"
+              f"{'max proc GB':>12}{'KB/pair tree':>13}{'KB/pair proc':>13}{'/ref floor':>11}{'/proj floor':>12}"
+              f"{'/ref (cpu)':>11}{'kept':>9}")
+    print("\n" + header)
+    print("-" * len(header))
+    for r in sorted(runs, key=lambda r: (r["preset"], r["workers"], r["pairs"])):
+        tree = f"{r['kb_per_pair_growth_tree']:.2f}" if "kb_per_pair_growth_tree" in r else ""
+        proc = f"{r['kb_per_pair_growth_process']:.2f}" if "kb_per_pair_growth_process" in r else ""
+        print(f"{r['pairs']:>9,} {r['preset']:<12}{r['workers']:>2}{r['wall_s']:>8.1f}{r['records_per_s_per_core']:>11.0f}"
+              f"{r['records_per_cpu_s']:>10.0f}{r['peak_tree_bytes'] / 1e9:>9.2f}{r['peak_process_bytes'] / 1e9:>12.2f}"
+              f"{tree:>13}{proc:>13}{r['ratio_reference_floor']:>11.2f}{r['ratio_project_floor']:>12.2f}"
+              f"{r['ratio_reference_floor_cpu']:>11.2f}{r['kept']:>9,}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="64000,256000,1000000")
+    parser.add_argument("--sizes", default="64000,256000,1000000", help="pairs, comma-separated")
     parser.add_argument("--presets", default="align,lit-relaxed")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--workers-scaling", type=int, default=None, metavar="N")
-    parser.add_argument("--real", action="store_true", help="also run bench/bench_curate.py on the real demo data")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
+    parser.add_argument("--workers-scaling", type=int, default=None, metavar="N",
+                        help="also curate N pairs with 1 and 2 workers and print the speed-up")
+    parser.add_argument("--real", action="store_true", help="also run bench/bench_curate.py on real demo data")
+    parser.add_argument("--real-per-source", type=int, default=1100, help="bench_curate.py --per-source (default 1100)")
+    parser.add_argument("--floor-samples", type=int, default=20_000, help="samples the floor reads per size (0 = all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gen-jobs", type=int, default=os.cpu_count() or 1, help="processes generating shards")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="passed to every litflow curate run (repeatable)")
+    parser.add_argument("--keep-outputs", action="store_true", help="keep the curated folders under bench/results/scale-out")
+    parser.add_argument("--out", default=str(RESULTS / "scale.json"))
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    presets = args.presets.split(",")
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    presets = [p for p in args.presets.split(",") if p]
+    print(f"bench_scale: sizes {sizes}, presets {presets}, {args.workers} workers, {os.cpu_count()} cores, "
+          f"generator v{GENERATOR_VERSION} seed {args.seed}", flush=True)
 
-    runs, floors = [], {}
+    def data(n: int) -> Path:
+        started = time.perf_counter()
+        raw = generate(n, args.seed, jobs=args.gen_jobs)
+        print(f"data {n:,}: {raw} ({time.perf_counter() - started:.1f} s; planted {planted(raw)['planted']})", flush=True)
+        return raw
+
+    runs, floors, planted_counts = [], {}, {}
+
+    def measure(n: int, raw: Path, preset: str, workers: int) -> dict:
+        r = curate(raw, preset, workers, args.set, args.keep_outputs)
+        f = floors[n]
+        r.update(pairs=n,
+                 ratio_reference_floor=r["records_per_s_per_core"] / f["reference_decode_imagehash"]["records_per_s"],
+                 ratio_project_floor=r["records_per_s_per_core"] / f["project_decode_phash"]["records_per_s"],
+                 ratio_reference_floor_cpu=r["records_per_cpu_s"] / f["reference_decode_imagehash"]["records_per_cpu_s"])
+        runs.append(r)
+        print(f"{n:>9,} {preset:<12} W={workers} wall {r['wall_s']:7.1f} s  {r['records_per_s_per_core']:6.0f} rec/s/core  "
+              f"tree {r['peak_tree_bytes'] / 1e9:5.2f} GB (largest {r['peak_process_bytes'] / 1e9:4.2f} GB, "
+              f"{r['max_processes']} processes)  / ref floor {r['ratio_reference_floor']:.2f}  kept {r['kept']:,}  "
+              f"rejected {dict(sorted(r['rejected'].items()))}", flush=True)
+        return r
+
+    def prepare(n: int) -> Path:
+        raw = data(n)
+        if n not in floors:
+            floors[n] = floor(raw, args.floor_samples)
+            planted_counts[n] = planted(raw)["planted"]
+            f = floors[n]
+            print(f"floor {n:,} ({f['tar_read']['records']:,} samples, one process): tar read "
+                  f"{f['tar_read']['records_per_s']:.0f}/s; + decode + imagehash.phash "
+                  f"{f['reference_decode_imagehash']['records_per_s']:.0f}/s; + project decode + pHash "
+                  f"{f['project_decode_phash']['records_per_s']:.0f}/s", flush=True)
+        return raw
+
     for n in sizes:
-        raw = generate(n)
-        floors[n] = floor(raw)
+        raw = prepare(n)
         for preset in presets:
-            result = curate(raw, preset, args.workers)
-            result.update(pairs=n, preset=preset,
-                          ratio_reference_floor=result["records_per_s_per_core"] / floors[n]["reference_decode_imagehash"],
-                          ratio_project_floor=result["records_per_s_per_core"] / floors[n]["project_decode_phash"])
-            runs.append(result)
-            print(f"{n:>9,} {preset:<12} wall {result['wall_s']:7.1f} s  {result['records_per_s_per_core']:7.0f} rec/s/core  "
-                  f"peak tree {result['peak_tree_bytes'] / 1e9:5.2f} GB (largest process "
-                  f"{result['peak_process_bytes'] / 1e9:4.2f} GB)  / floor {result['ratio_reference_floor']:.2f} "
-                  f"(reference) {result['ratio_project_floor']:.2f} (project)", flush=True)
+            measure(n, raw, preset, args.workers)
+
     scaling = None
     if args.workers_scaling:
-        raw = generate(args.workers_scaling)
-        scaling = {}
+        n = args.workers_scaling
+        raw = prepare(n)
+        scaling = {"pairs": n}
         for preset in presets:
-            one, two = curate(raw, preset, 1), curate(raw, preset, 2)
-            scaling[preset] = {"one_worker_wall_s": one["wall_s"], "two_workers_wall_s": two["wall_s"],
-                               "speedup": one["wall_s"] / two["wall_s"]}
-            print(f"1 -> 2 workers at {args.workers_scaling:,} {preset}: {one['wall_s']:.1f} s -> {two['wall_s']:.1f} s, "
-                  f"speed-up {one['wall_s'] / two['wall_s']:.2f}x", flush=True)
+            by_workers = {}
+            for workers in (1, 2):
+                done = [r for r in runs if r["pairs"] == n and r["preset"] == preset and r["workers"] == workers]
+                by_workers[workers] = done[0] if done else measure(n, raw, preset, workers)
+            speedup = by_workers[1]["wall_s"] / by_workers[2]["wall_s"]
+            scaling[preset] = {"one_worker_wall_s": by_workers[1]["wall_s"], "two_workers_wall_s": by_workers[2]["wall_s"],
+                               "speedup": speedup}
+            print(f"1 -> 2 workers at {n:,} {preset}: {by_workers[1]['wall_s']:.1f} s -> {by_workers[2]['wall_s']:.1f} s, "
+                  f"speed-up {speedup:.2f}x", flush=True)
+
     real = None
     if args.real:
-        subprocess.run([sys.executable, str(ROOT / "bench" / "bench_curate.py")], check=True, cwd=ROOT)
-        real = json.loads((ROOT / "bench" / "results" / "curate.json").read_text())
-        print(f"real demo data ({real['records']} samples): whole stage / floor {real['ratio_to_floor']:.2f}")
+        real_out = RESULTS / "curate.json"
+        log = RESULTS / "curate.log"
+        with open(log, "w") as handle:  # Beam logs a lot: kept in the log, its summary printed
+            done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_curate.py"), "--per-source",
+                                   str(args.real_per_source), "--workers", str(args.workers), "--out", str(real_out)],
+                                  stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+        lines = log.read_text(errors="replace").splitlines()
+        if done.returncode != 0:
+            raise RuntimeError(f"bench/bench_curate.py failed ({done.returncode}); {log}:\n" + "\n".join(lines[-40:]))
+        start = max((i for i, line in enumerate(lines) if line.startswith("Curation benchmark:")), default=len(lines) - 12)
+        print("\n".join(lines[start:]), flush=True)
+        report = json.loads(real_out.read_text())
+        real = {k: report[k] for k in ("records", "workers", "preset", "pipeline_wall_s", "whole_stage_records_per_s_per_core",
+                                       "ratio_to_floor", "in_memory_ratio_to_floor") if k in report}
+        real["floor_decode_phash"] = report["records_per_s_per_core"]["floor_decode_phash"]
 
-    print(f"\n{'pairs':>9} {'preset':<12}{'wall s':>8}{'rec/s/core':>11}{'tree GB':>9}{'max proc GB':>12}"
-          f"{'KB/pair growth':>16}{'/ref floor':>11}{'/our floor':>11}")
-    for preset in presets:
-        previous = None
-        for r in (r for r in runs if r["preset"] == preset):
-            growth = ""
-            if previous is not None:
-                r["kb_per_pair_growth"] = (r["peak_tree_bytes"] - previous["peak_tree_bytes"]) / (r["pairs"] - previous["pairs"]) / 1e3
-                growth = f"{r['kb_per_pair_growth']:.2f}"
-            print(f"{r['pairs']:>9,} {preset:<12}{r['wall_s']:>8.1f}{r['records_per_s_per_core']:>11.0f}"
-                  f"{r['peak_tree_bytes'] / 1e9:>9.2f}{r['peak_process_bytes'] / 1e9:>12.2f}{growth:>16}"
-                  f"{r['ratio_reference_floor']:>11.2f}{r['ratio_project_floor']:>11.2f}")
-            previous = r
+    _growth(runs)
+    _print_table(runs)
     for n, f in floors.items():
-        print(f"floor at {n:,}: decode + imagehash.phash {f['reference_decode_imagehash']:.0f} rec/s/core, "
-              f"project decode + pHash {f['project_decode_phash']:.0f} rec/s/core")
+        print(f"floor at {n:,}: tar read {f['tar_read']['records_per_s']:.0f}, decode + imagehash.phash "
+              f"{f['reference_decode_imagehash']['records_per_s']:.0f}, project decode + pHash "
+              f"{f['project_decode_phash']['records_per_s']:.0f} records/s/core")
+    if scaling:
+        for preset in presets:
+            print(f"workers 1 -> 2 at {scaling['pairs']:,} {preset}: speed-up {scaling[preset]['speedup']:.2f}x")
+    if real:
+        print(f"real demo data ({real['records']:,} samples, bench/bench_curate.py): whole stage / floor "
+              f"{real['ratio_to_floor']:.2f} multi-processing, {real.get('in_memory_ratio_to_floor', float('nan')):.2f} in-memory")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"runs": runs, "floors": {str(k): v for k, v in floors.items()},
-                                          "workers_scaling": scaling, "real": real, "cores": os.cpu_count()},
-                                         indent=2) + "\n")
+    Path(args.out).write_text(json.dumps({
+        "command": sys.argv, "cores": os.cpu_count(), "workers": args.workers, "generator_version": GENERATOR_VERSION,
+        "seed": args.seed, "sets": args.set, "runs": runs, "floors": {str(k): v for k, v in floors.items()},
+        "planted": {str(k): v for k, v in planted_counts.items()}, "workers_scaling": scaling, "real": real,
+    }, indent=2) + "\n")
+    print(f"written {args.out}")
     return 0
 
 
