@@ -40,6 +40,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from curation import storage
@@ -143,13 +144,14 @@ def run_pipeline(raw_dir: str | Path, out_dir: str | Path, config: CurationConfi
     """Run the pipeline to completion; the raw shards it curated, in run order. ``out_dir`` is
     emptied first: a run owns its folder."""
     raw_dir, out_dir = _location(raw_dir), _location(out_dir)
+    options, runner = pipeline_options(workers, beam_args)
+    FileSystems.set_options(options)  # this process reads and writes too (listing, the manifest)
     raw_shards = list_raw_shards(raw_dir)
     if not raw_shards:
         raise FileNotFoundError(f"{raw_dir}: no raw shards (*.tar) to curate")
     storage.delete_tree(out_dir)
     for folder in ("shards", "rejected", COUNTS_DIR, WORK_DIR):
         storage.mkdirs(storage.join(out_dir, folder))
-    options, runner = pipeline_options(workers, beam_args)
     with beam.Pipeline(runner=runner, options=options) as p:
         build(p, raw_shards, out_dir, config)
     return raw_shards

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -59,7 +60,8 @@ def write_atomic(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` under a temporary name, then rename it into place."""
     folder, name = posixpath.split(path)
     mkdirs(folder)
-    tmp = FileSystems.join(folder, f".{name}.tmp")
+    # a name of its own: two attempts at the same write (a retried or speculative task) never share one
+    tmp = FileSystems.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
     with FileSystems.create(tmp, compression_type="uncompressed") as handle:
         handle.write(data)
     if FileSystems.exists(path):
@@ -104,5 +106,11 @@ def list_files(folder: str, pattern: str) -> list[str]:
 
 
 def delete_tree(folder: str) -> None:
-    if FileSystems.exists(folder):
-        FileSystems.delete([folder])
+    """Remove a folder and everything below it (on an object store: every object under the prefix)."""
+    if "://" not in folder:
+        if FileSystems.exists(folder):
+            FileSystems.delete([folder])
+        return
+    found = FileSystems.match([FileSystems.join(folder, "**")])[0].metadata_list
+    if found:
+        FileSystems.delete([m.path for m in found])
