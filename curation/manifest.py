@@ -13,8 +13,6 @@ produce identical manifests (timings go to ``timing.json``).
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from curation import storage
@@ -110,8 +108,3 @@ def build_manifest(raw_dir: str | Path, out_dir: str | Path, config: CurationCon
         "code_revision": code_revision(),
     }
 
-
-def write_json_atomic(value: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)

@@ -138,11 +138,16 @@ def facts_at(shard: int, path: str, out_dir: str, indices) -> list[Fact]:
     return [Fact.of(row, shard) for row in _read_facts(out_dir, path) if row["index"] in wanted]
 
 
-def _corpus_failures(record: dict, findings: list[Finding], rare_k: int | None) -> dict[str, str]:
-    """The corpus-wide rules ``record`` breaks, by the findings for its shard."""
+def _findings_by_reason(findings: Iterable[Finding]) -> dict[str, dict]:
+    """{reason: {value: detail}}: a shard's findings indexed once, looked up per record."""
     by_reason: dict[str, dict] = defaultdict(dict)
     for finding in findings:
         by_reason[finding.reason][finding.value] = finding.detail
+    return by_reason
+
+
+def _corpus_failures(record: dict, by_reason: dict[str, dict], rare_k: int | None) -> dict[str, str]:
+    """The corpus-wide rules ``record`` breaks, by its shard's findings (:func:`_findings_by_reason`)."""
     failures = {}
     if record["index"] in by_reason[R.DUPLICATE_KEY.value]:
         failures[R.DUPLICATE_KEY.value] = by_reason[R.DUPLICATE_KEY.value][record["index"]]
@@ -190,13 +195,13 @@ def decide_shard(path: str, out_dir: str, findings: Iterable[Finding], rare_k: i
                  config: CurationConfig, eval_matcher=None) -> list[dict]:
     """Pass 2: every record of one raw shard with its final status (input order)."""
     facts = _read_facts(out_dir, path)
-    findings = list(findings)
+    by_reason = _findings_by_reason(findings)
     decided = []
     for fact in facts:
         failures = json.loads(fact.pop("failures"))
         # a record that was not read or decoded fails on that first; the corpus rules are
         # counted over, and so only speak of, valid records
-        failures.update(_corpus_failures(fact, findings, rare_k))
+        failures.update(_corpus_failures(fact, by_reason, rare_k))
         decided.append(attribute(fact, failures))
     decided = tag_languages(decided, config)
     if eval_matcher is not None:
