@@ -25,7 +25,10 @@ def ingest_demo(out_dir: str | Path, per_source: int | None = 200, config: Inges
     same from run to run, which a resumed run needs to reproduce an uninterrupted one."""
     out_dir = Path(out_dir)
     data = fetch_all(cache)
-    config = replace(config or IngestConfig(), allow=tuple({*(config.allow if config else ()), LOOPBACK}))
+    config = config or IngestConfig()
+    # the demo's server is our own, on loopback: no politeness limits towards it
+    config = replace(config, allow=tuple({*config.allow, LOOPBACK}), host_requests_per_s=0,
+                     host_connections=max(config.host_connections, config.threads))
     with serve_folder(data.cache, host=LOOPBACK, port=port) as base_url:
         url_list = write_url_list(data.catalogue, base_url, out_dir / "demo_urls.parquet", per_source)
         return ingest(url_list, out_dir, config)

@@ -28,9 +28,10 @@ Memory: one chunk of a part (default 65,536 rows) while vetting, in img2dataset'
 while accounting (with one shard's outcomes and the part's refused row numbers). Nothing holds
 the whole list.
 
-img2dataset does the downloading and resizing (multiprocessing, or pyspark against a Spark
-master); this module vets the list first (:mod:`curation.url_safety`), gates decoding
-(:mod:`curation.strict_resizer`) and turns img2dataset's free-text errors into reasons.
+img2dataset runs the shards and resizes (multiprocessing, or pyspark against a Spark
+master); this module vets the list first (:mod:`curation.url_safety`), has every fetch made
+by :mod:`curation.fetch` (each hop checked, bounded, polite; :mod:`curation.guarded_download`),
+gates decoding (:mod:`curation.strict_resizer`) and turns failures into reasons.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.fetch import FetchPolicy
+from curation.guarded_download import guarded_downloading
 from curation.provenance import code_revision, library_versions
 from curation.reasons import IngestReason, classify_error
 from curation.strict_resizer import DEFAULT_MAX_PIXELS, strict_resizing
@@ -75,8 +78,15 @@ class IngestConfig:
     samples_per_shard: int = 1000
     processes: int = field(default_factory=lambda: os.cpu_count() or 1)
     threads: int = 32
-    timeout_s: int = 10
-    retries: int = 0
+    timeout_s: float = 10.0              # any single connect or read
+    retries: int = 0                     # extra attempts at a transiently failed download
+    deadline_s: float = 60.0             # one whole download: every redirect hop, byte and wait
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_redirects: int = 5
+    host_connections: int = 4            # downloads in flight per host, per process
+    host_requests_per_s: float = 20.0    # request starts per host per second, per process (0: no cap)
+    max_retry_after_s: float = 30.0      # longest 429/503 Retry-After waited out
+    contact: str | None = None           # the operator's URL or e-mail, sent in the User-Agent
     max_pixels: int = DEFAULT_MAX_PIXELS
     distributor: str = "multiprocessing"
     spark_master: str | None = None      # e.g. spark://127.0.0.1:7077 or local[2]
@@ -91,6 +101,15 @@ class IngestConfig:
         if self.samples_per_shard < 1 or self.image_size < 1 or self.processes < 1:
             raise ValueError("samples_per_shard, image_size and processes must be positive")
         self.allow = tuple(self.allow)
+        self.fetch_policy()  # refuses impossible limits before anything runs
+
+    def fetch_policy(self) -> FetchPolicy:
+        return FetchPolicy(
+            url_policy=UrlPolicy.allowing(self.allow), timeout_s=self.timeout_s, deadline_s=self.deadline_s,
+            max_body_bytes=self.max_body_bytes, max_redirects=self.max_redirects,
+            host_connections=self.host_connections, host_requests_per_s=self.host_requests_per_s,
+            max_retry_after_s=self.max_retry_after_s, contact=self.contact,
+        )
 
 
 REJECTED_COLUMNS = ["part", "row", "url", "reason", "detail"]
@@ -216,7 +235,7 @@ def _run_img2dataset(vetted_dir: Path, shards: Path, extra_columns: list[str], c
         incremental_mode="incremental",
         distributor=config.distributor,
     )
-    with strict_resizing(config.max_pixels):
+    with strict_resizing(config.max_pixels), guarded_downloading(config.fetch_policy()):
         if config.distributor == "pyspark":
             from infra.spark.session import spark_session
 
@@ -332,6 +351,7 @@ def ingest(url_list: str | Path, out_dir: str | Path, config: IngestConfig | Non
         "parts": part_counts,
         "shards": [s for counts in part_counts for s in counts["shards"]],
         "url_policy": policy.describe(),
+        "fetch_policy": config.fetch_policy().describe(),
         "config": asdict(config),
         "elapsed_s": round(time.perf_counter() - started, 3),
         "img2dataset_s": round(downloader_s, 3),

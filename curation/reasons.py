@@ -12,13 +12,19 @@ class IngestReason(str, Enum):
 
     INVALID_URL = "invalid_url"              # malformed, no host, or a scheme other than http(s)
     BLOCKED_ADDRESS = "blocked_address"      # host is/resolves to a private, loopback, link-local... address
+    BLOCKED_REDIRECT = "blocked_redirect"    # a redirect hop the URL policy refuses (the hop is in the detail)
+    TOO_MANY_REDIRECTS = "too_many_redirects"  # more hops than allowed, or a loop
     DNS_FAILURE = "dns_failure"
     CONNECTION_REFUSED = "connection_refused"
     CONNECTION_ERROR = "connection_error"    # reset, unreachable, TLS, ... (detail kept)
     TIMEOUT = "timeout"
     HTTP_404 = "http_404"
     HTTP_403 = "http_403"
+    HTTP_429 = "http_429"                    # rate limited, still after honouring Retry-After
+    HTTP_5XX = "http_5xx"                    # server error (detail has the code)
     HTTP_ERROR = "http_error"                # any other non-2xx status (detail has the code)
+    BODY_TOO_LARGE = "body_too_large"        # Content-Length or the bytes read passed the cap
+    DOWNLOAD_DEADLINE = "download_deadline"  # the whole download (every hop, every wait) took too long
     ROBOTS_DISALLOWED = "robots_disallowed"  # X-Robots-Tag: noai / noindex / ...
     EMPTY_FILE = "empty_file"
     NOT_AN_IMAGE = "not_an_image"            # e.g. HTML served as .jpg
@@ -37,6 +43,8 @@ _PATTERNS: tuple[tuple[re.Pattern, IngestReason], ...] = tuple(
     for p, r in (
         (r"HTTP Error 404", IngestReason.HTTP_404),
         (r"HTTP Error 403", IngestReason.HTTP_403),
+        (r"HTTP Error 429", IngestReason.HTTP_429),
+        (r"HTTP Error 5\d\d", IngestReason.HTTP_5XX),
         (r"HTTP Error \d{3}", IngestReason.HTTP_ERROR),
         (r"X-Robots-Tag", IngestReason.ROBOTS_DISALLOWED),
         (r"Connection refused|Errno 111", IngestReason.CONNECTION_REFUSED),
@@ -68,3 +76,11 @@ def classify_error(message: str | None) -> IngestReason:
 def own_error(reason: IngestReason, detail: str = "") -> str:
     """The message a litflow check hands to img2dataset, recoverable by classify_error."""
     return f"litflow:{reason.value}: {detail}".rstrip()
+
+
+# failures a later attempt may not meet: what ``--retry-failed`` downloads again
+TRANSIENT_REASONS = frozenset({
+    IngestReason.CONNECTION_REFUSED, IngestReason.CONNECTION_ERROR, IngestReason.TIMEOUT,
+    IngestReason.DOWNLOAD_DEADLINE, IngestReason.HTTP_429, IngestReason.HTTP_5XX, IngestReason.DNS_FAILURE,
+    IngestReason.SHARD_FAILED,
+})

@@ -5,11 +5,13 @@ A crawl list is untrusted input: a row pointing at ``http://169.254.169.254/`` o
 whose host is, or resolves only to, public unicast addresses pass. Hosts and networks the
 operator trusts (the demo's loopback file server) are allowed explicitly.
 
-The check runs before img2dataset sees the list, so a refused row is never contacted.
-Known limit: img2dataset follows HTTP redirects itself, so a public host that redirects to
-a private address is not caught here (nor is DNS rebinding between check and fetch);
-running the downloaders in a network namespace without routes to internal ranges is the
-complete answer at scale (see README, "Download safety").
+The policy is applied twice: on the driver before img2dataset sees the list (a refused row is
+never contacted), and again by :mod:`curation.fetch` on every connection it makes, every
+redirect hop included, against the very address it then connects to (so neither a redirect
+to an internal address nor DNS that changes between the check and the fetch gets through).
+
+Memory: the policy is a few allowed entries; :func:`cached_resolver` keeps up to 65,536
+host names per run.
 """
 
 from __future__ import annotations
@@ -84,35 +86,54 @@ class UrlPolicy:
         return any(address in net for net in self.allow_networks) or not _is_internal(address)
 
     def check(self, url: str, resolve: Resolver = _system_resolver) -> str | None:
-        """Return None when the URL may be fetched, else a short reason (a rejection detail)."""
+        """Return None when the URL may be fetched, else a short reason (a rejection detail).
+        A host the operator allowed by name is not resolved here (the fetch resolves it)."""
+        try:
+            self.addresses(url, resolve, resolve_allowed_hosts=False)
+        except Refused as refused:
+            return str(refused)
+        return None
+
+    def addresses(self, url: str, resolve: Resolver = _system_resolver,
+                  resolve_allowed_hosts: bool = True) -> list[IPAddress]:
+        """The addresses the URL's host may be reached at (every one it resolves to passed the
+        policy), in resolver order; raise :class:`Refused` with the reason otherwise."""
         try:
             parts = urlsplit(url)
             host = parts.hostname
             parts.port  # raises ValueError on a malformed port
         except ValueError as err:
-            return f"malformed url: {err}"
+            raise Refused(f"malformed url: {err}") from None
         if parts.scheme.lower() not in ALLOWED_SCHEMES:
-            return f"scheme not allowed: {parts.scheme or '(none)'}"
+            raise Refused(f"scheme not allowed: {parts.scheme or '(none)'}")
         if not host:
-            return "no host in url"
-        if host.lower() in self.allow_hosts:
-            return None
+            raise Refused("no host in url")
         try:
             literal = ipaddress.ip_address(host)
         except ValueError:
             literal = None
+        if host.lower() in self.allow_hosts and not resolve_allowed_hosts:
+            return []
         if literal is not None:
-            return None if self._address_allowed(literal) else f"internal address: {literal}"
+            if host.lower() in self.allow_hosts or self._address_allowed(literal):
+                return [literal]
+            raise Refused(f"internal address: {literal}")
         try:
             addresses = [ipaddress.ip_address(a.split("%")[0]) for a in resolve(host)]
         except (OSError, UnicodeError) as err:
-            return f"host does not resolve: {host} ({err.__class__.__name__})"
+            raise Refused(f"host does not resolve: {host} ({err.__class__.__name__})") from None
         if not addresses:
-            return f"host does not resolve: {host}"
+            raise Refused(f"host does not resolve: {host}")
+        if host.lower() in self.allow_hosts:
+            return addresses
         blocked = [a for a in addresses if not self._address_allowed(a)]
         if blocked:
-            return f"host {host} resolves to internal address {blocked[0]}"
-        return None
+            raise Refused(f"host {host} resolves to internal address {blocked[0]}")
+        return addresses
+
+
+class Refused(ValueError):
+    """A URL the policy does not let through; the message is the rejection detail."""
 
 
 def cached_resolver(resolve: Resolver = _system_resolver, maxsize: int = 65536) -> Resolver:

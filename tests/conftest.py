@@ -16,6 +16,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from curation.demo_data import DemoData, fetch_all  # noqa: E402
 from curation.file_server import serve_folder  # noqa: E402
+from tests.hostile_server import serve_hostile  # noqa: E402
 from training.demo_shards import write_demo_shards  # noqa: E402
 from training.embed_cache import embed_shards  # noqa: E402
 from training.image_towers import build_image_tower  # noqa: E402
@@ -89,17 +90,47 @@ def build_hostile_site(demo: DemoData, root: Path) -> list[tuple[str, str, str, 
     return entries
 
 
-@pytest.fixture(scope="session")
-def hostile_site(demo_data, tmp_path_factory):
-    """A loopback server with real images and hostile files, plus URLs that must be refused.
+# the download limits the ingest tests run under (the hostile server's oversized bodies pass them)
+HOSTILE_CAP = 4 << 20
+HOSTILE_LIMITS = dict(deadline_s=3.0, max_body_bytes=HOSTILE_CAP, allow=("127.0.0.1",), timeout_s=5)
 
-    Yields (rows, base_url). Private-address URLs are refused before any connection is made.
+
+@pytest.fixture(scope="session")
+def internal_site():
+    """An "internal" server on 127.0.0.2, which the URL policy refuses: its log must stay empty."""
+    with serve_hostile({}, "127.0.0.2") as (base_url, log):
+        yield base_url, log
+
+
+def _misbehaving_rows(hostile: str, internal: str, image: Path) -> list[Row]:
+    """Rows served by the misbehaving server, each with the reason the fetcher must give."""
+    return [
+        Row(f"{hostile}/redirect/2/ok.png", "two redirects, then a real image", "downloaded", image),
+        Row(f"{hostile}/to?u={internal}/img/ok.png", "redirect to an internal address", "blocked_redirect"),
+        Row(f"{hostile}/loop/a", "a redirect loop", "too_many_redirects"),
+        Row(f"{hostile}/big-cl", "Content-Length over the cap", "body_too_large"),
+        Row(f"{hostile}/big-chunked", "an endless chunked body", "body_too_large"),
+        Row(f"{hostile}/drip", "one byte every 0.1 s, forever", "download_deadline"),
+        Row(f"{hostile}/retry-after/1/1/ok.png", "429 with Retry-After 1, then the image", "downloaded", image),
+        Row(f"{hostile}/robots/noai/ok.png", "X-Robots-Tag: noai", "robots_disallowed"),
+    ]
+
+
+@pytest.fixture(scope="session")
+def hostile_site(demo_data, internal_site, tmp_path_factory):
+    """Loopback servers with real images, hostile files and misbehaving answers, plus URLs that
+    must be refused.
+
+    Yields (rows, base_url). Private-address URLs are refused before any connection is made;
+    a redirect to one is refused before it is followed (``internal_site`` counts any request).
     """
     root = tmp_path_factory.mktemp("hostile_site")
     entries = build_hostile_site(demo_data, root)
     refused_port = free_port()  # nothing listens there
-    with serve_folder(root) as base_url:
+    image = _real_images(demo_data, 1)[0]
+    with serve_folder(root) as base_url, serve_hostile({"ok.png": image.read_bytes()}, cap=HOSTILE_CAP) as (hostile, _):
         rows = [Row(f"{base_url}/{path}", caption, expect, src) for path, caption, expect, src in entries]
+        rows += _misbehaving_rows(hostile, internal_site[0], image)
         rows += [
             Row(f"http://127.0.0.1:{refused_port}/x.jpg", "connection refused", "connection_refused"),
             Row("http://10.1.2.3/internal.jpg", "private network", "blocked_address"),

@@ -12,6 +12,7 @@ from PIL import Image
 
 from curation.ingest import IngestConfig, ingest
 from curation.reasons import IngestReason
+from tests.conftest import HOSTILE_LIMITS
 
 
 def write_list(rows, path):
@@ -64,7 +65,7 @@ def ingested(hostile_site, tmp_path_factory):
     rows, _ = hostile_site
     work = tmp_path_factory.mktemp("ingest_mp")
     url_list = write_list(rows, work / "urls.parquet")
-    config = IngestConfig(processes=2, threads=8, samples_per_shard=10, allow=("127.0.0.1",), timeout_s=5)
+    config = IngestConfig(processes=2, threads=8, samples_per_shard=10, **HOSTILE_LIMITS)
     report = ingest(url_list, work / "out", config)
     return rows, work, url_list, config, report
 
@@ -73,6 +74,13 @@ def test_every_row_is_accounted_for_with_its_reason(ingested):
     rows, work, _, _, report = ingested
     check_outcome(rows, work / "out", report)
     assert json.loads((work / "out" / "ingest.json").read_text())["failed"] == report["failed"]
+
+
+def test_no_request_reached_the_internal_server(ingested, internal_site):
+    rows, _, _, _, report = ingested
+    assert any(row.expect == "blocked_redirect" for row in rows)
+    assert internal_site[1].hits() == 0
+    assert report["fetch_policy"]["max_body_bytes"] == HOSTILE_LIMITS["max_body_bytes"]
 
 
 def test_samples_keep_original_size_caption_and_extra_columns(ingested):

@@ -12,7 +12,9 @@ import pytest
 from curation.ingest import IngestConfig, ingest
 from curation.url_list import UrlListError, iter_chunks, list_parts
 
-CONFIG = dict(processes=2, threads=8, samples_per_shard=4, allow=("127.0.0.1",), timeout_s=5)
+from tests.conftest import HOSTILE_LIMITS
+
+CONFIG = dict(processes=2, threads=8, samples_per_shard=4, **HOSTILE_LIMITS)
 
 
 def _frame(rows):

@@ -10,7 +10,7 @@ import pytest
 
 from curation.ingest import IngestConfig, ingest
 from infra.spark.cluster import SparkCluster
-from tests.conftest import free_port
+from tests.conftest import HOSTILE_LIMITS, free_port
 from tests.test_ingest import check_outcome, samples_by_row, write_list
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,7 @@ def cluster(tmp_path_factory):
 def test_ingest_on_a_standalone_cluster_matches_multiprocessing(cluster, hostile_site, tmp_path):
     rows, _ = hostile_site
     url_list = write_list(rows, tmp_path / "urls.parquet")
-    common = dict(processes=2, threads=8, samples_per_shard=10, allow=("127.0.0.1",), timeout_s=5)
+    common = dict(processes=2, threads=8, samples_per_shard=10, **HOSTILE_LIMITS)
     spark_report = ingest(url_list, tmp_path / "spark", IngestConfig(distributor="pyspark", spark_master=cluster.master_url, **common))
     local_report = ingest(url_list, tmp_path / "local", IngestConfig(**common))
 

@@ -55,7 +55,9 @@ def test_empty_and_non_images(real_image):
     [
         ("HTTP Error 404: Not Found", IngestReason.HTTP_404),
         ("HTTP Error 403: Forbidden", IngestReason.HTTP_403),
-        ("HTTP Error 503: Service Unavailable", IngestReason.HTTP_ERROR),
+        ("HTTP Error 503: Service Unavailable", IngestReason.HTTP_5XX),
+        ("HTTP Error 429: Too Many Requests", IngestReason.HTTP_429),
+        ("HTTP Error 418: I'm a teapot", IngestReason.HTTP_ERROR),
         ("<urlopen error [Errno 111] Connection refused>", IngestReason.CONNECTION_REFUSED),
         ("<urlopen error timed out>", IngestReason.TIMEOUT),
         ("The read operation timed out", IngestReason.TIMEOUT),
