@@ -50,11 +50,10 @@ from curation.fetch import FetchPolicy
 from curation.guarded_download import guarded_downloading
 from curation.provenance import code_revision, library_versions
 from curation.reasons import IngestReason, classify_error
-from curation.strict_resizer import DEFAULT_MAX_PIXELS, strict_resizing
+from curation.strict_resizer import DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS, strict_resizing
 from curation.url_list import UrlListError, iter_chunks, list_parts
 from curation.url_safety import UrlPolicy, cached_resolver
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home on import
 
 # img2dataset reserves these names; a URL list's own column of that name is carried as src_<name>
 RESERVED_COLUMNS = {
@@ -100,6 +99,9 @@ class IngestConfig:
             raise ValueError(f"unknown distributor {self.distributor!r}; choose one of {', '.join(DISTRIBUTORS)}")
         if self.samples_per_shard < 1 or self.image_size < 1 or self.processes < 1:
             raise ValueError("samples_per_shard, image_size and processes must be positive")
+        if not 0 < self.max_pixels <= HARD_MAX_PIXELS:
+            raise ValueError(f"max_pixels {self.max_pixels}: must be between 1 and {HARD_MAX_PIXELS:,} "
+                             "(Pillow opens nothing larger)")
         self.allow = tuple(self.allow)
         self.fetch_policy()  # refuses impossible limits before anything runs
 

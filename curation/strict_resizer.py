@@ -17,10 +17,11 @@ import contextlib
 import importlib
 import io
 import os
+import re
 import warnings
 
 # albumentations (imported by img2dataset's resizer) checks PyPI for updates on import unless
-# this is set first: litflow contacts no host the user did not name
+# this is set first; curation/__init__.py sets it already, this keeps the module safe alone
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from img2dataset.resizer import Resizer  # noqa: E402
@@ -29,6 +30,9 @@ from PIL import Image, UnidentifiedImageError  # noqa: E402
 from curation.reasons import IngestReason, own_error  # noqa: E402
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
+# Pillow refuses to open anything above twice its threshold, whatever the caller allows
+HARD_MAX_PIXELS = 2 * DEFAULT_MAX_PIXELS
+_BOMB_SIZE = re.compile(r"Image size \((\d+(?:x\d+)?) pixels\)")  # "(WxH pixels)" or "(N pixels)"
 
 
 def inspect_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
@@ -40,7 +44,10 @@ def inspect_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> st
         try:
             image = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as err:
-            return own_error(IngestReason.IMAGE_TOO_LARGE, str(err)[:200])
+            # Pillow names its own (2x) limit: report the size against the limit in force
+            size = _BOMB_SIZE.search(str(err))
+            found = f"{size.group(1)} pixels" if size else f"more than {HARD_MAX_PIXELS} pixels"
+            return own_error(IngestReason.IMAGE_TOO_LARGE, f"{found} > limit {max_pixels}")
         except UnidentifiedImageError:
             head = data[:32].decode("latin-1").replace("\n", " ")
             return own_error(IngestReason.NOT_AN_IMAGE, f"unrecognised data starting {head!r}")

@@ -11,6 +11,7 @@ invalid UTF-8 in the middle) fails the run when that chunk is read, naming the p
 
 from __future__ import annotations
 
+import codecs
 import glob
 from pathlib import Path
 from typing import Iterator
@@ -110,7 +111,9 @@ def iter_chunks(path: str | Path, url_col: str = "url", caption_col: str = "capt
         except StopIteration:
             break
         except UnicodeDecodeError as err:
-            raise UrlListError(f"{path}: not valid UTF-8 at byte {err.start}: {err.reason}") from err
+            # pandas' offset is inside the field it was decoding: find the file's own
+            offset, line = first_invalid_utf8(path)
+            raise UrlListError(f"{path}: not valid UTF-8 at byte {offset} (line {line}): {err.reason}") from err
         except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:
             raise UrlListError(f"{path}: not a readable parquet file: {err}") from err
         except pd.errors.EmptyDataError as err:
@@ -127,9 +130,31 @@ def iter_chunks(path: str | Path, url_col: str = "url", caption_col: str = "capt
         raise UrlListError(f"{path}: URL list has a header but no rows")
 
 
+def first_invalid_utf8(path: Path, block: int = 1 << 20) -> tuple[int, int]:
+    """(byte offset in the file, line number from 1) of the first byte that is not UTF-8,
+    read a block at a time; (-1, -1) when the whole file decodes."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    consumed, lines = 0, 1
+    with open(path, "rb") as file:
+        while True:
+            data = file.read(block)
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the last block
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as err:
+                offset = consumed - pending + err.start
+                # the pending bytes hold no newline (they are part of one character)
+                return offset, lines + data[:max(0, offset - consumed)].count(b"\n")
+            if not data:
+                return -1, -1
+            lines += data.count(b"\n")
+            consumed += len(data)
+
+
 def read_url_list(path: str | Path, url_col: str = "url", caption_col: str = "caption") -> pd.DataFrame:
     """A whole (small) URL list file as one DataFrame: :func:`iter_chunks` concatenated."""
     return pd.concat(list(iter_chunks(path, url_col, caption_col)))
 
 
-__all__ = ["CHUNK_ROWS", "FORMATS", "UrlListError", "detect_format", "iter_chunks", "list_parts", "read_url_list"]
+__all__ = ["CHUNK_ROWS", "FORMATS", "UrlListError", "detect_format", "first_invalid_utf8", "iter_chunks", "list_parts",
+           "read_url_list"]

@@ -24,6 +24,12 @@ def _ingest(args: argparse.Namespace) -> int:
         threads=args.threads,
         timeout_s=args.timeout,
         retries=args.retries,
+        deadline_s=args.deadline,
+        max_body_bytes=args.max_body_bytes,
+        max_redirects=args.max_redirects,
+        host_connections=args.host_connections,
+        host_requests_per_s=args.host_rate,
+        contact=args.contact,
         max_pixels=args.max_pixels,
         distributor=args.distributor,
         spark_master=args.spark_master,
@@ -97,8 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-per-shard", type=int, default=1000, help="samples per raw shard (default 1000)")
     p.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="download processes (default: CPU count)")
     p.add_argument("--threads", type=int, default=32, help="download threads per process (default 32)")
-    p.add_argument("--timeout", type=int, default=10, help="per-request timeout in seconds (default 10)")
-    p.add_argument("--retries", type=int, default=0, help="retries per URL (default 0)")
+    p.add_argument("--timeout", type=float, default=10, help="seconds any one connect or read may take (default 10)")
+    p.add_argument("--deadline", type=float, default=60, help="seconds one whole download may take: every redirect, byte and wait (default 60)")
+    p.add_argument("--max-body-bytes", type=int, default=32 << 20, help="refuse responses larger than this (default 32 MiB)")
+    p.add_argument("--max-redirects", type=int, default=5, help="redirects followed per URL, each hop checked (default 5)")
+    p.add_argument("--host-connections", type=int, default=4, help="downloads in flight per host, per process (default 4)")
+    p.add_argument("--host-rate", type=float, default=20, help="request starts per host per second, per process; 0: no cap (default 20)")
+    p.add_argument("--contact", help="your URL or e-mail, sent in the User-Agent so site owners can reach you")
+    p.add_argument("--retries", type=int, default=0, help="extra attempts at a transiently failed download (default 0)")
     p.add_argument("--max-pixels", type=int, default=89_478_485, help="refuse images with more pixels (decompression bombs; default Pillow's 89,478,485)")
     p.add_argument("--distributor", choices=("multiprocessing", "pyspark"), default="multiprocessing", help="where downloads run (default multiprocessing)")
     p.add_argument("--spark-master", help="with --distributor pyspark: spark://HOST:PORT (default local[PROCESSES])")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import pytest
 from PIL import Image
 
 from curation.reasons import IngestReason, classify_error
-from curation.strict_resizer import inspect_image_bytes
+from curation.strict_resizer import DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS, inspect_image_bytes
 
 
 def encoded(image: Image.Image, fmt: str) -> bytes:
@@ -36,6 +38,43 @@ def test_pixel_limit_boundary(real_image):
     data = encoded(real_image, "PNG")  # 300 x 200 = 60,000 pixels
     assert reason_of(data, max_pixels=60_000) is None
     assert reason_of(data, max_pixels=59_999) is IngestReason.IMAGE_TOO_LARGE
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height (RGB) and holds one empty row: what a bomb's header says."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("width, height", [
+    (10_000, 8_948),   # 89,480,000: just past the default limit, under Pillow's own 2x refusal
+    (15_000, 11_930),  # 178,950,000: still under Pillow's 2x
+    (20_000, 10_000),  # 200,000,000: past Pillow's 2x, which refuses it itself
+])
+def test_images_past_the_limit_are_refused_naming_the_limit_in_force(width, height):
+    message = inspect_image_bytes(png_header(width, height))
+    assert classify_error(message) is IngestReason.IMAGE_TOO_LARGE
+    # Pillow's own refusal gives only the pixel count
+    assert (f"{width}x{height} pixels > limit {DEFAULT_MAX_PIXELS}" in message
+            or f"{width * height} pixels > limit {DEFAULT_MAX_PIXELS}" in message)
+    assert str(HARD_MAX_PIXELS) not in message
+    smaller = inspect_image_bytes(png_header(width, height), max_pixels=50_000_000)
+    assert "> limit 50000000" in smaller
+
+
+def test_an_image_at_the_limit_is_not_refused_for_its_size():
+    at_limit = png_header(9_459, 9_459)  # 89,472,681 <= 89,478,485
+    assert classify_error(inspect_image_bytes(at_limit)) is not IngestReason.IMAGE_TOO_LARGE
+
+
+def test_a_limit_pillow_cannot_honour_is_refused_when_configured():
+    from curation.ingest import IngestConfig
+
+    IngestConfig(max_pixels=HARD_MAX_PIXELS)
+    with pytest.raises(ValueError, match="max_pixels"):
+        IngestConfig(max_pixels=HARD_MAX_PIXELS + 1)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])

@@ -45,6 +45,20 @@ def test_bad_lists_give_a_clear_error_naming_the_file(tmp_path, name, content, m
     assert str(path) in str(err.value) and message in str(err.value)
 
 
+@pytest.mark.parametrize("block", [1 << 20, 7, 1])  # the file read whole, and cut inside characters
+def test_the_invalid_utf8_offset_is_the_files_own(tmp_path, block):
+    from curation.url_list import first_invalid_utf8
+
+    head = "url,caption\nhttp://a/1.jpg,caf\u00e9 \u2603 ok\nhttp://a/2.jpg,ba".encode()
+    path = tmp_path / "l.csv"
+    path.write_bytes(head + b"\xff\n")
+    assert first_invalid_utf8(path, block) == (len(head), 3)
+    with pytest.raises(UrlListError, match=f"at byte {len(head)} \\(line 3\\)"):
+        read_url_list(path)
+    path.write_bytes(head + b"\n")
+    assert first_invalid_utf8(path, block) == (-1, -1)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(UrlListError, match="not found"):
         read_url_list(tmp_path / "nope.parquet")
