@@ -10,7 +10,8 @@ Layout of an ingest output folder::
     OUT/shards/NNNNN.parquet        every row of the shard, failures too (img2dataset)
     OUT/shards/NNNNN_stats.json     img2dataset's per-shard stats; its presence marks a finished shard
     OUT/rejected.parquet            every input row that did not become a sample: part, row, url, reason, detail
-    OUT/ingest.json                 the stage report: rows_in = downloaded + Σ failed[reason], per part and in total
+    OUT/ingest.json                 the stage report: rows_in = downloaded + Σ failed[reason], per part and in
+                                    total; the hosts with most failures (:mod:`curation.host_report`)
 
 A row is identified by ``(part, row)``: the part's number (its rank among the parts by name)
 and the row's number in its part. img2dataset is given the folder of vetted chunks: it reads
@@ -48,6 +49,7 @@ import pyarrow.parquet as pq
 
 from curation.fetch import FetchPolicy
 from curation.guarded_download import guarded_downloading
+from curation.host_report import HostTally
 from curation.provenance import code_revision, library_versions
 from curation.reasons import IngestReason, classify_error
 from curation.strict_resizer import DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS, strict_resizing
@@ -255,9 +257,11 @@ def shards_of(rows: int, samples_per_shard: int) -> int:
     return -(-rows // samples_per_shard)
 
 
-def account_part(report: dict, first_shard: int, out_dir: Path, samples_per_shard: int) -> tuple[dict, pd.DataFrame]:
+def account_part(report: dict, first_shard: int, out_dir: Path, samples_per_shard: int,
+                 hosts: HostTally | None = None) -> tuple[dict, pd.DataFrame]:
     """Part counts and rejections from its refusals and its shards' outcomes (one shard at a
-    time); raise if a row is lost, doubled or in the wrong shard."""
+    time); raise if a row is lost, doubled or in the wrong shard. ``hosts`` tallies each
+    row's outcome by host."""
     number = report["part"]
     refused = pd.read_parquet(out_dir / "parts" / f"{number:05d}.refused.parquet")
     refused_rows = set(refused["row"])
@@ -284,10 +288,17 @@ def account_part(report: dict, first_shard: int, out_dir: Path, samples_per_shar
                 raise AccountingError(f"{outcome_file}: a row refused by the URL policy was downloaded")
             ok = mine["status"] == "success"
             downloaded += int(ok.sum())
+            if hosts is not None:
+                for url in mine.loc[ok, "url"]:
+                    hosts.add(url, None)
             failed = mine.loc[~ok, ["row", "url", "error_message"]].rename(columns={"error_message": "detail"})
             failed["reason"] = failed["detail"].map(lambda m: classify_error(m).value)
             rejected.append(failed)
     frame = pd.concat(rejected, ignore_index=True)
+    if hosts is not None:
+        for url, reason in zip(frame["url"], frame["reason"]):
+            hosts.add(url, reason)
+        hosts.prune()
     frame["part"] = number
     frame = frame.astype({"part": "int32", "row": "int64"}).sort_values("row").reset_index(drop=True)[REJECTED_COLUMNS]
     counts = {"part": number, "file": report["source"]["file"], "rows_in": report["rows_in"], "downloaded": downloaded,
@@ -328,11 +339,11 @@ def ingest(url_list: str | Path, out_dir: str | Path, config: IngestConfig | Non
     downloader_s = time.perf_counter() - downloader_started
 
     totals = {"rows_in": 0, "downloaded": 0, "failed": {}}
-    part_counts, first_shard = [], 0
+    part_counts, first_shard, hosts = [], 0, HostTally()
     tmp = out_dir / ".rejected.parquet.tmp"
     with pq.ParquetWriter(tmp, REJECTED_SCHEMA) as writer:
         for report in reports:
-            counts, rejected = account_part(report, first_shard, out_dir, config.samples_per_shard)
+            counts, rejected = account_part(report, first_shard, out_dir, config.samples_per_shard, hosts)
             first_shard += sum(shards_of(rows, config.samples_per_shard) for rows in report["chunks"])
             writer.write_table(pa.Table.from_pandas(rejected, schema=REJECTED_SCHEMA, preserve_index=False))
             part_counts.append(counts)
@@ -352,6 +363,7 @@ def ingest(url_list: str | Path, out_dir: str | Path, config: IngestConfig | Non
         **totals,
         "parts": part_counts,
         "shards": [s for counts in part_counts for s in counts["shards"]],
+        "hosts": hosts.report(),
         "url_policy": policy.describe(),
         "fetch_policy": config.fetch_policy().describe(),
         "config": asdict(config),

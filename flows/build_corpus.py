@@ -41,7 +41,7 @@ def ingest_task(run_dir: str, url_list: str | None, config: IngestConfig, demo_p
             report = ingest_demo(out, demo_per_source, config, port=demo_port)
         else:
             report = ingest(url_list, out, config)
-        return {k: report[k] for k in ("rows_in", "downloaded", "failed", "output")}
+        return {k: report[k] for k in ("rows_in", "downloaded", "failed", "output", "hosts")}
 
     return stage.run(work, _log)
 

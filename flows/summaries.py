@@ -13,8 +13,21 @@ def ingest_markdown(report: dict) -> str:
     return (
         f"## Ingestion\n\nrows in: **{report['rows_in']}**, downloaded: **{report['downloaded']}**, "
         f"failed: **{sum(report['failed'].values())}**\n\n{_table(('reason', 'rows'), report['failed'])}\n\n"
-        f"output: `{report['output']}`\n"
+        f"output: `{report['output']}`\n" + _hosts_markdown(report.get("hosts"))
     )
+
+
+def _hosts_markdown(hosts: dict | None, n: int = 10) -> str:
+    if not hosts or not hosts["top_by_failures"]:
+        return ""
+    lines = ["", f"### Hosts with the most failures (top {n})", "", "| host | rows | downloaded | failed by reason |",
+             "|---|---|---|---|"]
+    for h in hosts["top_by_failures"][:n]:
+        reasons = ", ".join(f"{r} {c}" for r, c in sorted(h["failed"].items(), key=lambda rc: -rc[1]))
+        lines.append(f"| {h['host']} | {h['rows']} | {h['downloaded']} | {reasons} |")
+    if not hosts["exact"]:
+        lines.append(f"\n(counted {hosts['hosts_counted']} hosts at most at once: counts are lower bounds)")
+    return "\n".join(lines) + "\n"
 
 
 def corpus_markdown(manifest: dict, report: dict | None = None) -> str:

@@ -118,3 +118,21 @@ def test_rerun_resumes_without_redoing_finished_shards(ingested):
     assert {k: again[k] for k in ("rows_in", "downloaded", "failed")} == {
         k: report[k] for k in ("rows_in", "downloaded", "failed")
     }
+
+
+def test_the_host_report_counts_every_row_by_host(ingested):
+    from collections import Counter
+
+    from curation.host_report import host_of
+
+    rows, _, _, _, report = ingested
+    expected_rows = Counter(host_of(r.url) for r in rows)
+    expected_failed = Counter(host_of(r.url) for r in rows if r.expect != "downloaded")
+    top = report["hosts"]["top_by_failures"]
+    assert report["hosts"]["exact"] is True
+    assert {h["host"] for h in top} == set(expected_failed)
+    for host in top:
+        assert host["rows"] == expected_rows[host["host"]]
+        assert sum(host["failed"].values()) == expected_failed[host["host"]]
+        assert host["downloaded"] + sum(host["failed"].values()) == host["rows"]
+    assert [sum(h["failed"].values()) for h in top] == sorted((sum(h["failed"].values()) for h in top), reverse=True)
