@@ -14,8 +14,9 @@ Politeness, per host and per process (see :class:`HostGate`): at most
 ``host_connections`` downloads at once and ``host_requests_per_s`` request starts a second;
 429 and 503 honour ``Retry-After`` (bounded by ``max_retry_after_s`` and the deadline) and the
 wait holds back every thread of the process for that host. ``X-Robots-Tag`` opt-outs are
-checked on the headers before the body is read. The User-Agent names litflow and, where the
-operator gives one, their contact.
+checked on the headers before the body is read; with ``robots_txt`` each origin's robots.txt
+is fetched once (through the same checks) and obeyed. The User-Agent names litflow and, where
+the operator gives one, their contact.
 
 Why by hand: img2dataset fetches with ``urllib.request.urlopen``, which follows redirects
 itself, reads the whole body and has only a per-socket-operation timeout, and no well-kept
@@ -26,7 +27,8 @@ pinned address is the smallest complete answer. :mod:`curation.guarded_download`
 into img2dataset.
 
 Memory: one response body at a time per thread, at most ``max_body_bytes``; the host gate
-holds one small entry per host with a download in flight or a wait pending.
+holds one small entry per host with a download in flight or a wait pending; the robots.txt
+cache at most ``ROBOTS_CACHE`` origins' rules.
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ import socket
 import ssl
 import threading
 import time
+import urllib.robotparser
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from urllib.parse import quote, urljoin, urlsplit
 
-from curation.reasons import IngestReason, own_error
+from curation.reasons import TRANSIENT_REASONS, IngestReason, own_error
 from curation.url_safety import Refused, Resolver, UrlPolicy, cached_resolver
 
 VERSION = "0.1.0"
@@ -51,6 +55,7 @@ RETRY_AFTER_STATUSES = frozenset({429, 503})
 # img2dataset's own default opt-outs
 DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
 READ_PIECE = 64 * 1024
+ROBOTS_CACHE = 10_000  # origins whose robots.txt rules a fetcher keeps
 _URL_SAFE = "!#$%&'()*+,/:;=?@[]~"  # left as they are when a path is quoted
 
 
@@ -68,6 +73,7 @@ class FetchPolicy:
     max_retry_after_s: float = 30.0    # longest Retry-After honoured; longer fails as transient
     retry_after_attempts: int = 2      # how many 429/503 answers are waited out per download
     contact: str | None = None         # the operator's URL or e-mail, sent in the User-Agent
+    robots_txt: bool = False           # also obey each host's robots.txt (fetched once per host and process)
     user_agent_token: str = "litflow"  # the token X-Robots-Tag directives may address
     disallowed_directives: tuple[str, ...] = DISALLOWED_DIRECTIVES
 
@@ -88,7 +94,7 @@ class FetchPolicy:
             "timeout_s": self.timeout_s, "deadline_s": self.deadline_s, "max_body_bytes": self.max_body_bytes,
             "max_redirects": self.max_redirects, "host_connections": self.host_connections,
             "host_requests_per_s": self.host_requests_per_s, "max_retry_after_s": self.max_retry_after_s,
-            "retry_after_attempts": self.retry_after_attempts,
+            "retry_after_attempts": self.retry_after_attempts, "robots_txt": self.robots_txt,
             "disallowed_directives": list(self.disallowed_directives),
             "scope_of_host_limits": "per host name, per downloader process",
         }
@@ -256,9 +262,39 @@ class Fetcher:
         self.resolve = resolve or cached_resolver()
         self.gate = HostGate(policy.host_connections, policy.host_requests_per_s)
         self._tls = ssl.create_default_context()
+        self._robots: OrderedDict[str, urllib.robotparser.RobotFileParser] = OrderedDict()
+        self._robots_lock = threading.Lock()
+
+    def robots_for(self, url: str) -> urllib.robotparser.RobotFileParser:
+        """The rules of the URL's origin, from its /robots.txt fetched under this policy (cached,
+        at most ROBOTS_CACHE origins). As RFC 9309 says: a 4xx answer allows everything; a
+        server error or no answer at all disallows everything for now."""
+        parts = urlsplit(url)
+        origin = f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+        with self._robots_lock:
+            if origin in self._robots:
+                self._robots.move_to_end(origin)
+                return self._robots[origin]
+        rules = urllib.robotparser.RobotFileParser(f"{origin}/robots.txt")
+        try:
+            rules.parse(self._fetch(f"{origin}/robots.txt", robots=False).decode("utf-8", "replace").splitlines())
+        except FetchFailed as failed:
+            if failed.reason in TRANSIENT_REASONS:
+                rules.disallow_all = True
+            else:
+                rules.allow_all = True
+        with self._robots_lock:
+            self._robots[origin] = rules
+            while len(self._robots) > ROBOTS_CACHE:
+                self._robots.popitem(last=False)
+        return rules
 
     def fetch(self, url: str) -> bytes:
-        """The body of ``url`` after its redirects; raise :class:`FetchFailed` with a reason.
+        """The body of ``url`` after its redirects; raise :class:`FetchFailed` with a reason."""
+        return self._fetch(url, robots=self.policy.robots_txt)
+
+    def _fetch(self, url: str, robots: bool) -> bytes:
+        """:meth:`fetch`, each hop first checked against its origin's robots.txt when ``robots``.
 
         The deadline starts when the first request may start: time spent queueing behind this
         process's own per-host limit is not the server's doing."""
@@ -277,6 +313,8 @@ class Fetcher:
                     reason = IngestReason.BLOCKED_ADDRESS if "internal address" in detail else IngestReason.INVALID_URL
                     raise FetchFailed(reason, detail) from None
                 raise FetchFailed(IngestReason.BLOCKED_REDIRECT, f"hop {hop}: {chain[-2]} -> {url}: {detail}"[:500]) from None
+            if robots and not self.robots_for(url).can_fetch(self.policy.user_agent_token, url):
+                raise FetchFailed(IngestReason.ROBOTS_DISALLOWED, f"robots.txt disallows {url}"[:500])
             host = (urlsplit(url).hostname or "").lower()
             self.gate.acquire(host)
             try:

@@ -88,6 +88,7 @@ class IngestConfig:
     host_requests_per_s: float = 20.0    # request starts per host per second, per process (0: no cap)
     max_retry_after_s: float = 30.0      # longest 429/503 Retry-After waited out
     contact: str | None = None           # the operator's URL or e-mail, sent in the User-Agent
+    robots_txt: bool = False             # also obey each host's robots.txt
     max_pixels: int = DEFAULT_MAX_PIXELS
     distributor: str = "multiprocessing"
     spark_master: str | None = None      # e.g. spark://127.0.0.1:7077 or local[2]
@@ -112,7 +113,7 @@ class IngestConfig:
             url_policy=UrlPolicy.allowing(self.allow), timeout_s=self.timeout_s, deadline_s=self.deadline_s,
             max_body_bytes=self.max_body_bytes, max_redirects=self.max_redirects,
             host_connections=self.host_connections, host_requests_per_s=self.host_requests_per_s,
-            max_retry_after_s=self.max_retry_after_s, contact=self.contact,
+            max_retry_after_s=self.max_retry_after_s, contact=self.contact, robots_txt=self.robots_txt,
         )
 
 

@@ -30,6 +30,7 @@ def _ingest(args: argparse.Namespace) -> int:
         host_connections=args.host_connections,
         host_requests_per_s=args.host_rate,
         contact=args.contact,
+        robots_txt=args.robots_txt,
         max_pixels=args.max_pixels,
         distributor=args.distributor,
         spark_master=args.spark_master,
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-redirects", type=int, default=5, help="redirects followed per URL, each hop checked (default 5)")
     p.add_argument("--host-connections", type=int, default=4, help="downloads in flight per host, per process (default 4)")
     p.add_argument("--host-rate", type=float, default=20, help="request starts per host per second, per process; 0: no cap (default 20)")
+    p.add_argument("--robots-txt", action="store_true", help="also obey each host's robots.txt (fetched once per host and process; unreachable: nothing fetched from it)")
     p.add_argument("--contact", help="your URL or e-mail, sent in the User-Agent so site owners can reach you")
     p.add_argument("--retries", type=int, default=0, help="extra attempts at a transiently failed download (default 0)")
     p.add_argument("--max-pixels", type=int, default=89_478_485, help="refuse images with more pixels (decompression bombs; default Pillow's 89,478,485)")

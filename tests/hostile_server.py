@@ -9,7 +9,8 @@ Routes of :func:`serve_hostile` (``/img/NAME`` serves ``images[NAME]``):
 - ``/drip``: a chunked body of one byte every 0.1 s, forever;
 - ``/retry-after/S/K/NAME``: 429 with ``Retry-After: S`` for its first K requests, then the image;
 - ``/robots/VALUE/NAME``: the image with ``X-Robots-Tag: VALUE``;
-- ``/slow/NAME``: the image after 0.3 s (connections in flight are counted).
+- ``/slow/NAME``: the image after 0.3 s (connections in flight are counted);
+- ``/robots.txt``: disallows ``/private/`` to litflow and ``/`` to ``otherbot``; ``/private/NAME`` is the image.
 
 Every request is recorded (path, start time); the counters are what tests assert on.
 """
@@ -90,8 +91,11 @@ def _handler(images: dict[str, bytes], cap: int, log: ServerLog):
                 count = sum(p == path for p, _ in log.requests)
             parts = [unquote(p) for p in path.strip("/").split("/")]
             head = parts[0]
-            if head == "img":
+            if head == "img" or head == "private":
                 self._image(parts[1])
+            elif head == "robots.txt":
+                self._send(200, b"User-agent: otherbot\nDisallow: /\n\nUser-agent: litflow\nDisallow: /private/\n",
+                           {"Content-Type": "text/plain"})
             elif head == "redirect":
                 left = int(parts[1])  # redirects still to come
                 if left == 0:

@@ -214,3 +214,34 @@ def test_host_gate_holds_off_every_thread_after_a_retry_after():
     assert len(done) == 3 and min(done) >= 0.5
     gate.acquire("b.example")  # another host is not held off
     gate.release("b.example")
+
+
+def test_robots_txt_is_obeyed_when_asked_fetched_once_per_origin(servers):
+    (public, log), _ = servers
+    before = log.hits("/robots.txt")
+    obeying = Fetcher(policy(robots_txt=True))
+    assert obeying.fetch(f"{public}/img/red.png") == IMAGES["red.png"]
+    refused = failure(obeying, f"{public}/private/red.png")
+    assert refused.reason is IngestReason.ROBOTS_DISALLOWED and "robots.txt" in refused.detail
+    # a redirect into the disallowed path is refused at that hop
+    assert failure(obeying, f"{public}/to?u=/private/blue.png").reason is IngestReason.ROBOTS_DISALLOWED
+    assert log.hits("/robots.txt") - before == 1
+    assert Fetcher(policy()).fetch(f"{public}/private/red.png") == IMAGES["red.png"]  # off by default
+    assert log.hits("/robots.txt") - before == 1
+
+
+def test_an_unreachable_robots_txt_disallows_and_a_missing_one_allows(tmp_path):
+    import socket
+
+    from curation.file_server import serve_folder
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens: robots.txt unreachable
+        rules = Fetcher(policy(robots_txt=True)).robots_for(f"http://127.0.0.1:{port}/x.png")
+        assert rules.disallow_all
+    (tmp_path / "red.png").write_bytes(IMAGES["red.png"])
+    with serve_folder(tmp_path) as base:  # no robots.txt there: 404
+        fetcher = Fetcher(policy(robots_txt=True))
+        assert fetcher.robots_for(f"{base}/red.png").allow_all
+        assert fetcher.fetch(f"{base}/red.png") == IMAGES["red.png"]
