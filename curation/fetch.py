@@ -46,7 +46,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from urllib.parse import quote, urljoin, urlsplit
 
-from curation.reasons import TRANSIENT_REASONS, IngestReason, own_error
+from curation.reasons import TRANSIENT_REASONS, IngestReason, classify_error, own_error
 from curation.url_safety import Refused, Resolver, UrlPolicy, cached_resolver
 
 VERSION = "0.1.0"
@@ -306,13 +306,11 @@ class Fetcher:
             try:
                 addresses = self.policy.url_policy.addresses(url, self.resolve)
             except Refused as refused:
-                detail = str(refused)
-                if "does not resolve" in detail:
-                    raise FetchFailed(IngestReason.DNS_FAILURE, detail if hop == 0 else f"hop {hop}: {detail}") from None
                 if hop == 0:
-                    reason = IngestReason.BLOCKED_ADDRESS if "internal address" in detail else IngestReason.INVALID_URL
-                    raise FetchFailed(reason, detail) from None
-                raise FetchFailed(IngestReason.BLOCKED_REDIRECT, f"hop {hop}: {chain[-2]} -> {url}: {detail}"[:500]) from None
+                    raise FetchFailed(refused.reason, str(refused)) from None
+                if refused.reason is IngestReason.DNS_FAILURE:
+                    raise FetchFailed(refused.reason, f"hop {hop}: {refused}") from None
+                raise FetchFailed(IngestReason.BLOCKED_REDIRECT, f"hop {hop}: {chain[-2]} -> {url}: {refused}"[:500]) from None
             if robots and not self.robots_for(url).can_fetch(self.policy.user_agent_token, url):
                 raise FetchFailed(IngestReason.ROBOTS_DISALLOWED, f"robots.txt disallows {url}"[:500])
             host = (urlsplit(url).hostname or "").lower()
@@ -346,9 +344,8 @@ class Fetcher:
                 raise FetchFailed(reason, f"HTTP Error {status} after {waits} wait(s); "
                                           f"Retry-After {headers.get('Retry-After')!r}")
             if not 200 <= status < 300:
-                reason = (IngestReason.HTTP_404 if status == 404 else IngestReason.HTTP_403 if status == 403 else
-                          IngestReason.HTTP_5XX if 500 <= status < 600 else IngestReason.HTTP_ERROR)
-                raise FetchFailed(reason, f"HTTP Error {status}: {url}"[:500])
+                detail = f"HTTP Error {status}: {url}"[:500]
+                raise FetchFailed(classify_error(detail), detail)  # the one status -> reason table
             return body
 
     def _one_request(self, url: str, address: str, deadline: float) -> tuple[int, http.client.HTTPMessage, bytes]:

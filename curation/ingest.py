@@ -54,7 +54,7 @@ from curation.provenance import code_revision, library_versions
 from curation.reasons import IngestReason, classify_error
 from curation.strict_resizer import DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS, strict_resizing
 from curation.url_list import UrlListError, iter_chunks, list_parts
-from curation.url_safety import UrlPolicy, cached_resolver
+from curation.url_safety import Refused, UrlPolicy, cached_resolver
 
 
 # img2dataset reserves these names; a URL list's own column of that name is carried as src_<name>
@@ -129,14 +129,14 @@ def vet_rows(frame: pd.DataFrame, policy: UrlPolicy, resolve=None) -> tuple[pd.D
     kept, rejected = [], []
     for position, (row, url) in enumerate(zip(frame["row"], frame["url"])):
         url = url.strip()
-        problem = "empty url" if not url else policy.check(url, resolve=resolve)
-        if problem is None:
-            kept.append(position)
+        try:
+            if not url:
+                raise Refused(IngestReason.INVALID_URL, "empty url")
+            policy.addresses(url, resolve, resolve_allowed_hosts=False)
+        except Refused as refused:
+            rejected.append({"row": int(row), "url": url, "reason": refused.reason.value, "detail": str(refused)})
             continue
-        reason = IngestReason.BLOCKED_ADDRESS if "internal address" in problem else (
-            IngestReason.DNS_FAILURE if "does not resolve" in problem else IngestReason.INVALID_URL
-        )
-        rejected.append({"row": int(row), "url": url, "reason": reason.value, "detail": problem})
+        kept.append(position)
     return frame.iloc[kept].reset_index(drop=True), pd.DataFrame(rejected, columns=["row", "url", "reason", "detail"])
 
 
@@ -319,7 +319,8 @@ def ingest(url_list: str | Path, out_dir: str | Path, config: IngestConfig | Non
     parts = list_parts(url_list)
     for path in parts:  # the usual problems (format, header, columns, empty) fail before anything is written
         next(iter_chunks(path, config.url_col, config.caption_col, chunk_rows=64))
-    policy = UrlPolicy.allowing(config.allow)
+    fetch_policy = config.fetch_policy()
+    policy = fetch_policy.url_policy
     for folder in ("vetted", "parts", "shards"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     reports, columns = [], None
@@ -366,7 +367,7 @@ def ingest(url_list: str | Path, out_dir: str | Path, config: IngestConfig | Non
         "shards": [s for counts in part_counts for s in counts["shards"]],
         "hosts": hosts.report(),
         "url_policy": policy.describe(),
-        "fetch_policy": config.fetch_policy().describe(),
+        "fetch_policy": fetch_policy.describe(),
         "config": asdict(config),
         "elapsed_s": round(time.perf_counter() - started, 3),
         "img2dataset_s": round(downloader_s, 3),

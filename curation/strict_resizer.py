@@ -16,18 +16,15 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import os
 import re
 import warnings
 
-# albumentations (imported by img2dataset's resizer) checks PyPI for updates on import unless
-# this is set first; curation/__init__.py sets it already, this keeps the module safe alone
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# albumentations (imported by img2dataset's resizer below) would check PyPI for updates:
+# curation/__init__.py, which always runs before this module, sets NO_ALBUMENTATIONS_UPDATE
+from img2dataset.resizer import Resizer
+from PIL import Image, UnidentifiedImageError
 
-from img2dataset.resizer import Resizer  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
-
-from curation.reasons import IngestReason, own_error  # noqa: E402
+from curation.reasons import IngestReason, own_error
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 # Pillow refuses to open anything above twice its threshold, whatever the caller allows

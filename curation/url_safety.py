@@ -23,6 +23,8 @@ from functools import lru_cache
 from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
+from curation.reasons import IngestReason
+
 ALLOWED_SCHEMES = ("http", "https")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -103,11 +105,11 @@ class UrlPolicy:
             host = parts.hostname
             parts.port  # raises ValueError on a malformed port
         except ValueError as err:
-            raise Refused(f"malformed url: {err}") from None
+            raise Refused(IngestReason.INVALID_URL, f"malformed url: {err}") from None
         if parts.scheme.lower() not in ALLOWED_SCHEMES:
-            raise Refused(f"scheme not allowed: {parts.scheme or '(none)'}")
+            raise Refused(IngestReason.INVALID_URL, f"scheme not allowed: {parts.scheme or '(none)'}")
         if not host:
-            raise Refused("no host in url")
+            raise Refused(IngestReason.INVALID_URL, "no host in url")
         try:
             literal = ipaddress.ip_address(host)
         except ValueError:
@@ -117,23 +119,28 @@ class UrlPolicy:
         if literal is not None:
             if host.lower() in self.allow_hosts or self._address_allowed(literal):
                 return [literal]
-            raise Refused(f"internal address: {literal}")
+            raise Refused(IngestReason.BLOCKED_ADDRESS, f"internal address: {literal}")
         try:
             addresses = [ipaddress.ip_address(a.split("%")[0]) for a in resolve(host)]
         except (OSError, UnicodeError) as err:
-            raise Refused(f"host does not resolve: {host} ({err.__class__.__name__})") from None
+            raise Refused(IngestReason.DNS_FAILURE, f"host does not resolve: {host} ({err.__class__.__name__})") from None
         if not addresses:
-            raise Refused(f"host does not resolve: {host}")
+            raise Refused(IngestReason.DNS_FAILURE, f"host does not resolve: {host}")
         if host.lower() in self.allow_hosts:
             return addresses
         blocked = [a for a in addresses if not self._address_allowed(a)]
         if blocked:
-            raise Refused(f"host {host} resolves to internal address {blocked[0]}")
+            raise Refused(IngestReason.BLOCKED_ADDRESS, f"host {host} resolves to internal address {blocked[0]}")
         return addresses
 
 
 class Refused(ValueError):
-    """A URL the policy does not let through; the message is the rejection detail."""
+    """A URL the policy does not let through: ``reason`` (invalid_url, blocked_address or
+    dns_failure) and the message, which is the rejection detail."""
+
+    def __init__(self, reason: IngestReason, detail: str):
+        super().__init__(detail)
+        self.reason = reason
 
 
 def cached_resolver(resolve: Resolver = _system_resolver, maxsize: int = 65536) -> Resolver:
