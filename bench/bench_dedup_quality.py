@@ -65,7 +65,8 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dedup.embedding import calibrate_threshold, embed_all, tower_embedder  # noqa: E402
+from dedup.embedding import calibrate_threshold, embed_all  # noqa: E402
+from training.eval_flags import tower_embedder  # noqa: E402
 from dedup.phash import DEFAULT_SETTINGS, hash_image_bytes  # noqa: E402
 from dedup.verify import Features, Verifier, VerifyRules, verify  # noqa: E402
 from tests.images import on_white, png_bytes, shard_bytes  # noqa: E402

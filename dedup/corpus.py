@@ -1,24 +1,18 @@
-"""Read a corpus of webdataset shards for de-duplication: key, caption, sha256, pHash, where.
+"""A corpus as de-duplication sees it: one row per pair (key, caption, sha256, pHash, where).
 
-The curation pipeline stores each pair's ``phash`` in its record (``KEY.json``) and the hash
-settings it used in the run manifest (``corpus.json``: ``hash_settings``, or under ``config``).
-When both are there, the stored hashes are used after checking the settings against the eval
-index (a mismatch is an error, not a silent re-hash); otherwise the images are hashed here.
+Only arrays and records: reading them from curated shards is curation's job
+(:func:`curation.corpus_reader.read_corpus`), so this base layer never opens a shard path.
+Memory: the whole corpus's keys, refs, captions and hashes (about 200 bytes a pair): this is
+the in-memory audit of ``litflow dedup report``, sized for corpora that fit one machine.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from curation.shards import list_shards, read_shard
-from dedup.phash import HashSettings, hash_many_bytes
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+from dedup.phash import HashSettings
 
 
 @dataclass
@@ -31,69 +25,8 @@ class Corpus:
     settings: HashSettings
     unreadable: list[dict]
     hashed_here: bool
+    source: str = ""           # where it was read from, for the report
 
     def __len__(self) -> int:
         return len(self.keys)
 
-
-def manifest_settings(corpus_dir: Path) -> HashSettings | None:
-    """The hash settings recorded in ``corpus.json`` (top level or under ``config``), if any."""
-    path = corpus_dir / "corpus.json"
-    if not path.exists():
-        return None
-    manifest = json.loads(path.read_text())
-    for holder in (manifest, manifest.get("config") or {}, (manifest.get("config") or {}).get("dedup") or {}):
-        if isinstance(holder, dict) and "hash_settings" in holder:
-            return HashSettings.from_dict(holder["hash_settings"])
-    return None
-
-
-def shard_paths(corpus_dir: Path) -> list[Path]:
-    shards = list_shards(corpus_dir) or list_shards(corpus_dir / "shards")
-    if not shards:
-        raise FileNotFoundError(f"no shards (*.tar) in {corpus_dir} or {corpus_dir / 'shards'}")
-    return shards
-
-
-def read_corpus(corpus_dir: str | Path, settings: HashSettings) -> Corpus:
-    """Every sample with an image; hashes from the records when their settings are ``settings``."""
-    corpus_dir = Path(corpus_dir)
-    recorded = manifest_settings(corpus_dir)
-    if recorded is not None and recorded != settings:
-        from dedup.phash import check_same_settings
-
-        check_same_settings(recorded, settings, where=f"({corpus_dir / 'corpus.json'})")
-    keys, refs, captions, digests, stored, blobs = [], [], [], [], [], []
-    for shard in shard_paths(corpus_dir):
-        for sample in read_shard(shard):
-            ext = next((e for e in IMAGE_EXTS if e in sample), None)
-            if ext is None:
-                continue
-            record = {}
-            if "json" in sample:
-                try:
-                    record = json.loads(sample["json"])
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    record = {}
-            keys.append(sample["__key__"])
-            refs.append(f"{shard}#{sample['__key__']}.{ext}")
-            captions.append(sample["txt"].decode("utf-8", "replace") if "txt" in sample else record.get("caption"))
-            digests.append(hashlib.sha256(sample[ext]).hexdigest())
-            stored.append(record.get("phash") if recorded is not None else None)
-            blobs.append(sample[ext])
-    use_stored = bool(stored) and all(v is not None for v in stored)
-    unreadable = []
-    if use_stored:
-        phash = np.asarray([int(v) & (2**64 - 1) for v in stored], np.uint64)
-    else:
-        values = []
-        for key, result in zip(keys, hash_many_bytes(blobs, settings)):
-            if isinstance(result, Exception):
-                unreadable.append({"key": key, "error": f"{type(result).__name__}: {result}"})
-                values.append(None)
-            else:
-                values.append(result[0])
-        ok = [i for i, v in enumerate(values) if v is not None]
-        keys, refs, captions, digests = ([seq[i] for i in ok] for seq in (keys, refs, captions, digests))
-        phash = np.asarray([values[i] for i in ok], np.uint64)
-    return Corpus(keys, refs, captions, digests, phash, settings, unreadable, not use_stored)

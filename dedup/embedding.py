@@ -10,7 +10,7 @@ smiley is near every other yellow smiley. So the ``top_k`` nearest eval images a
 vectors are L2-normalised here, so cosine is a dot product and a search over the eval set is
 one matrix product per chunk of corpus vectors.
 
-Flags, not rewrites: :func:`flag_cached_corpus` returns a table (corpus key -> eval set, split,
+Flags, not rewrites: ``training.eval_flags.flag_cached_corpus`` returns a table (corpus key -> eval set, split,
 key, cosine, verification) that training reads (``litflow train --exclude``) to skip those
 pairs and the report shows; the shards are left as they are.
 """
@@ -165,26 +165,6 @@ def calibrate_threshold(negative_cosines: np.ndarray, max_false_positive_rate: f
     return float(np.nextafter(negatives[len(negatives) - allowed - 1], np.inf))
 
 
-# ---- the real locked tower (training/), imported only when used -------------------------------
-
-
-def tower_embedder(name: str = "efficientnet-lite0") -> Embed:
-    """``embed(images)`` with training's image tower ``name`` and its own preprocessing."""
-    import torch
-
-    from training.image_towers import build_image_tower
-
-    tower = build_image_tower(name)
-
-    def embed(images):
-        batch = torch.from_numpy(np.stack([tower.preprocess(image) for image in images]))
-        with torch.no_grad():
-            return tower.encode(batch).float().numpy()
-
-    embed.tower = tower  # type: ignore[attr-defined]
-    return embed
-
-
 def eval_embedding_index(embed: Embed, index_dir, mode: str = "train+test", batch: int = 64) -> EmbeddingIndex:
     """Embed every readable eval image of an eval index (``litflow dedup index`` output)."""
     import io
@@ -213,30 +193,3 @@ def eval_embedding_index(embed: Embed, index_dir, mode: str = "train+test", batc
     if not images:
         raise ValueError(f"{index_dir}: no readable eval images under mode {mode!r}")
     return EmbeddingIndex(embed_all(embed, images, batch), sets, splits, keys, refs)
-
-
-def flag_cached_corpus(cache, shards, index: EmbeddingIndex, verifier, top_k: int = 3,
-                       min_cosine: float = 0.5) -> pd.DataFrame:
-    """Verified embedding candidates for every curated shard, from training's embedding cache.
-
-    ``cache`` is a ``training.embed_cache.EmbeddingCache``: no image is re-embedded, and only the
-    candidates' images are read back from the shards for verification. Returns every candidate
-    (with ``shard``); the ``flagged`` rows are what ``eval_flags.parquet`` holds for training.
-    """
-    from curation.shards import read_shard
-
-    frames = []
-    for shard in shards:
-        vectors, keys = cache.load(shard)
-        candidates = embedding_candidates(keys, np.asarray(vectors, np.float32), index, top_k, min_cosine)
-        wanted = set(candidates["key"])
-        images = {}
-        if wanted:
-            for sample in read_shard(shard):
-                if sample["__key__"] in wanted:
-                    images[sample["__key__"]] = sample.get("jpg") or sample.get("png") or sample.get("webp") or b""
-        frames.append(verify_candidates(candidates, images, index, verifier).assign(shard=str(shard)))
-    if not frames:
-        return verify_candidates(embedding_candidates([], np.zeros((0, index.vectors.shape[1])), index), {}, index,
-                                 verifier).assign(shard=[])
-    return pd.concat(frames, ignore_index=True)

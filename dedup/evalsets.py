@@ -377,7 +377,7 @@ def get(name: str) -> EvalSet:
 
 
 def _cache() -> Path:
-    from curation.paths import default_cache_dir
+    from infra.paths import default_cache_dir
 
     return default_cache_dir()
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -160,6 +159,22 @@ def build_index(evalsets: Iterable[EvalSet], out: str | Path, settings: HashSett
     return report
 
 
+def read_manifest(path: str | Path) -> dict:
+    """An eval index's ``index.json`` (settings, sets, splits), checked for this litflow's format."""
+    path = Path(path)
+    if not (path / "index.json").exists():
+        raise FileNotFoundError(f"{path} is not an eval index (no index.json): run `litflow dedup index`")
+    manifest = json.loads((path / "index.json").read_text())
+    if manifest.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path}: index format {manifest.get('format')}, this litflow reads {FORMAT_VERSION}")
+    return manifest
+
+
+def index_settings(path: str | Path) -> HashSettings:
+    """The hash settings an eval index was built with (a corpus must be hashed the same way)."""
+    return HashSettings.from_dict(read_manifest(path)["settings"])
+
+
 class EvalIndex:
     """Hashes of eval images, searchable by Hamming radius; small and picklable (a side input).
 
@@ -190,11 +205,7 @@ class EvalIndex:
     @classmethod
     def load(cls, path: str | Path, mode: str = "train+test") -> "EvalIndex":
         path = Path(path)
-        if not (path / "index.json").exists():
-            raise FileNotFoundError(f"{path} is not an eval index (no index.json): run `litflow dedup index`")
-        manifest = json.loads((path / "index.json").read_text())
-        if manifest.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path}: index format {manifest.get('format')}, this litflow reads {FORMAT_VERSION}")
+        manifest = read_manifest(path)
         settings = HashSettings.from_dict(manifest["settings"])
         splits, image_split, keys, refs, ph, mi = [], [], [], [], [], []
         for set_name in sorted(manifest["sets"]):
@@ -254,7 +265,3 @@ def eval_duplicate_fields(matches: list[Match]) -> dict:
     best = min(matches)
     return {"eval_set": best.eval_set, "eval_split": best.split, "eval_key": best.eval_key,
             "eval_distance": float(best.distance)}
-
-
-def remove_index(path: str | Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -1,5 +1,8 @@
 """``litflow dedup report``: match a corpus against the eval index and write the audit.
 
+Takes the corpus as records (:class:`dedup.corpus.Corpus`); reading it from shards is
+:func:`curation.eval_audit.audit_corpus`'s part.
+
 Writes into ``out/``:
 
 * ``matches.parquet`` — every (corpus pair, eval image) candidate: within the pHash radius, all
@@ -23,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from dedup.corpus import read_corpus
+from dedup.corpus import Corpus
 from dedup.evalsets import read_ref
 from dedup.html import render, thumbnail_data_uri
 from dedup.index import SIGNALS, EvalIndex
@@ -72,13 +75,13 @@ def _verify_rules(verify: bool, verifier) -> dict | None:
     return (verifier.rules if verifier is not None else VerifyRules()).to_dict()
 
 
-def build_report(corpus_dir: str | Path, index_dir: str | Path, out: str | Path, radius: int = 8,
+def build_report(corpus: Corpus, index_dir: str | Path, out: str | Path, radius: int = 8,
                  mode: str = "train+test", near_radius: int | None = 4, page_size: int = 50,
                  embedding_matches: pd.DataFrame | None = None, verify: bool = True, verifier=None) -> dict:
     """Match, write matches.parquet / report.json / report.html / corpus_duplicates.parquet."""
     index_dir, out = Path(index_dir), Path(out)
     full = EvalIndex.load(index_dir, mode="train+test")
-    corpus = read_corpus(corpus_dir, full.settings)  # settings mismatch raises here
+    full.check_settings(corpus.settings)  # hashes made another way cannot be compared
     removed_splits = {(s, sp) for s, sp, role in full.splits
                       if mode == "train+test" or (mode == "test" and role == "test")}
     q, image, dist, signal = full.match_many(corpus.phash, radius)
@@ -124,7 +127,7 @@ def build_report(corpus_dir: str | Path, index_dir: str | Path, out: str | Path,
     groups = duplicate_groups(corpus.keys, corpus.sha256, corpus.phash, near_radius) if near_radius is not None else None
     summary = {
         "radius": radius, "mode": mode, "verify": _verify_rules(verify, verifier), "settings": full.settings.to_dict(), "settings_id": full.settings.id,
-        "corpus": {"dir": str(corpus_dir), "pairs": len(corpus), "unreadable": corpus.unreadable,
+        "corpus": {"dir": corpus.source, "pairs": len(corpus), "unreadable": corpus.unreadable,
                    "hashed_here": corpus.hashed_here,
                    "candidates": int(matches["corpus_key"].nunique()),
                    "matched": int(matches.loc[matches["flagged"], "corpus_key"].nunique()),

@@ -19,7 +19,7 @@ from curation.config import load_config
 from curation.curate import curate
 from curation.demo import ingest_demo
 from curation.ingest import IngestConfig, ingest
-from curation.paths import default_work_dir
+from infra.paths import default_work_dir
 from flows.progress import FlowProgress
 from flows.resume import Stage
 from flows.summaries import corpus_markdown, ingest_markdown
@@ -82,11 +82,11 @@ def curate_task(run_dir: str, preset: str, overrides: list[str], workers: int, b
 @task(name="dedup-report", cache_policy=NO_CACHE)
 def report_task(run_dir: str, corpus_dir: str, index_dir: str, out_dir: str, radius: int, mode: str,
                 upstream: dict) -> dict:
-    from dedup.report import build_report
+    from curation.eval_audit import audit_corpus
 
     out = Path(out_dir)
     stage = Stage(Path(run_dir), "dedup-report", out, {"corpus": corpus_dir, "radius": radius, "mode": mode}, upstream)
-    return stage.run(lambda: build_report(corpus_dir, index_dir, out, radius=radius, mode=mode), _log)
+    return stage.run(lambda: audit_corpus(corpus_dir, index_dir, out, radius=radius, mode=mode), _log)
 
 
 @flow(name="build-corpus", log_prints=True)

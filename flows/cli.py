@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from flows import cli_curation, cli_dedup, cli_training
+
 
 def _ingest(args: argparse.Namespace) -> int:
     from curation.ingest import IngestConfig, ingest
@@ -143,26 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--interval", action="append", default=[], metavar="NAME=SECONDS",
                     help="replace a deployment's schedule with an interval, e.g. retrain-lit/nightly=3600 (repeatable)")
     sv.set_defaults(func=_serve)
-    _add_library_commands(sub)
+    for commands in (cli_curation, cli_dedup, cli_training):
+        commands.add_commands(sub)
     return parser
-
-
-# Each library may contribute subcommands through a module ``<library>/cli.py`` with
-# ``add_commands(subparsers)``; a library that has none yet is simply skipped.
-LIBRARY_COMMAND_MODULES = ("curation.cli", "dedup.cli", "training.cli")
-
-
-def _add_library_commands(sub) -> None:
-    import importlib
-
-    for name in LIBRARY_COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
-            continue
-        module.add_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,5 +159,5 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # also how torchrun starts `embed` and `train` (infra/torchrun/launch.sh)
     sys.exit(main())

@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from curation.paths import default_work_dir
+from infra.paths import default_work_dir
 from flows.build_corpus import index_task, report_task
 from flows.progress import FlowProgress
 

@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from curation.paths import PROJECT_ROOT, default_work_dir
+from infra.paths import PROJECT_ROOT, default_work_dir
 from flows.progress import FlowProgress
 
 
@@ -59,7 +59,7 @@ def corpus_eval_index(corpus: Path) -> Path | None:
 
 @task(name="eval-flags", cache_policy=NO_CACHE)
 def flag_task(corpus: str, cache: str, index: str, out: str, image_tower: str) -> dict:
-    from dedup.flags import flag_corpus
+    from training.eval_flags import flag_corpus
 
     result = flag_corpus(corpus, cache, index, out, image_tower=image_tower)
     get_run_logger().info("embedding check: %s candidates, %s flagged as eval duplicates (%s)",

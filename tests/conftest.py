@@ -17,7 +17,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from curation.demo_data import DemoData, fetch_all  # noqa: E402
 from curation.file_server import serve_folder  # noqa: E402
 from tests.hostile_server import serve_hostile  # noqa: E402
-from training.demo_shards import write_demo_shards  # noqa: E402
+from tests.demo_shards import write_demo_shards  # noqa: E402
 from training.embed_cache import embed_shards  # noqa: E402
 from training.image_towers import build_image_tower  # noqa: E402
 from training.text_towers import TextSpec  # noqa: E402

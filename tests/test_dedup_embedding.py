@@ -30,7 +30,7 @@ def test_index_rejects_bad_vectors():
 
 @pytest.fixture(scope="module")
 def embed():
-    from dedup.embedding import tower_embedder
+    from training.eval_flags import tower_embedder
 
     return tower_embedder("efficientnet-lite0")
 

@@ -12,7 +12,7 @@ from PIL import Image, ImageOps
 from curation.records import empty_pair
 from curation.shards import write_shard
 from dedup.evalsets import EvalSet, ImageFolder, Split
-from dedup.flags import flag_corpus
+from training.eval_flags import flag_corpus
 from dedup.index import build_index
 from dedup.verify import VerifyRules
 from flows.cli import main as litflow

@@ -19,7 +19,7 @@ from curation.shards import write_shard
 from dedup.evalsets import EvalSet, ImageFolder, Split
 from dedup.index import build_index
 from dedup.phash import DEFAULT_SETTINGS, HashSettings, HashSettingsMismatch, hash_image_bytes
-from dedup.report import build_report
+from curation.eval_audit import audit_corpus
 from dedup.verify import VerifyRules
 
 RADIUS = 8
@@ -94,7 +94,7 @@ def _expected(root: Path, images: list[bytes], mode: str) -> tuple[int, int, int
 
 def test_report_counts_follow_the_rule(setup, sources, tmp_path):
     root, images = setup
-    summary = build_report(root / "corpus", root / "index", tmp_path / "r", radius=RADIUS, mode="test")
+    summary = audit_corpus(root / "corpus", root / "index", tmp_path / "r", radius=RADIUS, mode="test")
     matched, removed, pairs = _expected(root, images, "test")
     assert matched >= 22 and removed < matched  # the copies are found; train copies not removed in test mode
     assert summary["corpus"]["pairs"] == len(images)
@@ -120,7 +120,7 @@ def test_verification_keeps_candidates_but_removes_only_confirmed(setup, sources
     """pHash proposes; verification confirms the copies (JPEG, brighter) and rejects the rest,
     which stay in matches.parquet and on the page, marked, and are not removed."""
     root, images = setup
-    summary = build_report(root / "corpus", root / "index", tmp_path / "r", radius=RADIUS, mode="train+test")
+    summary = audit_corpus(root / "corpus", root / "index", tmp_path / "r", radius=RADIUS, mode="train+test")
     frame = pd.read_parquet(tmp_path / "r/matches.parquet")
     matched, _, pairs = _expected(root, images, "train+test")
     assert len(frame) == pairs and summary["corpus"]["candidates"] == matched
@@ -154,7 +154,7 @@ def test_verification_keeps_candidates_but_removes_only_confirmed(setup, sources
     assert html.count("not confirmed: ") == len(rejected)
 
     # --no-verify: every pHash candidate counts, as before verification
-    plain = build_report(root / "corpus", root / "index", tmp_path / "plain", radius=RADIUS, verify=False)
+    plain = audit_corpus(root / "corpus", root / "index", tmp_path / "plain", radius=RADIUS, verify=False)
     unverified = pd.read_parquet(tmp_path / "plain/matches.parquet")
     assert unverified["flagged"].all() and unverified["removed"].all() and plain["verify"] is None
     assert (unverified["verification"] == "not verified").all()
@@ -165,7 +165,7 @@ def test_embedding_candidates_join_the_report(setup, sources, tmp_path):
     """Candidates from `litflow dedup flag` (eval_candidates.parquet) come in with their verdicts."""
     root, _ = setup
     clip_a, clip_b = f"{22:05d}", f"{23:05d}"  # two clip-art pairs that pHash matches to nothing
-    build_report(root / "corpus", root / "index", tmp_path / "p", radius=RADIUS)
+    audit_corpus(root / "corpus", root / "index", tmp_path / "p", radius=RADIUS)
     plain = pd.read_parquet(tmp_path / "p/matches.parquet")
     assert not {clip_a, clip_b} & set(plain["corpus_key"])
     split, eval_key = sources["00000"]
@@ -177,7 +177,7 @@ def test_embedding_candidates_join_the_report(setup, sources, tmp_path):
         "confirmed": [True, False, False, True], "undecided": [False, False, True, False],
         "verification": ["confirmed: 40 inliers", "not confirmed: 0 inliers", "corpus image unreadable", "x"],
         "flagged": [True, False, True, True], "shard": ["s"] * 4})
-    summary = build_report(root / "corpus", root / "index", tmp_path / "r", radius=RADIUS, embedding_matches=embedding)
+    summary = audit_corpus(root / "corpus", root / "index", tmp_path / "r", radius=RADIUS, embedding_matches=embedding)
     frame = pd.read_parquet(tmp_path / "r/matches.parquet")
     assert len(frame) == len(plain) + 2  # the pHash pair both found is one row; the unknown key is dropped
 
@@ -204,7 +204,7 @@ def test_settings_mismatch_is_refused(setup, tmp_path):
     shutil.copytree(root / "corpus", corpus)
     (corpus / "corpus.json").write_text(json.dumps({"hash_settings": HashSettings(jpeg_draft=None).to_dict()}))
     with pytest.raises(HashSettingsMismatch, match="jpeg_draft"):
-        build_report(corpus, root / "index", tmp_path / "r")
+        audit_corpus(corpus, root / "index", tmp_path / "r")
 
 
 def _chromium() -> str | None:
@@ -215,7 +215,7 @@ def _chromium() -> str | None:
 def test_report_html_in_headless_chromium(setup, tmp_path):
     root, images = setup
     page_size = 7
-    summary = build_report(root / "corpus", root / "index", tmp_path / "r", radius=RADIUS, page_size=page_size)
+    summary = audit_corpus(root / "corpus", root / "index", tmp_path / "r", radius=RADIUS, page_size=page_size)
     html = (tmp_path / "r/report.html").read_text()
     assert "http://" not in html and "https://" not in html  # self-contained
     n = len(pd.read_parquet(tmp_path / "r/matches.parquet"))

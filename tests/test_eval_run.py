@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from curation.shards import read_shard
 from dedup import evalsets
 from dedup.evalsets import EMOJI_CATEGORIES, EvalItem, EvalSet, LabelSpace, Listing, Split
-from training.cli import main as training_cli
-from training.demo_shards import write_demo_shards
+from flows.cli import main as litflow_main
+from tests.demo_shards import write_demo_shards
 from training.embed_cache import embed_shards, open_cache
 from training.eval_model import load_run
 from training.evaluate import evaluate_run, headline
@@ -93,7 +93,7 @@ def test_trained_image_tower_is_the_checkpoints(runs, tmp_path):
     info = model.info["image_tower"]
     assert not info["locked"] and info["trained_weights_sha256"] != info["init_fingerprint"]
     # and the CLI subcommand writes the same files
-    assert training_cli(["evaluate", str(runs / "uu"), "--out", str(tmp_path / "cli"), "--sets", "tiny-emoji",
+    assert litflow_main(["evaluate", str(runs / "uu"), "--out", str(tmp_path / "cli"), "--sets", "tiny-emoji",
                          "--prompts", "tiny-emoji=generic,generic-de"]) == 0
     metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert metrics["model"]["mode"] == "uu"

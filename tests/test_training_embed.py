@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from curation.records import empty_pair
 from curation.shards import read_shard, write_shard
-from training.demo_shards import write_demo_shards
+from tests.demo_shards import write_demo_shards
 from training.embed_cache import CacheMismatchError, embed_shards, open_cache
 from training.image_towers import build_image_tower
 from training.shard_inputs import read_manifest, resolve_shards

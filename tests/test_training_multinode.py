@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests.conftest import free_port
-from training.demo_shards import write_demo_shards
+from tests.demo_shards import write_demo_shards
 from training.embed_cache import embed_shards
 from training.image_towers import build_image_tower
 from training.metrics import read_metrics

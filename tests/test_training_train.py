@@ -12,7 +12,7 @@ from PIL import Image
 from curation.records import empty_pair
 from curation.shards import read_shard, write_shard
 from training.checkpoint import CheckpointMismatchError
-from training.demo_shards import write_demo_shards
+from tests.demo_shards import write_demo_shards
 from training.embed_cache import CacheMismatchError, embed_shards
 from training.image_towers import build_image_tower
 from training.metrics import read_metrics

@@ -1,6 +1,6 @@
 """Pairs that training skips, listed by key in parquet files; the shards are never rewritten.
 
-The de-duplication pass over the embedding cache (``dedup.embedding.flag_cached_corpus``)
+The de-duplication pass over the embedding cache (``training.eval_flags.flag_cached_corpus``)
 writes ``eval_flags.parquet``: one row per corpus pair that is a near-duplicate of an
 evaluation image (``key``, ``eval_set``, ``eval_split``, ``eval_key``, ``shard``, ...). Training
 reads only the ``key`` column of each file given as ``TrainConfig.exclude`` / ``--exclude``,

@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from curation.paths import PROJECT_ROOT, default_work_dir
+from infra.paths import PROJECT_ROOT, default_work_dir
 
 BIN = Path(sys.executable).parent
 

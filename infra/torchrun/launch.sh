@@ -19,4 +19,4 @@ PYTHON=${PYTHON:-.venv/bin/python}
 args=(--nnodes "${NNODES:-1}" --nproc-per-node "${NPROC:-1}"
       --rdzv-backend c10d --rdzv-endpoint "${RDZV_ENDPOINT:-127.0.0.1:29400}" --rdzv-id "${JOB_ID:-litflow}")
 if [[ -n "${NODE_RANK:-}" ]]; then args+=(--node-rank "$NODE_RANK"); fi
-exec "$PYTHON" -m torch.distributed.run "${args[@]}" -m training.cli "$@"
+exec "$PYTHON" -m torch.distributed.run "${args[@]}" -m flows.cli "$@"

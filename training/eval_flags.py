@@ -2,7 +2,8 @@
 
 Reads the locked tower's embeddings of every corpus pair from training's cache (computed once by
 ``litflow embed``), embeds the eval images with the same tower, proposes each pair's nearest
-eval images and verifies them (:mod:`dedup.embedding`, :mod:`dedup.verify`). Writes:
+eval images and verifies them (:mod:`dedup.embedding`, :mod:`dedup.verify`). Lives in training
+because it needs training's locked tower and cache; the search and verification are dedup's. Writes:
 
 * ``eval_flags.parquet`` — the flagged pairs only (confirmed, or undecided): training's
   exclusion list (``litflow train --exclude``), so nothing is rewritten;
@@ -17,9 +18,12 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from dedup.corpus import shard_paths
+from curation.corpus_reader import shard_paths
+from curation.shards import read_shard
+from dedup.embedding import Embed, EmbeddingIndex, embedding_candidates, verify_candidates
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -28,10 +32,52 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def tower_embedder(name: str = "efficientnet-lite0") -> Embed:
+    """``embed(images)`` with training's image tower ``name`` and its own preprocessing."""
+    import torch
+
+    from training.image_towers import build_image_tower  # torch: imported only when used
+
+    tower = build_image_tower(name)
+
+    def embed(images):
+        batch = torch.from_numpy(np.stack([tower.preprocess(image) for image in images]))
+        with torch.no_grad():
+            return tower.encode(batch).float().numpy()
+
+    embed.tower = tower  # type: ignore[attr-defined]
+    return embed
+
+
+def flag_cached_corpus(cache, shards, index: EmbeddingIndex, verifier, top_k: int = 3,
+                       min_cosine: float = 0.5) -> pd.DataFrame:
+    """Verified embedding candidates for every curated shard, from training's embedding cache.
+
+    ``cache`` is a ``training.embed_cache.EmbeddingCache``: no image is re-embedded, and only the
+    candidates' images are read back from the shards for verification. Returns every candidate
+    (with ``shard``); the ``flagged`` rows are what ``eval_flags.parquet`` holds for training.
+    """
+    frames = []
+    for shard in shards:
+        vectors, keys = cache.load(shard)
+        candidates = embedding_candidates(keys, np.asarray(vectors, np.float32), index, top_k, min_cosine)
+        wanted = set(candidates["key"])
+        images = {}
+        if wanted:
+            for sample in read_shard(shard):
+                if sample["__key__"] in wanted:
+                    images[sample["__key__"]] = sample.get("jpg") or sample.get("png") or sample.get("webp") or b""
+        frames.append(verify_candidates(candidates, images, index, verifier).assign(shard=str(shard)))
+    if not frames:
+        return verify_candidates(embedding_candidates([], np.zeros((0, index.vectors.shape[1])), index), {}, index,
+                                 verifier).assign(shard=[])
+    return pd.concat(frames, ignore_index=True)
+
+
 def flag_corpus(corpus: str | Path, cache_root: str | Path, index_dir: str | Path, out: str | Path,
                 image_tower: str = "efficientnet-lite0", mode: str = "train+test", top_k: int = 3,
                 min_cosine: float = 0.5) -> dict:
-    from dedup.embedding import eval_embedding_index, flag_cached_corpus, tower_embedder
+    from dedup.embedding import eval_embedding_index
     from dedup.verify import Verifier
     from training.embed_cache import open_cache
 

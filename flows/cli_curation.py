@@ -1,4 +1,4 @@
-"""``litflow curate``: subcommand registration (see flows/cli.py)."""
+"""``litflow curate`` (registered by flows/cli.py)."""
 
 from __future__ import annotations
 

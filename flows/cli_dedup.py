@@ -1,4 +1,4 @@
-"""``litflow dedup index`` and ``litflow dedup report`` (hooked in by flows/cli.py)."""
+"""``litflow dedup index``, ``report`` and ``flag`` (registered by flows/cli.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _default_index() -> Path:
-    from curation.paths import default_work_dir
+    from infra.paths import default_work_dir
 
     return default_work_dir() / "dedup" / "index"
 
@@ -31,10 +31,10 @@ def _index(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from dedup.report import build_report
+    from curation.eval_audit import audit_corpus
 
     embedding = pd.read_parquet(args.candidates) if args.candidates else None
-    summary = build_report(args.corpus, args.index or _default_index(), args.out, radius=args.radius,
+    summary = audit_corpus(args.corpus, args.index or _default_index(), args.out, radius=args.radius,
                            mode=args.mode, near_radius=None if args.near_radius < 0 else args.near_radius,
                            page_size=args.page_size, embedding_matches=embedding, verify=not args.no_verify)
     print(json.dumps({"out": str(args.out), "pairs": summary["corpus"]["pairs"],
@@ -44,7 +44,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _flag(args: argparse.Namespace) -> int:
-    from dedup.flags import flag_corpus
+    from training.eval_flags import flag_corpus
 
     result = flag_corpus(args.corpus, args.cache, args.index or _default_index(), args.out,
                          image_tower=args.image_tower, mode=args.mode, top_k=args.top_k, min_cosine=args.min_cosine)

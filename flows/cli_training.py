@@ -1,4 +1,4 @@
-"""``litflow embed`` and ``litflow train``; also ``python -m training.cli`` for torchrun.
+"""``litflow embed``, ``litflow train`` and ``litflow evaluate`` (torchrun runs ``-m flows.cli``).
 
 Under torchrun (WORLD_SIZE > 1) ``embed`` splits the shards over ranks and ``train`` joins
 the process group; run plainly, both use one process.
@@ -100,7 +100,7 @@ def add_commands(sub) -> None:
     t = sub.add_parser("train", help="LiT training (Lu from the cache, Uu, uu); a torchrun entry point",
                        description="Contrastive image-text training over the global batch. Resumes from "
                        "OUT/checkpoint.pt; writes OUT/metrics.jsonl and OUT/metrics.png. Multi-node: "
-                       "torchrun ... -m training.cli train ... (see infra/torchrun/).")
+                       "torchrun ... -m flows.cli train ... (see infra/torchrun/).")
     t.add_argument("shards", nargs="+", help="curated shard folders or NAME.tar files")
     t.add_argument("--out", required=True, help="run folder (checkpoint, metrics, tokenizer)")
     t.add_argument("--mode", choices=("Lu", "Uu", "uu"), default="Lu")
@@ -149,18 +149,3 @@ def add_commands(sub) -> None:
                    "generic-fr, generic-es, mnist, emoji) or .json files; first is primary. Repeatable.")
     v.set_defaults(func=_evaluate)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``torchrun -m training.cli {embed,train} ...``."""
-    parser = argparse.ArgumentParser(prog="python -m training.cli")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"litflow {args.command}: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
