@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +224,44 @@ def udhr_texts(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def write_evalset_captions(catalogue: Path, cache: Path) -> None:
+    """The captions files the shipped demo eval sets read (``dedup/demo_evalsets.toml``), once.
+
+    ``evalset-emoji.csv``: key (file name), image, caption (the emoji's name), label (its
+    category). ``evalset-clipart.csv``: image, caption (English), lang, for every openclipart
+    drawing within Pillow's pixel limit (openclipart has real decompression bombs; an eval set
+    that cannot be decoded measures nothing). Paths are relative to the cache.
+    """
+    frame = pd.read_parquet(catalogue)
+    emoji_csv, clipart_csv = cache / "evalset-emoji.csv", cache / "evalset-clipart.csv"
+    if not emoji_csv.exists():
+        emoji = frame[frame["source"] == "emoji"].sort_values("path")
+        _write_csv(pd.DataFrame({"key": [Path(p).name for p in emoji["path"]], "image": emoji["path"],
+                                 "caption": emoji["caption"], "label": emoji["category"]}), emoji_csv)
+    if not clipart_csv.exists():
+        clipart = frame[frame["source"] == "openclipart"].sort_values("path")
+        clipart = clipart[[_within_pixel_limit(cache / p) for p in clipart["path"]]]
+        _write_csv(pd.DataFrame({"image": clipart["path"], "caption": clipart["caption"], "lang": "en"}), clipart_csv)
+
+
+def _within_pixel_limit(path: Path) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # over 1x: checked just below
+            with Image.open(path) as image:  # reads the header only
+                return image.width * image.height <= Image.MAX_IMAGE_PIXELS
+    except Image.DecompressionBombError:  # over 2x the limit: Pillow refuses to open it at all
+        return False
+    except OSError:
+        return True  # kept: the eval index lists unreadable images with their error
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.rename(path)
+
+
 @dataclass
 class DemoData:
     cache: Path
@@ -247,6 +286,7 @@ def fetch_all(cache: Path | None = None) -> DemoData:
         tmp = catalogue.with_suffix(".tmp")
         frame.to_parquet(tmp, index=False)
         tmp.rename(catalogue)
+    write_evalset_captions(catalogue, cache)
     (cache / "LICENSES.json").write_text(json.dumps(LICENSES, indent=2) + "\n")
     return DemoData(cache=cache, catalogue=catalogue, mnist_dir=mnist_dir, udhr_dir=udhr)
 

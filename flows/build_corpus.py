@@ -8,6 +8,7 @@ are complete and unchanged.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -47,17 +48,21 @@ def ingest_task(run_dir: str, url_list: str | None, config: IngestConfig, demo_p
 
 
 @task(name="eval-index", cache_policy=NO_CACHE)
-def index_task(run_dir: str, eval_sets: list[str] | None) -> dict:
+def index_task(run_dir: str, eval_sets: list[str] | None, evalset_files: list[str] | None = None) -> dict:
     from dedup import evalsets
     from dedup.index import build_index
 
     out = Path(run_dir) / "evalindex"
-    names = eval_sets or evalsets.names()
-    stage = Stage(Path(run_dir), "eval-index", out, {"eval_sets": names}, {})
+    files = [str(Path(f).resolve()) for f in evalset_files or []]
+    chosen = evalsets.select(eval_sets or None, files)
+    names = [s.name for s in chosen]
+    # the files' bytes are part of the stage's inputs: an edited declaration re-runs it
+    declared = {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files}
+    stage = Stage(Path(run_dir), "eval-index", out, {"eval_sets": names, "evalset_files": declared}, {})
 
     def work() -> dict:
         # content-versioned: an unchanged eval set is not re-hashed even when this stage re-runs
-        report = build_index([evalsets.get(n) for n in names], out)
+        report = build_index(chosen, out)
         return {"path": str(report.path), "sets": names,
                 "unreadable": {k: len(v) for k, v in report.unreadable.items()}}
 
@@ -104,6 +109,7 @@ def build_corpus(
     preset: str = "align",
     overrides: list[str] | None = None,
     eval_sets: list[str] | None = None,
+    evalset_files: list[str] | None = None,
     dedup_mode: str = "train+test",
     dedup_radius: int = 8,
     curate_workers: int = 2,
@@ -122,7 +128,7 @@ def build_corpus(
     progress.advance("ingest")
     create_markdown_artifact(markdown=ingest_markdown(ingested), key="build-corpus-ingest", description="ingestion")
 
-    index = index_task(run_dir, eval_sets)
+    index = index_task(run_dir, eval_sets, evalset_files)
     progress.advance("eval-index")
     rules = [*(overrides or []), f'eval_dedup.index="{index["path"]}"', f'eval_dedup.mode="{dedup_mode}"',
              f"eval_dedup.radius={dedup_radius}"]

@@ -18,9 +18,9 @@ def _index(args: argparse.Namespace) -> int:
     from dedup.index import build_index
     from dedup.phash import HashSettings
 
-    names = args.sets.split(",") if args.sets else evalsets.names()
+    chosen = evalsets.select(args.sets.split(",") if args.sets else None, args.evalsets)
     settings = HashSettings(jpeg_draft=args.jpeg_draft or None)
-    report = build_index([evalsets.get(n) for n in names], args.out or _default_index(), settings, log=print)
+    report = build_index(chosen, args.out or _default_index(), settings, log=print)
     unreadable = {k: len(v) for k, v in report.unreadable.items() if v}
     print(json.dumps({"index": str(report.path), "settings": settings.id,
                       "reindexed": [f"{a}/{b}" for a, b in report.reindexed],
@@ -56,9 +56,12 @@ def add_commands(subparsers) -> None:
     dedup = subparsers.add_parser("dedup", help="de-duplicate a corpus against evaluation sets (index, report)")
     sub = dedup.add_subparsers(dest="dedup_command", required=True, metavar="ACTION")
     p = sub.add_parser("index", help="hash every image of every split of the eval sets into an index",
-                       description="Hash (pHash + mirror pHash) every image of the registered eval sets. "
+                       description="Hash (pHash + mirror pHash) every image of every split of the eval sets. "
                        "Splits whose content is unchanged are not re-hashed; unreadable images are listed.")
-    p.add_argument("--sets", help="comma-separated eval set names (default: every registered set)")
+    p.add_argument("--evalsets", action="append", default=[], metavar="FILE",
+                   help="eval sets declared in a TOML file (repeatable; see README, 'Your own eval sets')")
+    p.add_argument("--sets", help="comma-separated eval set names (default: every set of the --evalsets files, "
+                   "or the demo sets mnist, emoji, clipart)")
     p.add_argument("--out", help="index folder (default: work/dedup/index)")
     p.add_argument("--jpeg-draft", type=int, default=64,
                    help="reduced JPEG decode: shorter side >= this many px (0 = full decode; default 64). "

@@ -77,7 +77,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         prompts[name] = sets.split(",")
     model = load_run(args.run)
     metrics = evaluate_model(model, args.sets, args.split, args.cache, prompts,
-                             log=lambda message: print(message, file=sys.stderr, flush=True))
+                             log=lambda message: print(message, file=sys.stderr, flush=True),
+                             evalset_files=args.evalsets)
     write_outputs(metrics, args.out)
     print(json.dumps({"out": args.out, "headline": metrics["headline"],
                       "sets": sorted(metrics["sets"])}, indent=2))
@@ -141,7 +142,10 @@ def add_commands(sub) -> None:
                        "OUT/metrics.json and OUT/summary.md. No network.")
     v.add_argument("run", help="training run folder (checkpoint.pt, tokenizer.json for scratch text towers)")
     v.add_argument("--out", required=True, help="output folder")
-    v.add_argument("--sets", nargs="+", help="registered eval sets (default: all); see dedup.evalsets")
+    v.add_argument("--evalsets", action="append", default=[], metavar="FILE",
+                   help="eval sets declared in a TOML file (repeatable; see README, 'Your own eval sets')")
+    v.add_argument("--sets", nargs="+", help="eval sets by name (default: every set of the --evalsets files, "
+                   "or the demo sets mnist, emoji, clipart)")
     v.add_argument("--split", default="test")
     v.add_argument("--cache", help="image-feature cache folder (a locked tower embeds each eval set once)")
     v.add_argument("--prompts", action="append", metavar="SET=PROMPTSET[,...]",

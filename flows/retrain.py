@@ -111,20 +111,21 @@ def _torchrun(config_fields: dict, launcher: dict) -> dict:
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(run_dir: str, eval_sets: list[str] | None, out_dir: str, cache: str | None,
-                  limit: int | None) -> dict:
+                  limit: int | None, evalset_files: list[str]) -> dict:
     from training.evaluate import evaluate_run
 
-    return evaluate_run(run_dir, eval_sets, out_dir, cache_dir=cache, limit=limit)
+    return evaluate_run(run_dir, eval_sets, out_dir, cache_dir=cache, limit=limit, evalset_files=evalset_files)
 
 
 @task(name="publish", cache_policy=NO_CACHE)
 def publish_task(models: str, run_dir: str, metrics: dict, eval_sets: list[str] | None, cache: str | None,
-                 limit: int | None) -> dict:
+                 limit: int | None, evalset_files: list[str]) -> dict:
     from training.evaluate import evaluate_run, headline
     from training.publish import publish_if_not_worse
 
     def evaluate_latest(latest_run: str) -> dict:
-        return evaluate_run(latest_run, eval_sets, Path(run_dir) / "eval-of-latest", cache_dir=cache, limit=limit)
+        return evaluate_run(latest_run, eval_sets, Path(run_dir) / "eval-of-latest", cache_dir=cache, limit=limit,
+                            evalset_files=evalset_files)
 
     return publish_if_not_worse(models, run_dir, metrics, headline, evaluate_latest)
 
@@ -141,6 +142,7 @@ def retrain_lit(
     lr: float = 1e-3,
     warmup: int = 20,
     eval_sets: list[str] | None = None,
+    evalset_files: list[str] | None = None,
     eval_limit: int | None = None,
     nnodes: int = 1,
     nproc: int = 1,
@@ -178,9 +180,10 @@ def retrain_lit(
     run_dir = models_dir / "runs" / f"{mode}-{run_id}"
     train_task(fields | {"out": str(run_dir)}, {"nnodes": nnodes, "nproc": nproc, "rdzv_endpoint": rdzv_endpoint})
     progress.advance("train")
-    metrics = evaluate_task(str(run_dir), eval_sets, str(run_dir / "eval"), cache, eval_limit)
+    metrics = evaluate_task(str(run_dir), eval_sets, str(run_dir / "eval"), cache, eval_limit, list(evalset_files or []))
     progress.advance("evaluate")
-    decision = publish_task(str(models_dir), str(run_dir), metrics, eval_sets, cache, eval_limit)
+    decision = publish_task(str(models_dir), str(run_dir), metrics, eval_sets, cache, eval_limit,
+                            list(evalset_files or []))
     progress.advance("publish")
     summary = (run_dir / "eval" / "summary.md")
     create_markdown_artifact(

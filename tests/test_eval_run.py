@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 from curation.shards import read_shard
 from dedup import evalsets
-from dedup.evalsets import EMOJI_CATEGORIES, EvalItem, EvalSet, LabelSpace, Listing, Split
+from dedup.evalsets import EvalItem, EvalSet, Listing, Split
 from flows.cli import main as litflow_main
 from tests.demo_shards import write_demo_shards
 from training.embed_cache import embed_shards, open_cache
@@ -42,7 +43,7 @@ def runs(demo_data, tmp_path_factory):
     items = tuple(EvalItem(Path(p).name, str(demo_data.cache / p), label=c, caption=t)
                   for p, c, t in zip(frame["path"], frame["category"], frame["caption"]))
     evalsets.register("tiny-emoji", EvalSet("tiny-emoji", (Split("test", Listing(items)),),
-                                            labels=LabelSpace(EMOJI_CATEGORIES), prompts=("emoji", "generic")))
+                                            labels=evalsets.get("emoji").labels, prompts=("emoji", "generic")))
     evalsets.register("tiny-pairs", EvalSet("tiny-pairs", (Split("test", Listing(items)),), task="retrieval"))
     yield root
     evalsets.unregister("tiny-emoji")
@@ -99,6 +100,29 @@ def test_trained_image_tower_is_the_checkpoints(runs, tmp_path):
     assert metrics["model"]["mode"] == "uu"
     assert list(metrics["sets"]["tiny-emoji"]["by_prompt_set"]) == ["generic", "generic-de"]
     assert set(metrics["sets"]["tiny-emoji"]["top1_by_language"]) == {"en", "de"}
+
+
+def test_evaluate_on_a_folder_declared_in_a_file(runs, demo_data, tmp_path):
+    """No Python: the same real emoji as ImageFolder(<category>/<file>), declared in TOML, via the CLI."""
+    frame = pd.read_parquet(demo_data.catalogue)
+    frame = frame[frame["source"] == "emoji"].sort_values("path")
+    frame = frame[frame["path"].map(lambda p: (demo_data.cache / p).stat().st_size < 300_000)].head(SHARDS * PER_SHARD)
+    folders = {}
+    for path, category in zip(frame["path"], frame["category"]):
+        folder = folders.setdefault(category, f"c{len(folders)}")  # folder names without spaces or '&'
+        (tmp_path / "icons" / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(demo_data.cache / path, tmp_path / "icons" / folder / Path(path).name)
+    (tmp_path / "sets.toml").write_text(
+        '[my-emoji]\nsource = { image_folder = "icons" }\nprompts = ["emoji", "generic"]\n'
+        'splits = [{ name = "test", role = "test" }]\n')
+    assert litflow_main(["evaluate", str(runs / "lu"), "--evalsets", str(tmp_path / "sets.toml"),
+                         "--out", str(tmp_path / "out")]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert set(metrics["sets"]) == {"my-emoji"}  # the file's set only
+    assert metrics["evalset_files"] == [str((tmp_path / "sets.toml").resolve())]
+    result = metrics["sets"]["my-emoji"]
+    assert result["images"] == len(frame)
+    assert result["labels"] == sorted(folders.values()) and result["primary"] == "emoji"
 
 
 def test_not_a_run_folder_is_a_clear_error(tmp_path):

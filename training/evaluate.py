@@ -97,19 +97,18 @@ def subsample(items: list, limit: int | None) -> list:
 
 def evaluate_model(model: EvalModel, eval_sets: list[str] | None = None, split: str = "test",
                    cache_dir: str | Path | None = None, prompts: dict[str, list[str]] | None = None,
-                   log=lambda message: None, limit: int | None = None) -> dict:
-    """Every number for ``model`` on the named registry sets (default: all registered).
+                   log=lambda message: None, limit: int | None = None, evalset_files: list | tuple = ()) -> dict:
+    """Every number for ``model`` on the named sets (default: every set of ``evalset_files``, or
+    every registered set when no file is given; :func:`dedup.evalsets.select`).
 
     ``limit`` evaluates at most that many images per set (a key-hash subsample, recorded), for
     budgets where the whole split costs too much; None (default) evaluates everything.
     """
-    names = list(eval_sets) if eval_sets else evalsets.names()
-    if not names:
-        raise ValueError("no eval sets registered or named")
+    chosen_sets = evalsets.select(list(eval_sets) if eval_sets else None, evalset_files)
     started = time.time()
     sets = {}
-    for name in names:
-        evalset = evalsets.get(name)
+    for evalset in chosen_sets:
+        name = evalset.name
         all_items = evalset.items(split)
         items = subsample(all_items, limit)
         where = f"eval set {name!r} split {split!r}"
@@ -129,6 +128,7 @@ def evaluate_model(model: EvalModel, eval_sets: list[str] | None = None, split: 
         sets[name] = result
         log(f"{name}: {_short(result)}")
     metrics = {"format": FORMAT, "model": model.info, "split": split, "sets": sets,
+               "evalset_files": [str(Path(f).resolve()) for f in evalset_files],
                "headline": None, "headline_rule": HEADLINE_RULE,
                "environment": {"python": platform.python_version(), "torch": torch.__version__,
                                "threads": torch.get_num_threads()},
@@ -174,10 +174,11 @@ def write_outputs(metrics: dict, out_dir: str | Path) -> dict:
 
 
 def evaluate_run(run_dir: str | Path, eval_sets: list[str] | None, out_dir: str | Path,
-                 cache_dir: str | Path | None = None, split: str = "test", limit: int | None = None) -> dict:
-    """Evaluate the model of training run ``run_dir`` on registry sets; write OUT/metrics.json + summary.md.
+                 cache_dir: str | Path | None = None, split: str = "test", limit: int | None = None,
+                 evalset_files: list | tuple = ()) -> dict:
+    """Evaluate the model of training run ``run_dir`` on eval sets; write OUT/metrics.json + summary.md.
 
     ``limit``: at most that many images per set (key-hash subsample, recorded); None = all."""
     model = load_run(run_dir)
-    metrics = evaluate_model(model, eval_sets, split, cache_dir, limit=limit)
+    metrics = evaluate_model(model, eval_sets, split, cache_dir, limit=limit, evalset_files=evalset_files)
     return write_outputs(metrics, out_dir)
