@@ -72,7 +72,7 @@ def train_run(mode: str, work: Path, curated: Path, args) -> Path:
     from training.train import TrainConfig, train
 
     out = work / "runs" / f"{mode}-{budget(args)}"
-    text = TextSpec("scratch") if mode == "uu" else TextSpec("minilm")
+    text = TextSpec(name="scratch") if mode == "uu" else TextSpec(name="minilm")
     config = TrainConfig(shards=[str(curated / "shards")], out=str(out), mode=mode, image_tower=args.image_tower,
                          cache=str(work / "emb") if mode == "Lu" else None, text=text,
                          batch_size=args.batch_size, steps=args.steps, lr=args.lr, warmup=args.warmup,

@@ -146,9 +146,9 @@ def main() -> None:
     images = len(shards) * per_shard
     del tower
 
-    common = ["--steps", str(args.steps), "--image-tower", args.image_tower, "--text-tower", args.text_tower,
+    common = ["--steps", str(args.steps), "--image-tower", args.image_tower, "--text-name", args.text_tower,
               "--text-width", str(args.text_width), "--text-depth", str(args.text_depth),
-              "--text-heads", str(args.text_heads), "--vocab-size", str(args.vocab_size),
+              "--text-heads", str(args.text_heads), "--text-vocab-size", str(args.vocab_size),
               "--device", args.device, "--precision", args.precision, "--workers", str(args.workers),
               "--shards", str(work / "shards"), "--cache", str(work / "cache")]
     half = max(2, args.batch_size // 2)

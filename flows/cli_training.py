@@ -38,18 +38,14 @@ def _embed(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from training.text_towers import TextSpec
-    from training.train import TrainConfig, train
+    from training.config import load_train_config
+    from training.train import train
 
-    config = TrainConfig(
-        shards=args.shards, out=args.out, mode=args.mode, image_tower=args.image_tower,
-        image_source=args.image_source, cache=args.cache,
-        text=TextSpec(args.text_tower, args.max_tokens, args.text_width, args.text_depth, args.text_heads, args.vocab_size),
-        embed_dim=args.embed_dim, image_head=args.image_head, text_head=not args.no_text_head,
-        batch_size=args.batch_size, steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
-        warmup=args.warmup, clip=args.clip, seed=args.seed, shuffle_buffer=args.shuffle_buffer,
-        workers=args.workers, precision=args.precision, checkpoint_every=args.checkpoint_every, device=args.device,
-        exclude=args.exclude or [])
+    fields = {name: value for name, value in vars(args).items() if name in _TRAIN_FLAGS}
+    text = {name[len("text_"):]: value for name, value in vars(args).items() if name in _TEXT_FLAGS}
+    if text:
+        fields["text"] = text
+    config = load_train_config(args.config, fields, args.set)
     from flows.terminal import step_bar
 
     on_step, close = step_bar(config.steps, f"training {config.mode}") if int(os.environ.get("RANK", "0")) == 0 \
@@ -85,6 +81,49 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# Every TrainConfig field is a flag (text fields as --text-NAME); only the flags given override.
+_TRAIN_FLAGS: set[str] = set()
+_TEXT_FLAGS: set[str] = set()
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags made from the config model, so a new training option needs no CLI code."""
+    from training.config import TextSpec, TrainConfig
+
+    for name, info in TrainConfig.model_fields.items():
+        if name == "text":
+            continue
+        if name == "shards":
+            parser.add_argument("shards", nargs="*", default=argparse.SUPPRESS, help=info.description)
+        else:
+            _flag(parser, f"--{name.replace('_', '-')}", name, info)
+        _TRAIN_FLAGS.add(name)
+    for name, info in TextSpec.model_fields.items():
+        _flag(parser, f"--text-{name.replace('_', '-')}", f"text_{name}", info)
+        _TEXT_FLAGS.add(f"text_{name}")
+
+
+def _flag(parser: argparse.ArgumentParser, flag: str, dest: str, info) -> None:
+    import typing
+
+    kind, choices = info.annotation, None
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) is typing.Literal:
+        choices, kind = list(typing.get_args(kind)), str
+    elif args and typing.get_origin(kind) is not list:  # X | None
+        kind = args[0]
+    value = None if info.is_required() else info.get_default(call_default_factory=True)
+    default = "" if value in (None, []) else f" (default {value!r})"
+    options = dict(dest=dest, default=argparse.SUPPRESS, help=(info.description or "") + default)
+    if kind is bool:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+    elif typing.get_origin(kind) is list:
+        metavar = (info.json_schema_extra or {}).get("metavar", dest.upper())
+        parser.add_argument(flag, action="append", metavar=metavar, **options)
+    else:
+        parser.add_argument(flag, type=kind, choices=choices, **options)
+
+
 def add_commands(sub) -> None:
     e = sub.add_parser("embed", help="run the locked image tower once per curated image (embedding cache)",
                        description="Embed every image of the curated shards with a locked image tower; writes "
@@ -99,41 +138,14 @@ def add_commands(sub) -> None:
     e.set_defaults(func=_embed)
 
     t = sub.add_parser("train", help="LiT training (Lu from the cache, Uu, uu); a torchrun entry point",
-                       description="Contrastive image-text training over the global batch. Resumes from "
-                       "OUT/checkpoint.pt; writes OUT/metrics.jsonl and OUT/metrics.png. Multi-node: "
-                       "torchrun ... -m flows.cli train ... (see infra/torchrun/).")
-    t.add_argument("shards", nargs="+", help="curated shard folders or NAME.tar files")
-    t.add_argument("--out", required=True, help="run folder (checkpoint, metrics, tokenizer)")
-    t.add_argument("--mode", choices=("Lu", "Uu", "uu"), default="Lu")
-    t.add_argument("--image-tower", default="efficientnet-lite0")
-    t.add_argument("--image-source", choices=("cache", "images"), default="cache",
-                   help="Lu only: cached embeddings, or run the locked tower on every batch")
-    t.add_argument("--cache", help="embedding cache root (Lu from the cache)")
-    t.add_argument("--text-tower", default="minilm", help="minilm | bert:<path> | scratch")
-    t.add_argument("--max-tokens", type=int, default=16)
-    t.add_argument("--text-width", type=int, default=256, help="scratch tower width")
-    t.add_argument("--text-depth", type=int, default=4, help="scratch tower layers")
-    t.add_argument("--text-heads", type=int, default=4, help="scratch tower attention heads")
-    t.add_argument("--vocab-size", type=int, default=8000, help="scratch tokenizer vocabulary")
-    t.add_argument("--embed-dim", type=int, help="shared embedding size (default: the image feature size)")
-    t.add_argument("--image-head", action="store_true", help="a linear head on the image side too")
-    t.add_argument("--no-text-head", action="store_true", help="no linear head on the text side (sizes must match)")
-    t.add_argument("--batch-size", type=int, default=256, help="global batch (split over ranks)")
-    t.add_argument("--steps", type=int, default=1000)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, help="default 0 for Lu, 1e-4 otherwise")
-    t.add_argument("--warmup", type=int, default=100)
-    t.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--shuffle-buffer", type=int, default=1000)
-    t.add_argument("--workers", type=int, default=0, help="data loader workers per rank")
-    t.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
-    t.add_argument("--checkpoint-every", type=int, default=100)
-    t.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    t.add_argument("--exclude", action="append", metavar="FILE",
-                   help="parquet file with a 'key' column (e.g. dedup's eval_flags.parquet): pairs with those "
-                   "curated keys are skipped, shards untouched; other columns ignored. Repeatable. The key set "
-                   "is part of the run's identity: resuming with another set is refused")
+                       description="Contrastive image-text training over the global batch. Options come from "
+                       "a run file (--config), flags and --set, in that order. Resumes from OUT/checkpoint.pt; "
+                       "writes OUT/config.json (the whole resolved config), OUT/metrics.jsonl and OUT/metrics.png. "
+                       "Multi-node: torchrun ... -m flows.cli train ... (see infra/torchrun/).")
+    t.add_argument("--config", metavar="FILE", help="run file (TOML, or a run's config.json); flags and --set override it")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one option, e.g. --set lr=3e-4 --set text.name=scratch (repeatable; last wins)")
+    _add_config_flags(t)
     t.set_defaults(func=_train)
 
     v = sub.add_parser("evaluate", help="zero-shot classification and retrieval of a training run",

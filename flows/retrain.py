@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -89,15 +88,11 @@ def train_task(config_fields: dict, launcher: dict) -> dict:
 
 def _torchrun(config_fields: dict, launcher: dict) -> dict:
     """This host's node of a torchrun job (other hosts run infra/torchrun/launch.sh themselves)."""
-    text = config_fields["text"]
-    args = ["train", *config_fields["shards"], "--out", config_fields["out"], "--mode", config_fields["mode"],
-            "--image-tower", config_fields["image_tower"], "--text-tower", text["name"],
-            "--batch-size", str(config_fields["batch_size"]), "--steps", str(config_fields["steps"]),
-            "--lr", str(config_fields["lr"]), "--warmup", str(config_fields["warmup"])]
-    if config_fields.get("cache"):
-        args += ["--cache", config_fields["cache"]]
-    for path in config_fields.get("exclude") or []:
-        args += ["--exclude", path]
+    # the whole config as a run file: every rank builds exactly what a single process would
+    run_file = Path(config_fields["out"]) / "run-request.json"
+    run_file.parent.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps(config_fields, indent=2, sort_keys=True) + "\n")
+    args = ["train", "--config", str(run_file)]
     env = {"NNODES": str(launcher.get("nnodes", 1)), "NPROC": str(launcher.get("nproc", 1)),
            "RDZV_ENDPOINT": launcher.get("rdzv_endpoint") or "127.0.0.1:29400",
            "JOB_ID": launcher.get("job_id") or "litflow-retrain"}
@@ -172,7 +167,7 @@ def retrain_lit(
     progress.advance("eval-flags")
 
     fields = {"shards": [str(shard_dir)], "mode": mode, "image_tower": image_tower,
-              "cache": cache if mode == "Lu" else None, "text": asdict(TextSpec(text_tower)),
+              "cache": cache if mode == "Lu" else None, "text": TextSpec(name=text_tower).model_dump(),
               "batch_size": batch_size, "steps": steps, "lr": lr, "warmup": min(warmup, steps)}
     if exclude:
         fields["exclude"] = exclude

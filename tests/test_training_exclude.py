@@ -100,8 +100,8 @@ def test_training_with_exclusions_records_them(embedded_demo_corpus, tmp_path, c
     second = _flags(tmp_path / "b.parquet", EXCLUDED[15:] + ["not-in-this-corpus"])  # overlaps the first
     out = tmp_path / "run"
     code = litflow(["train", str(embedded_demo_corpus / "shards"), "--out", str(out), "--image-tower", "tiny",
-                    "--cache", str(embedded_demo_corpus / "cache"), "--text-tower", "scratch", "--text-width", "64",
-                    "--text-depth", "2", "--text-heads", "2", "--vocab-size", "1000", "--batch-size", "16",
+                    "--cache", str(embedded_demo_corpus / "cache"), "--text-name", "scratch", "--text-width", "64",
+                    "--text-depth", "2", "--text-heads", "2", "--text-vocab-size", "1000", "--batch-size", "16",
                     "--steps", "4", "--warmup", "1", "--shuffle-buffer", "16", "--checkpoint-every", "2",
                     "--workers", "2", "--exclude", first, "--exclude", second])  # loader workers filter too
     captured = capsys.readouterr()

@@ -39,7 +39,7 @@ WORKER = textwrap.dedent('''
 
     def gradients(config, tokenizer, global_batch, out):
         info = D.init_from_env(torch.device("cpu"))
-        model, preprocess, cache = build_model(config, tokenizer, torch.device("cpu"))
+        model, _, preprocess, cache = build_model(config, tokenizer, torch.device("cpu"))
         stream = PairStream(resolve_shards(config.shards), global_batch, cache=cache, preprocess=preprocess,
                             shuffle_buffer=1)  # one reader, in order: the same global batch everywhere
         batch = next(iter(stream))
@@ -149,8 +149,8 @@ def test_launch_script_embeds_and_trains_on_two_nodes(corpus, tmp_path):
     port = free_port()
     env["RDZV_ENDPOINT"] = f"127.0.0.1:{port}"
     _two_nodes(node(["train", str(corpus / "shards"), "--cache", str(tmp_path / "cache"), "--image-tower", "tiny",
-                     "--text-tower", "scratch", "--text-width", "48", "--text-depth", "1", "--text-heads", "2",
-                     "--vocab-size", "600", "--out", str(tmp_path / "run"), "--batch-size", "16", "--steps", "4",
+                     "--text-name", "scratch", "--text-width", "48", "--text-depth", "1", "--text-heads", "2",
+                     "--text-vocab-size", "600", "--out", str(tmp_path / "run"), "--batch-size", "16", "--steps", "4",
                      "--warmup", "1", "--shuffle-buffer", "8", "--checkpoint-every", "2"], "train"))
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["global_batch"] == 16 for r in rows)

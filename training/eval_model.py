@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from training.image_towers import ImageTower, Preprocess, _hash_state, build_image_tower
+from training.config import TrainConfig
+from training.image_towers import ImageTower, Preprocess, _hash_state
 from training.model import LiTModel
-from training.text_towers import TextSpec, build_text_tower, file_sha256
+from training.text_towers import file_sha256
+from training.train import build_model
 
 
 @dataclass
@@ -84,7 +86,8 @@ def load_run(run_dir: str | Path) -> EvalModel:
     if not identity or "mode" not in identity:
         raise ValueError(f"{ckpt}: not a litflow checkpoint (no run identity)")
     mode = identity["mode"]
-    text_spec = TextSpec(**identity["text"])
+    config = TrainConfig.for_evaluation(identity, run_dir)  # the run's model, reading pixels
+    text_spec = config.text
     tokenizer = None
     if text_spec.name == "scratch":
         tokenizer = run_dir / "tokenizer.json"
@@ -92,14 +95,11 @@ def load_run(run_dir: str | Path) -> EvalModel:
             raise FileNotFoundError(f"{tokenizer}: the run's scratch tokenizer is missing")
         if identity.get("tokenizer_sha256") and file_sha256(tokenizer) != identity["tokenizer_sha256"]:
             raise ValueError(f"{tokenizer}: not the tokenizer this checkpoint was trained with (sha256 differs)")
-    tower = build_image_tower(identity["image_tower"], pretrained=mode != "uu", seed=int(identity.get("seed", 0)))
     locked = mode == "Lu"
-    if not locked and tower.module is None:
-        raise ValueError(f"{ckpt}: mode {mode} with image tower {tower.name!r}, which cannot be trained")
-    torch.manual_seed(int(identity.get("seed", 0)))
-    text = build_text_tower(text_spec, tokenizer)
-    model = LiTModel(text, tower.dim, tower.module, image_locked=locked, embed_dim=identity.get("embed_dim"),
-                     image_head=bool(identity.get("image_head")), text_head=bool(identity.get("text_head", True)))
+    try:
+        model, tower, _, _ = build_model(config, tokenizer, torch.device("cpu"))
+    except ValueError as err:
+        raise ValueError(f"{ckpt}: {err}") from None
     model.load_trainable_state(payload["model"])
     model.eval()
     trained_image = None if locked else _state_fingerprint(model.image)
@@ -112,7 +112,7 @@ def load_run(run_dir: str | Path) -> EvalModel:
                         "weights_fingerprint": tower.fingerprint if locked else trained_image,
                         "preprocess": tower.preprocess.describe(),
                         "features_normalised": locked and identity.get("image_source") == "cache"},
-        "text_tower": {"name": text_spec.name, "spec": identity["text"],
+        "text_tower": {"name": text_spec.name, "spec": identity["text"], "frozen": list(config.freeze),
                        "weights_sha256": _state_fingerprint(model.text),
                        "tokenizer_sha256": identity.get("tokenizer_sha256")},
         "temperature": float(model.temperature().detach()),

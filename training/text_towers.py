@@ -11,31 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import torch
 from torch import nn
 
-DEFAULT_MAX_TOKENS = 16
+from training.config import DEFAULT_MAX_TOKENS, TextSpec  # noqa: F401  (TextSpec: where towers are specified)
+
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 
 
 class EmptyCaptionError(ValueError):
     """A caption that leaves no real token after tokenisation."""
-
-
-@dataclass(frozen=True)
-class TextSpec:
-    """What identifies a text tower (stored in checkpoints; a mismatch on resume is an error)."""
-
-    name: str = "minilm"
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    width: int = 256
-    depth: int = 4
-    heads: int = 4
-    vocab_size: int = 8000
 
 
 def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -9,101 +9,34 @@ locked tower run on every batch (``"images"``, what open_clip's ``--lock-image``
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
+import re
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from training import distributed as D
+from training.config import TrainConfig
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import PairStream, make_loader
 from training.embed_cache import open_cache
 from training.exclusions import exclusion_digest, load_exclusions
-from training.image_towers import build_image_tower
+from training.image_towers import ImageTower, build_image_tower
 from training.metrics import MetricsLog, plot_metrics
 from training.model import LiTModel
 from training.schedule import warmup_cosine
 from training.shard_inputs import read_manifest, resolve_shards
 from training.step import compute_gradients
-from training.text_towers import EmptyCaptionError, TextSpec, build_text_tower, file_sha256, train_tokenizer
-
-MODES = ("Lu", "Uu", "uu")
-
+from training.text_towers import EmptyCaptionError, build_text_tower, file_sha256, train_tokenizer
 
 class TrainingDiverged(RuntimeError):
     """The loss (or gradient norm) became NaN/inf; the last good checkpoint is kept."""
-
-
-@dataclass
-class TrainConfig:
-    shards: list[str]
-    out: str
-    mode: str = "Lu"
-    image_tower: str = "efficientnet-lite0"
-    image_source: str = "cache"          # Lu only: "cache" or "images" (locked tower every batch)
-    cache: str | None = None             # embedding cache root (Lu from cache)
-    text: TextSpec = field(default_factory=TextSpec)
-    embed_dim: int | None = None         # None: the image feature size
-    image_head: bool = False
-    text_head: bool = True
-    batch_size: int = 256                # global batch, split evenly over ranks
-    steps: int = 1000
-    lr: float = 1e-3
-    weight_decay: float | None = None    # None: 0 for Lu (LiT, private data), 1e-4 otherwise
-    warmup: int = 100
-    clip: float = 1.0
-    seed: int = 0
-    shuffle_buffer: int = 1000
-    workers: int = 0
-    precision: str = "auto"              # auto: bf16 on a CUDA device that supports it, else fp32
-    checkpoint_every: int = 100
-    device: str = "auto"
-    stop_after: int | None = None        # end this session after N steps (preemptible jobs); not part of the run's identity
-    # parquet files with a `key` column (e.g. dedup's eval_flags.parquet): pairs to skip. The
-    # identity holds the key set (count + sha256), not the paths: see training/exclusions.py
-    exclude: list[str] = field(default_factory=list)
-
-    def __post_init__(self):
-        if isinstance(self.text, dict):
-            self.text = TextSpec(**self.text)
-        if isinstance(self.exclude, (str, Path)):
-            self.exclude = [self.exclude]
-        self.exclude = [str(p) for p in self.exclude or []]
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
-        if self.image_source not in ("cache", "images"):
-            raise ValueError(f"image_source must be 'cache' or 'images', not {self.image_source!r}")
-        if self.mode != "Lu" and self.image_source == "cache":
-            self.image_source = "images"  # a trained image tower needs pixels
-        if self.mode == "Lu" and self.image_source == "cache" and not self.cache:
-            raise ValueError("mode Lu from the cache needs --cache (run `litflow embed` first)")
-        if self.weight_decay is None:
-            self.weight_decay = 0.0 if self.mode == "Lu" else 1e-4
-
-    def identity(self, world: int, tokenizer_sha: str | None, excluded: frozenset[str] = frozenset()) -> dict:
-        """The fields that define a run; a checkpoint with other values cannot be resumed.
-
-        ``excluded`` (the keys loaded from ``exclude``) enters as its size and the sha256 of the
-        sorted keys, only when not empty: runs without exclusions keep their earlier identity.
-        """
-        keep = ("mode", "image_tower", "image_source", "embed_dim", "image_head", "text_head", "batch_size",
-                "steps", "lr", "weight_decay", "warmup", "clip", "seed", "shuffle_buffer", "precision")
-        ident = {k: getattr(self, k) for k in keep}
-        ident["text"] = dataclasses.asdict(self.text)
-        ident["shards"] = [str(s) for s in self.shards]
-        ident["world"] = world
-        ident["tokenizer_sha256"] = tokenizer_sha
-        if excluded:
-            ident["excluded_keys"] = len(excluded)
-            ident["exclude_sha256"] = exclusion_digest(excluded)
-        return json.loads(json.dumps(ident))
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
@@ -182,8 +115,19 @@ def check_exclusions(shards: list[Path], excluded: frozenset[str], readers: int)
     return dropped
 
 
-def build_model(config: TrainConfig, tokenizer: Path | None, device: torch.device):
-    """(model, image preprocessing or None, cache or None), identical on every rank (seeded)."""
+class BuiltModel(NamedTuple):
+    model: LiTModel
+    tower: ImageTower          # its preprocessing and fingerprint
+    preprocess: object | None  # pixels in (image_source "images"), or None (cached features)
+    cache: object | None       # the embedding cache (image_source "cache"), or None
+
+
+def build_model(config: TrainConfig, tokenizer: Path | None, device: torch.device) -> BuiltModel:
+    """The LiT model of ``config``, identical on every rank (seeded), in training and evaluation.
+
+    Training, the torchrun ranks and :func:`training.eval_model.load_run` all build through
+    here, so a model option added to :class:`TrainConfig` is honoured everywhere at once.
+    """
     tower = build_image_tower(config.image_tower, pretrained=config.mode != "uu", seed=config.seed)
     cache = preprocess = None
     if config.image_source == "cache":
@@ -201,7 +145,31 @@ def build_model(config: TrainConfig, tokenizer: Path | None, device: torch.devic
     text = build_text_tower(config.text, tokenizer)
     model = LiTModel(text, image_dim, image_module, image_locked=config.mode == "Lu", embed_dim=config.embed_dim,
                      image_head=config.image_head, text_head=config.text_head).to(device)
-    return model, preprocess, cache
+    freeze(model, config.freeze)
+    return BuiltModel(model, tower, preprocess, cache)
+
+
+def freeze(model: torch.nn.Module, patterns: list[str]) -> list[str]:
+    """Freeze the parameters whose full name matches one of ``patterns``; returns their names.
+
+    A pattern that matches no parameter is an error (a typo would otherwise train everything).
+    """
+    names = [name for name, _ in model.named_parameters()]
+    frozen = []
+    for pattern in patterns:
+        try:
+            rule = re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f"freeze pattern '{pattern}' is not a regular expression ({err})") from None
+        hits = [n for n in names if rule.fullmatch(n)]
+        if not hits:
+            shown = ", ".join(sorted({n.rsplit(".", 2)[0] + ".*" for n in names})[:12])
+            raise ValueError(f"freeze pattern '{pattern}' matches no parameter; parameters look like: {shown}")
+        frozen += hits
+    params = dict(model.named_parameters())
+    for name in frozen:
+        params[name].requires_grad_(False)
+    return sorted(set(frozen))
 
 
 class _Encode(torch.nn.Module):
@@ -231,11 +199,15 @@ def train(config: TrainConfig, on_step=None) -> dict:
     excluded = load_exclusions(config.exclude)  # once; a missing or key-less file fails here
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    if info.main:  # the whole resolved config, defaults included: `litflow train --config OUT/config.json`
+        tmp = out / "config.json.tmp"
+        tmp.write_text(json.dumps(config.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, out / "config.json")
     shards = resolve_shards(config.shards)
     excluded_pairs = check_exclusions(shards, excluded, info.world * max(1, config.workers))
     tokenizer = _tokenizer(config, shards, info, excluded)
     identity = config.identity(info.world, file_sha256(tokenizer) if tokenizer else None, excluded)
-    model, preprocess, cache = build_model(config, tokenizer, device)
+    model, _, preprocess, cache = build_model(config, tokenizer, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(model.param_groups(config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
     scheduler = warmup_cosine(optimizer, config.warmup, config.steps)

@@ -1,0 +1,207 @@
+"""The training run's configuration: one validated model, loaded from a file, flags and ``--set``.
+
+A run file is TOML (or the JSON a run writes as ``OUT/config.json``) with the fields below at
+the top level and the text tower under ``[text]``::
+
+    mode = "Lu"
+    image_tower = "efficientnet-lite0"
+    cache = "work/models/embeddings"
+    steps = 220
+    lr = 1e-3
+    freeze = ['text\\..*']     # lock the pretrained text tower too: only the heads learn
+    [text]
+    name = "minilm"
+
+``--set KEY=VALUE`` (``text.name=scratch``, ``lr=3e-4``) overrides a field; values are read
+as JSON when they parse, else as strings. An unknown key is an error that names it, as
+big_vision's config does ("you probably got a typo"). The resolved config, every default
+included, is written to the run folder (``config.json``) and can be given back with
+``--config`` to repeat the run.
+
+``freeze`` are regular expressions over the model's parameter names (``text.*``, for MiniLM
+``text.model.encoder.layer.0.*``, ``text_head.weight``, ``image.*``, ``temperature.*``;
+big_vision's ``('img/.*', None)``),
+matched in full; a pattern that matches no parameter is an error. Freezing is in addition to
+what the mode locks (``Lu`` locks the image tower).
+
+Memory: the config only.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_MAX_TOKENS = 16  # LiT truncates captions to 16 tokens
+
+
+class TextSpec(BaseModel):
+    """What identifies a text tower (stored in checkpoints; a mismatch on resume is an error)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field("minilm", description="minilm | bert:<path> | scratch")
+    max_tokens: int = Field(DEFAULT_MAX_TOKENS, gt=0, description="tokens kept per caption (LiT: 16)")
+    width: int = Field(256, gt=0, description="scratch tower width")
+    depth: int = Field(4, gt=0, description="scratch tower layers")
+    heads: int = Field(4, gt=0, description="scratch tower attention heads")
+    vocab_size: int = Field(8000, gt=0, description="scratch tokenizer vocabulary")
+
+class TrainConfig(BaseModel):
+    """Everything a training run depends on; the CLI flags and the Prefect form are made from it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shards: list[str] = Field(description="curated shard folders or NAME.tar files")
+    out: str = Field(description="run folder (checkpoint, metrics, tokenizer, config.json)")
+    mode: Literal["Lu", "Uu", "uu"] = Field("Lu", description="LiT's letters: Lu locked image tower, Uu image "
+                                            "tower fine-tuned, uu both from scratch")
+    image_tower: str = Field("efficientnet-lite0", description="efficientnet-lite0 | vit-s-focus | hf:<path> | tiny")
+    image_source: Literal["cache", "images"] = Field(
+        "cache", description="Lu only: cached embeddings, or run the locked tower on every batch")
+    cache: str | None = Field(None, description="embedding cache root (Lu from the cache; `litflow embed`)")
+    text: TextSpec = Field(default_factory=TextSpec, description="the text tower (name, max_tokens, scratch sizes)")
+    embed_dim: int | None = Field(None, gt=0, description="shared embedding size (default: the image feature size)")
+    image_head: bool = Field(False, description="a linear head on the image side too")
+    text_head: bool = Field(True, description="a linear head on the text side (without one, sizes must match)")
+    freeze: list[str] = Field(default_factory=list, json_schema_extra={"metavar": "PATTERN"},
+                              description="regular expressions over parameter names to keep frozen, e.g. "
+                              "'text\\..*' (the whole text tower; repeatable)")
+    batch_size: int = Field(256, gt=0, description="global batch (split over ranks)")
+    steps: int = Field(1000, ge=0, description="optimisation steps")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float | None = Field(None, ge=0, description="default 0 for Lu (as LiT), 1e-4 otherwise")
+    warmup: int = Field(100, ge=0, description="linear warm-up steps, then cosine decay to zero")
+    clip: float = Field(1.0, gt=0, description="gradient norm clipping")
+    seed: int = Field(0, description="seed of initialisation, shuffling and tokenizer training")
+    shuffle_buffer: int = Field(1000, gt=0, description="pairs held for shuffling, per reader")
+    workers: int = Field(0, ge=0, description="data loader workers per rank")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 on a CUDA device that supports it, else fp32")
+    checkpoint_every: int = Field(100, gt=0, description="steps between checkpoints")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    stop_after: int | None = Field(None, gt=0, description="end this session after N steps (preemptible jobs); "
+                                   "not part of the run's identity")
+    exclude: list[str] = Field(default_factory=list, json_schema_extra={"metavar": "FILE"}, description=(
+        "parquet file with a 'key' column (e.g. dedup's eval_flags.parquet): pairs with those curated keys are "
+        "skipped, shards untouched; other columns ignored. Repeatable. The key set is part of the run's identity: "
+        "resuming with another set is refused"))
+
+    @field_validator("shards", "exclude", "freeze", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        if isinstance(value, (str, Path)):
+            value = [value]
+        return [str(v) for v in value or []]
+
+    @field_validator("shards")
+    @classmethod
+    def _some_shards(cls, value):
+        if not value:
+            raise ValueError("no shards given")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve(self):
+        if self.mode != "Lu" and self.image_source == "cache":
+            self.image_source = "images"  # a trained image tower needs pixels
+        if self.mode == "Lu" and self.image_source == "cache" and not self.cache:
+            raise ValueError("mode Lu from the cache needs cache (run `litflow embed` first)")
+        if self.weight_decay is None:
+            self.weight_decay = 0.0 if self.mode == "Lu" else 1e-4
+        return self
+
+    def identity(self, world: int, tokenizer_sha: str | None, excluded: frozenset[str] = frozenset()) -> dict:
+        """The fields that define a run; a checkpoint with other values cannot be resumed.
+
+        ``excluded`` (the keys loaded from ``exclude``) enters as its size and the sha256 of the
+        sorted keys, only when not empty: runs without exclusions keep their earlier identity,
+        and so does ``freeze``.
+        """
+        from training.exclusions import exclusion_digest
+
+        ident = self.model_dump(mode="json", include=set(IDENTITY_FIELDS))
+        ident["shards"] = [str(s) for s in self.shards]
+        ident["world"] = world
+        ident["tokenizer_sha256"] = tokenizer_sha
+        if self.freeze:
+            ident["freeze"] = list(self.freeze)
+        if excluded:
+            ident["excluded_keys"] = len(excluded)
+            ident["exclude_sha256"] = exclusion_digest(excluded)
+        return ident
+
+    @classmethod
+    def for_evaluation(cls, identity: dict, run_dir: str | Path) -> "TrainConfig":
+        """The model part of a trained run, from its checkpoint's identity, reading pixels."""
+        fields = {k: identity[k] for k in ("mode", "image_tower", "embed_dim", "image_head", "text_head", "seed",
+                                            "text") if k in identity}
+        return cls(shards=identity.get("shards") or [str(run_dir)], out=str(run_dir), image_source="images",
+                   freeze=identity.get("freeze", []), **fields)
+
+
+IDENTITY_FIELDS = ("mode", "image_tower", "image_source", "embed_dim", "image_head", "text_head", "batch_size",
+                   "steps", "lr", "weight_decay", "warmup", "clip", "seed", "shuffle_buffer", "precision", "text")
+
+
+def read_run_file(path: str | Path) -> dict:
+    """The fields of a run file (TOML, or JSON such as a run's own ``config.json``), unvalidated."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"run file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} ({err})") from None
+
+
+def apply_override(fields: dict, assignment: str) -> dict:
+    """``fields`` with ``KEY=VALUE`` applied (``text.name=scratch``); the key must be a config field."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set {assignment!r}: expected KEY=VALUE, e.g. lr=3e-4 or text.name=scratch")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    path = key.strip().split(".")
+    known = TrainConfig.model_fields
+    if path[0] not in known:
+        raise ValueError(f"--set {key}: no such training option (you probably got a typo); options: "
+                         f"{', '.join(known)}")
+    if len(path) == 2 and path[0] == "text" and path[1] not in TextSpec.model_fields:
+        raise ValueError(f"--set {key}: the text tower has no option {path[1]!r}; options: "
+                         f"{', '.join(TextSpec.model_fields)}")
+    if len(path) > 2 or (len(path) == 2 and path[0] != "text"):
+        raise ValueError(f"--set {key}: only text.* options are nested")
+    merged = dict(fields)
+    if len(path) == 1:
+        merged[path[0]] = value
+    else:
+        text = merged.get("text") or {}
+        merged["text"] = {**(text.model_dump() if isinstance(text, TextSpec) else text), path[1]: value}
+    return merged
+
+
+def load_train_config(file: str | Path | None = None, fields: dict | None = None,
+                      overrides: list[str] | tuple = ()) -> TrainConfig:
+    """Defaults < the run file < ``fields`` (flags) < ``overrides`` (``--set``), validated once."""
+    merged = read_run_file(file) if file else {}
+    where = f" in {file}" if file else ""
+    for key, value in (fields or {}).items():
+        if key == "text" and isinstance(value, dict):
+            merged["text"] = {**(merged.get("text") or {}), **value}
+        else:
+            merged[key] = value
+    for assignment in overrides:
+        merged = apply_override(merged, assignment)
+    try:
+        return TrainConfig.model_validate(merged)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"training config{where}: {problems}") from None
