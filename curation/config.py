@@ -1,8 +1,10 @@
 """Curation configuration: every rule and threshold, as data, with two presets.
 
 Like big_vision's configs, a preset is a plain function returning the config tree; any rule
-can be switched off (``enabled=False``) or re-thresholded from the command line
-(``--set text.max_words=30``). The whole tree is written into the run manifest.
+can be switched off (``enabled=False``) or re-thresholded from a TOML file (``--config``, with
+``[text]``-style sections and an optional ``preset``) or the command line
+(``--set text.max_words=30``). Every value is validated (pydantic) and an unknown section or
+field is an error that names it. The whole tree is written into the run manifest.
 
 Presets:
 
@@ -28,20 +30,26 @@ is kept and the others are rejected as ``corpus_duplicate``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
-@dataclass
-class DecodeRules:
+class _Rules(BaseModel):
+    # unknown keys are refused, and every assignment (presets, --set) is type-checked
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+
+
+class DecodeRules(_Rules):
     max_pixels: int = 89_478_485            # Pillow's own decompression-bomb threshold
     jpeg_quality: int = 95                  # when an image must be re-encoded
 
 
-@dataclass
-class ImageRules:
+class ImageRules(_Rules):
     min_side_enabled: bool = True
     min_side: int = 200                     # keep when shorter side of the ORIGINAL > min_side
     aspect_enabled: bool = True
@@ -50,10 +58,9 @@ class ImageRules:
     max_texts_per_image: int = 1000         # drop images (by content hash) with > N alt-texts
 
 
-@dataclass
-class TextRules:
+class TextRules(_Rules):
     max_chars: int = 4096                   # bound on a normalised caption
-    too_long: str = "truncate"              # "truncate" (at a word boundary) or "reject"
+    too_long: Literal["truncate", "reject"] = "truncate"  # at a word boundary, or reject the pair
     min_words_enabled: bool = True
     min_words: int = 3                      # keep when unigrams >= min_words
     max_words_enabled: bool = True
@@ -67,49 +74,44 @@ class TextRules:
     rare_tokens_min_k: int = 1000           # floor for small corpora
 
 
-@dataclass
-class LanguageRules:
+class LanguageRules(_Rules):
     enabled: bool = True
     min_prob: float = 0.5                   # below: "und"
     tag_rejected: bool = False              # also tag rejected captions (per-language audit of
                                             # what the filters drop; costs langdetect on all)
-    allow: list[str] = field(default_factory=list)  # empty = every language
+    allow: list[str] = Field(default_factory=list)  # empty = every language
 
 
-@dataclass
-class EvalDedupRules:
+class EvalDedupRules(_Rules):
     index: str | None = None                # folder written by `litflow dedup index`; None: off
-    mode: str = "train+test"                # none | test | train+test (LiT's Table 5 ablation)
+    mode: Literal["none", "test", "train+test"] = "train+test"  # LiT's Table 5 ablation
     radius: int = 8                         # Hamming radius on the 64-bit pHash (and its mirror)
     verify: bool = True                     # confirm pHash candidates geometrically (dedup.verify)
     max_candidates: int = 8                 # nearest pHash candidates verified per record
 
 
-@dataclass
-class CorpusDedupRules:
-    remove: str = "none"                    # none | exact (same sha256) | near (pHash radius)
-    radius: int = 4                         # Hamming radius for "near" (dedup report's default)
+class CorpusDedupRules(_Rules):
+    remove: Literal["none", "exact", "near"] = "none"  # exact: same sha256; near: pHash radius
+    radius: int = Field(4, ge=0, le=64)     # Hamming radius for "near" (dedup report's default)
     rounds: int = 8                         # min-label propagation rounds for "near" (see curation.corpus_dedup)
 
 
-@dataclass
-class OutputRules:
+class OutputRules(_Rules):
     shard_size: int = 1000
 
 
-@dataclass
-class CurationConfig:
+class CurationConfig(_Rules):
     preset: str = "align"
-    decode: DecodeRules = field(default_factory=DecodeRules)
-    image: ImageRules = field(default_factory=ImageRules)
-    text: TextRules = field(default_factory=TextRules)
-    language: LanguageRules = field(default_factory=LanguageRules)
-    eval_dedup: EvalDedupRules = field(default_factory=EvalDedupRules)
-    corpus_dedup: CorpusDedupRules = field(default_factory=CorpusDedupRules)
-    output: OutputRules = field(default_factory=OutputRules)
+    decode: DecodeRules = Field(default_factory=DecodeRules)
+    image: ImageRules = Field(default_factory=ImageRules)
+    text: TextRules = Field(default_factory=TextRules)
+    language: LanguageRules = Field(default_factory=LanguageRules)
+    eval_dedup: EvalDedupRules = Field(default_factory=EvalDedupRules)
+    corpus_dedup: CorpusDedupRules = Field(default_factory=CorpusDedupRules)
+    output: OutputRules = Field(default_factory=OutputRules)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.model_dump(mode="json")
 
     def rare_tokens_k(self, pairs: int) -> int:
         if self.text.rare_tokens_top_k is not None:
@@ -122,20 +124,27 @@ class CurationConfig:
         section_name, dot, field_name = path.strip().partition(".")
         if not sep or not dot:
             raise ValueError(f"override {assignment!r}: expected section.field=value")
-        section = getattr(self, section_name, None)
-        if not dataclasses.is_dataclass(section):
-            raise ValueError(f"override {assignment!r}: unknown section {section_name!r}; "
-                             f"one of {[f.name for f in dataclasses.fields(self) if f.name != 'preset']}")
-        names = {f.name for f in dataclasses.fields(section)}
-        if field_name not in names:
-            raise ValueError(f"override {assignment!r}: {section_name} has no field {field_name!r} "
-                             f"(you probably got a typo); fields: {sorted(names)}")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        setattr(section, field_name, value)
+        self._set(section_name, field_name, value, f"override {assignment!r}")
         return self
+
+    def _set(self, section_name: str, field_name: str, value, where: str) -> None:
+        sections = [n for n in type(self).model_fields if n != "preset"]
+        if section_name not in sections:
+            raise ValueError(f"{where}: unknown section {section_name!r}; one of {sections}")
+        section = getattr(self, section_name)
+        names = sorted(type(section).model_fields)
+        if field_name not in names:
+            raise ValueError(f"{where}: {section_name} has no field {field_name!r} "
+                             f"(you probably got a typo); fields: {names}")
+        try:
+            setattr(section, field_name, value)
+        except ValidationError as err:
+            problem = "; ".join(e["msg"] for e in err.errors())
+            raise ValueError(f"{where}: {section_name}.{field_name}: {problem}") from None
 
 
 def align() -> CurationConfig:
@@ -153,19 +162,30 @@ def lit_relaxed() -> CurationConfig:
 PRESETS = {"align": align, "lit-relaxed": lit_relaxed}
 
 
-def load_config(preset: str = "align", overrides: list[str] | tuple[str, ...] = ()) -> CurationConfig:
+def load_config(preset: str | None = "align", overrides: list[str] | tuple[str, ...] = (),
+                file: str | Path | None = None) -> CurationConfig:
+    """A preset, then the rules of a TOML ``file`` (``[section]`` tables; may name its ``preset``),
+    then ``overrides`` (``--set section.field=value``); every value is validated."""
+    rules = {}
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise FileNotFoundError(f"curation config {path} does not exist")
+        try:
+            rules = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: not valid TOML ({err})") from None
+        named = rules.pop("preset", None)
+        preset = named if preset is None else preset
+    preset = preset or "align"
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     config = PRESETS[preset]()
+    for section_name, fields in rules.items():
+        if not isinstance(fields, dict):
+            raise ValueError(f"{file}: {section_name!r} is not a [section] table")
+        for field_name, value in fields.items():
+            config._set(section_name, field_name, value, str(file))
     for assignment in overrides:
         config.override(assignment)
-    if config.eval_dedup.mode not in ("none", "test", "train+test"):
-        raise ValueError(f"eval_dedup.mode must be none, test or train+test, not {config.eval_dedup.mode!r}")
-    if config.corpus_dedup.remove not in ("none", "exact", "near"):
-        raise ValueError(f"corpus_dedup.remove must be none, exact or near, not {config.corpus_dedup.remove!r}")
-    radius = config.corpus_dedup.radius
-    if isinstance(radius, bool) or not isinstance(radius, int) or not 0 <= radius <= 64:
-        raise ValueError(f"corpus_dedup.radius must be an integer from 0 to 64 (bits of the pHash), not {radius!r}")
-    if config.text.too_long not in ("truncate", "reject"):
-        raise ValueError(f"text.too_long must be 'truncate' or 'reject', not {config.text.too_long!r}")
     return config

@@ -70,10 +70,10 @@ def index_task(run_dir: str, eval_sets: list[str] | None, evalset_files: list[st
 
 
 @task(name="curate", cache_policy=NO_CACHE)
-def curate_task(run_dir: str, preset: str, overrides: list[str], workers: int, beam_args: list[str],
-                upstream: dict) -> dict:
+def curate_task(run_dir: str, preset: str | None, overrides: list[str], workers: int, beam_args: list[str],
+                upstream: dict, config_file: str | None = None) -> dict:
     out = Path(run_dir) / "curated"
-    config = load_config(preset, overrides)
+    config = load_config(preset, overrides, config_file)
     stage = Stage(Path(run_dir), "curate", out, {"config": config.to_dict(), "beam_args": beam_args}, upstream)
 
     def work() -> dict:
@@ -106,7 +106,8 @@ def build_corpus(
     samples_per_shard: int = 1000,
     image_size: int = 256,
     allow: list[str] | None = None,
-    preset: str = "align",
+    preset: str | None = None,
+    curation_config: str | None = None,
     overrides: list[str] | None = None,
     eval_sets: list[str] | None = None,
     evalset_files: list[str] | None = None,
@@ -133,7 +134,7 @@ def build_corpus(
     rules = [*(overrides or []), f'eval_dedup.index="{index["path"]}"', f'eval_dedup.mode="{dedup_mode}"',
              f"eval_dedup.radius={dedup_radius}"]
     manifest = curate_task(run_dir, preset, rules, curate_workers, list(beam_args or []),
-                           {"ingest": ingested["digest"], "eval-index": index["digest"]})
+                           {"ingest": ingested["digest"], "eval-index": index["digest"]}, curation_config)
     progress.advance("curate")
     # the audit looks at the corpus *before* removal (the raw shards), so it shows every match
     report = report_task(run_dir, str(out / "ingest" / "shards"), index["path"], str(out / "dedup-report"),

@@ -17,7 +17,7 @@ def _curate(args: argparse.Namespace) -> int:
     from flows.terminal import ticking
 
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    config = load_config(args.preset, args.set)
+    config = load_config(args.preset, args.set, args.config)
     shards = Path(args.output) / "shards"
     with ticking(f"curating with Beam ({args.workers} workers)", count=lambda: len(list(shards.glob("*.tar"))),
                  unit="curated shards written"):
@@ -39,7 +39,10 @@ def add_commands(sub) -> None:
     )
     p.add_argument("raw", help="folder (or gs://, s3://, … URL) of raw shards (*.tar), e.g. work/demo/ingest/shards")
     p.add_argument("output", help="output folder (replaced)")
-    p.add_argument("--preset", default="align", choices=("align", "lit-relaxed"), help="filter preset (default align)")
+    p.add_argument("--preset", choices=("align", "lit-relaxed"),
+                   help="filter preset (default: the --config file's preset, else align)")
+    p.add_argument("--config", metavar="FILE", help="rules in a TOML file ([image], [text], ... sections as in "
+                   "corpus.json's config, and an optional preset); --set overrides it")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a rule, e.g. --set image.min_side=100 --set text.rare_tokens_enabled=false (repeatable)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DirectRunner worker processes (default: CPU count)")

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from prefect import serve
 
@@ -21,13 +22,8 @@ from flows.retrain import retrain_lit
 MAX_CONCURRENT_RUNS = 4
 NIGHTLY_CRON = "0 3 * * *"
 
-DEMO_CORPUS = {
-    "demo_per_source": 200,
-    "preset": "lit-relaxed",
-    # the demo's clip-art and 64-px emoji are small by nature: ALIGN's 200-px rule would leave
-    # almost nothing to train on, so the demo lowers it (the override is recorded in corpus.json)
-    "overrides": ["image.min_side=48"],
-}
+DEMO_CURATION = Path(__file__).with_name("demo_curation.toml")  # lit-relaxed, min_side 48
+DEMO_CORPUS = {"demo_per_source": 200, "curation_config": str(DEMO_CURATION)}
 
 
 def deployments(intervals: dict[str, float] | None = None) -> list:

@@ -149,12 +149,12 @@ def test_same_input_same_output(corpus):
 
 
 @pytest.mark.parametrize("assignment, message", [
-    ('corpus_dedup.remove="fuzzy"', "corpus_dedup.remove must be none, exact or near"),
-    ("corpus_dedup.remove=true", "corpus_dedup.remove must be none, exact or near"),
-    ("corpus_dedup.radius=-1", "corpus_dedup.radius must be an integer from 0 to 64"),
-    ("corpus_dedup.radius=65", "corpus_dedup.radius must be an integer from 0 to 64"),
-    ('corpus_dedup.radius="4"', "corpus_dedup.radius must be an integer from 0 to 64"),
-    ("corpus_dedup.radius=2.5", "corpus_dedup.radius must be an integer from 0 to 64"),
+    ('corpus_dedup.remove="fuzzy"', "corpus_dedup.remove: Input should be 'none', 'exact' or 'near'"),
+    ("corpus_dedup.remove=true", "corpus_dedup.remove: Input should be 'none', 'exact' or 'near'"),
+    ("corpus_dedup.radius=-1", "corpus_dedup.radius: Input should be greater than or equal to 0"),
+    ("corpus_dedup.radius=65", "corpus_dedup.radius: Input should be less than or equal to 64"),
+    ('corpus_dedup.radius="4"', "corpus_dedup.radius: Input should be a valid integer"),
+    ("corpus_dedup.radius=2.5", "corpus_dedup.radius: Input should be a valid integer"),
     ("corpus_dedup.strength=3", "corpus_dedup has no field 'strength'"),
 ])
 def test_bad_values_are_refused(assignment, message):

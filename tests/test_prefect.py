@@ -112,8 +112,9 @@ FLOW_SCRIPT = textwrap.dedent("""
     import json, sys
     if __name__ == "__main__":
         from flows.build_corpus import build_corpus
+        from flows.serve import DEMO_CURATION
         result = build_corpus(output=sys.argv[1], demo_per_source=20, demo_port=int(sys.argv[2]),
-                              preset="lit-relaxed", overrides=["image.min_side=48"])
+                              curation_config=str(DEMO_CURATION))
         print("RESULT " + json.dumps(result))
 """)
 
