@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from infra.config_files import read_toml
 
 
 class _Rules(BaseModel):
@@ -166,17 +167,9 @@ def load_config(preset: str | None = "align", overrides: list[str] | tuple[str, 
                 file: str | Path | None = None) -> CurationConfig:
     """A preset, then the rules of a TOML ``file`` (``[section]`` tables; may name its ``preset``),
     then ``overrides`` (``--set section.field=value``); every value is validated."""
-    rules = {}
-    if file is not None:
-        path = Path(file)
-        if not path.is_file():
-            raise FileNotFoundError(f"curation config {path} does not exist")
-        try:
-            rules = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{path}: not valid TOML ({err})") from None
-        named = rules.pop("preset", None)
-        preset = named if preset is None else preset
+    rules = read_toml(file, "curation config") if file is not None else {}
+    named = rules.pop("preset", None)
+    preset = named if preset is None else preset
     preset = preset or "align"
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")

@@ -7,7 +7,6 @@ list for that server → ingest, allowing exactly that loopback host.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from curation.demo_data import fetch_all, write_url_list
@@ -27,8 +26,8 @@ def ingest_demo(out_dir: str | Path, per_source: int | None = 200, config: Inges
     data = fetch_all(cache)
     config = config or IngestConfig()
     # the demo's server is our own, on loopback: no politeness limits towards it
-    config = replace(config, allow=tuple({*config.allow, LOOPBACK}), host_requests_per_s=0,
-                     host_connections=max(config.host_connections, config.threads))
+    config = config.model_copy(update={"allow": tuple(sorted({*config.allow, LOOPBACK})), "host_requests_per_s": 0,
+                                       "host_connections": max(config.host_connections, config.threads)})
     with serve_folder(data.cache, host=LOOPBACK, port=port) as base_url:
         url_list = write_url_list(data.catalogue, base_url, out_dir / "demo_urls.parquet", per_source)
         return ingest(url_list, out_dir, config)

@@ -40,19 +40,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.fetch import FetchPolicy
 from curation.guarded_download import guarded_downloading
 from curation.host_report import HostTally
 from curation.provenance import code_revision, library_versions
 from curation.reasons import IngestReason, classify_error
-from curation.strict_resizer import DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS, strict_resizing
+from curation.ingest_config import IngestConfig
+from curation.strict_resizer import strict_resizing
 from curation.url_list import UrlListError, iter_chunks, list_parts
 from curation.url_safety import Refused, UrlPolicy, cached_resolver
 
@@ -62,59 +61,10 @@ RESERVED_COLUMNS = {
     "key", "caption", "url", "width", "height", "original_width", "original_height",
     "status", "error_message", "exif", "md5", "sha256", "sha512", "row", "part",
 }
-DISTRIBUTORS = ("multiprocessing", "pyspark")
 
 
 class AccountingError(RuntimeError):
     """Rows in != downloaded + failed: something was lost, and the run must not pass."""
-
-
-@dataclass
-class IngestConfig:
-    image_size: int = 256
-    resize_mode: str = "keep_ratio"      # shorter side to image_size, aspect kept
-    resize_only_if_bigger: bool = True   # never invent pixels for small images
-    encode_format: str = "jpg"
-    encode_quality: int = 95
-    samples_per_shard: int = 1000
-    processes: int = field(default_factory=lambda: os.cpu_count() or 1)
-    threads: int = 32
-    timeout_s: float = 10.0              # any single connect or read
-    retries: int = 0                     # extra attempts at a transiently failed download
-    deadline_s: float = 60.0             # one whole download: every redirect hop, byte and wait
-    max_body_bytes: int = 32 * 1024 * 1024
-    max_redirects: int = 5
-    host_connections: int = 4            # downloads in flight per host, per process
-    host_requests_per_s: float = 20.0    # request starts per host per second, per process (0: no cap)
-    max_retry_after_s: float = 30.0      # longest 429/503 Retry-After waited out
-    contact: str | None = None           # the operator's URL or e-mail, sent in the User-Agent
-    robots_txt: bool = False             # also obey each host's robots.txt
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    distributor: str = "multiprocessing"
-    spark_master: str | None = None      # e.g. spark://127.0.0.1:7077 or local[2]
-    spark_driver_host: str | None = None
-    allow: tuple[str, ...] = ()          # hosts / IPs / CIDRs the URL policy lets through
-    url_col: str = "url"
-    caption_col: str = "caption"
-
-    def __post_init__(self) -> None:
-        if self.distributor not in DISTRIBUTORS:
-            raise ValueError(f"unknown distributor {self.distributor!r}; choose one of {', '.join(DISTRIBUTORS)}")
-        if self.samples_per_shard < 1 or self.image_size < 1 or self.processes < 1:
-            raise ValueError("samples_per_shard, image_size and processes must be positive")
-        if not 0 < self.max_pixels <= HARD_MAX_PIXELS:
-            raise ValueError(f"max_pixels {self.max_pixels}: must be between 1 and {HARD_MAX_PIXELS:,} "
-                             "(Pillow opens nothing larger)")
-        self.allow = tuple(self.allow)
-        self.fetch_policy()  # refuses impossible limits before anything runs
-
-    def fetch_policy(self) -> FetchPolicy:
-        return FetchPolicy(
-            url_policy=UrlPolicy.allowing(self.allow), timeout_s=self.timeout_s, deadline_s=self.deadline_s,
-            max_body_bytes=self.max_body_bytes, max_redirects=self.max_redirects,
-            host_connections=self.host_connections, host_requests_per_s=self.host_requests_per_s,
-            max_retry_after_s=self.max_retry_after_s, contact=self.contact, robots_txt=self.robots_txt,
-        )
 
 
 REJECTED_COLUMNS = ["part", "row", "url", "reason", "detail"]
@@ -368,7 +318,7 @@ def ingest(url_list: str | Path, out_dir: str | Path, config: IngestConfig | Non
         "hosts": hosts.report(),
         "url_policy": policy.describe(),
         "fetch_policy": fetch_policy.describe(),
-        "config": asdict(config),
+        "config": config.model_dump(mode="json"),
         "elapsed_s": round(time.perf_counter() - started, 3),
         "img2dataset_s": round(downloader_s, 3),
         "versions": library_versions(),

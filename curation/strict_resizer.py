@@ -24,11 +24,8 @@ import warnings
 from img2dataset.resizer import Resizer
 from PIL import Image, UnidentifiedImageError
 
+from curation.ingest_config import DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS  # noqa: F401  (HARD_MAX_PIXELS re-exported)
 from curation.reasons import IngestReason, own_error
-
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
-# Pillow refuses to open anything above twice its threshold, whatever the caller allows
-HARD_MAX_PIXELS = 2 * DEFAULT_MAX_PIXELS
 _BOMB_SIZE = re.compile(r"Image size \((\d+(?:x\d+)?) pixels\)")  # "(WxH pixels)" or "(N pixels)"
 
 

@@ -21,13 +21,12 @@ takes the set's. ``hash_range = [lo, hi]`` keeps the items whose key hash bucket
 (sha256 of the key, first 32 bits, mod 100) is in ``[lo, hi)``: a split cut that never moves an
 image when others are added. Unknown keys are refused with the file and the key named.
 
-pydantic models do the checking (they come with Prefect); :mod:`tomllib` reads the file.
+pydantic models do the checking; :mod:`infra.config_files` reads the file.
 Memory: the declarations only; no image is read until a split's items are asked for.
 """
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -35,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from dedup.evalsets import (CaptionsFile, EvalSet, ImageFolder, LabelSpace, Partition, Source, Split,
                             WebDatasetShards)
+from infra.config_files import problems, read_toml
 from infra.paths import default_cache_dir
 
 CACHE_PREFIX = "{cache}/"
@@ -146,12 +146,7 @@ def _build(name: str, decl: EvalSetDecl, base: Path, where: str) -> EvalSet:
 def read_declarations(path: str | Path) -> dict[str, EvalSetDecl]:
     """The validated declarations of a file, by set name (nothing but the file is read)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"eval sets file {path} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML ({err})") from None
+    raw = read_toml(path, "eval sets file")
     if not raw:
         raise ValueError(f"{path}: declares no eval sets")
     decls = {}
@@ -161,8 +156,7 @@ def read_declarations(path: str | Path) -> dict[str, EvalSetDecl]:
         try:
             decls[name] = EvalSetDecl.model_validate(body)
         except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or name}: {e['msg']}" for e in err.errors())
-            raise ValueError(f"{path}: eval set {name!r}: {problems}") from None
+            raise ValueError(f"{path}: eval set {name!r}: {problems(err)}") from None
     return decls
 
 

@@ -9,7 +9,6 @@ are complete and unchanged.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -35,7 +34,7 @@ def ingest_task(run_dir: str, url_list: str | None, config: IngestConfig, demo_p
                 demo_port: int) -> dict:
     out = Path(run_dir) / "ingest"
     stage = Stage(Path(run_dir), "ingest", out, {"url_list": url_list, "demo_per_source": demo_per_source,
-                                                 "demo_port": demo_port, "config": asdict(config)}, {})
+                                                 "demo_port": demo_port, "config": config.model_dump(mode="json")}, {})
 
     def work() -> dict:
         if url_list is None:

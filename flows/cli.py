@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -17,33 +16,18 @@ from flows import cli_curation, cli_dedup, cli_training
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from curation.ingest import IngestConfig, ingest
+    from curation.ingest import ingest
+    from curation.ingest_config import load_ingest_config
+    from flows.config_flags import given
 
-    config = IngestConfig(
-        image_size=args.image_size,
-        samples_per_shard=args.samples_per_shard,
-        processes=args.processes,
-        threads=args.threads,
-        timeout_s=args.timeout,
-        retries=args.retries,
-        deadline_s=args.deadline,
-        max_body_bytes=args.max_body_bytes,
-        max_redirects=args.max_redirects,
-        host_connections=args.host_connections,
-        host_requests_per_s=args.host_rate,
-        contact=args.contact,
-        robots_txt=args.robots_txt,
-        max_pixels=args.max_pixels,
-        distributor=args.distributor,
-        spark_master=args.spark_master,
-        spark_driver_host=args.spark_driver_host,
-        allow=tuple(args.allow),
-        url_col=args.url_col,
-        caption_col=args.caption_col,
-    )
+    config = load_ingest_config(args.config, given(args, _INGEST_FLAGS))
     report = ingest(args.url_list, args.output, config)
     print(json.dumps({k: report[k] for k in ("rows_in", "downloaded", "failed", "output")}, indent=2))
     return 0
+
+
+# every IngestConfig field is an ingest flag: {argparse dest: field name}
+_INGEST_FLAGS: dict[str, str] = {}
 
 
 def _demo_data_fetch(args: argparse.Namespace) -> int:
@@ -102,26 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url_list", help="URL list: a .parquet, .csv or .tsv file, a folder of them, or a quoted glob "
                                     "('parts/*.parquet')")
     p.add_argument("output", help="output folder (shards/, ingest.json, rejected.parquet)")
-    p.add_argument("--image-size", type=int, default=256, help="shorter side after resizing (default 256; small images are not upscaled)")
-    p.add_argument("--samples-per-shard", type=int, default=1000, help="samples per raw shard (default 1000)")
-    p.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="download processes (default: CPU count)")
-    p.add_argument("--threads", type=int, default=32, help="download threads per process (default 32)")
-    p.add_argument("--timeout", type=float, default=10, help="seconds any one connect or read may take (default 10)")
-    p.add_argument("--deadline", type=float, default=60, help="seconds one whole download may take: every redirect, byte and wait (default 60)")
-    p.add_argument("--max-body-bytes", type=int, default=32 << 20, help="refuse responses larger than this (default 32 MiB)")
-    p.add_argument("--max-redirects", type=int, default=5, help="redirects followed per URL, each hop checked (default 5)")
-    p.add_argument("--host-connections", type=int, default=4, help="downloads in flight per host, per process (default 4)")
-    p.add_argument("--host-rate", type=float, default=20, help="request starts per host per second, per process; 0: no cap (default 20)")
-    p.add_argument("--robots-txt", action="store_true", help="also obey each host's robots.txt (fetched once per host and process; unreachable: nothing fetched from it)")
-    p.add_argument("--contact", help="your URL or e-mail, sent in the User-Agent so site owners can reach you")
-    p.add_argument("--retries", type=int, default=0, help="extra attempts at a transiently failed download (default 0)")
-    p.add_argument("--max-pixels", type=int, default=89_478_485, help="refuse images with more pixels (decompression bombs; default Pillow's 89,478,485)")
-    p.add_argument("--distributor", choices=("multiprocessing", "pyspark"), default="multiprocessing", help="where downloads run (default multiprocessing)")
-    p.add_argument("--spark-master", help="with --distributor pyspark: spark://HOST:PORT (default local[PROCESSES])")
-    p.add_argument("--spark-driver-host", help="driver address as seen from Spark workers (default: 127.0.0.1 for a loopback master)")
-    p.add_argument("--allow", action="append", default=[], metavar="HOST|IP|CIDR", help="let URLs to this internal host/network through (repeatable); by default private, loopback, link-local and multicast addresses are refused")
-    p.add_argument("--url-col", default="url", help="name of the URL column (default url)")
-    p.add_argument("--caption-col", default="caption", help="name of the caption column (default caption)")
+    p.add_argument("--config", metavar="FILE", help="options in a TOML file (the field names of ingest.json's "
+                   "config); flags override it")
+    from curation.ingest_config import IngestConfig
+    from flows.config_flags import add_model_flags
+
+    _INGEST_FLAGS.update(add_model_flags(p, IngestConfig))
     p.set_defaults(func=_ingest)
 
     demo = sub.add_parser("demo-data", help="fetch the real demo data (openclipart, emoji, MNIST) and serve it on 127.0.0.1")

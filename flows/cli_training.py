@@ -41,8 +41,10 @@ def _train(args: argparse.Namespace) -> int:
     from training.config import load_train_config
     from training.train import train
 
-    fields = {name: value for name, value in vars(args).items() if name in _TRAIN_FLAGS}
-    text = {name[len("text_"):]: value for name, value in vars(args).items() if name in _TEXT_FLAGS}
+    from flows.config_flags import given
+
+    fields = given(args, _TRAIN_FLAGS)
+    text = given(args, _TEXT_FLAGS)
     if text:
         fields["text"] = text
     config = load_train_config(args.config, fields, args.set)
@@ -81,47 +83,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-# Every TrainConfig field is a flag (text fields as --text-NAME); only the flags given override.
-_TRAIN_FLAGS: set[str] = set()
-_TEXT_FLAGS: set[str] = set()
+# Every TrainConfig field is a flag (text fields as --text-NAME): {argparse dest: field name}
+_TRAIN_FLAGS: dict[str, str] = {}
+_TEXT_FLAGS: dict[str, str] = {}
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags made from the config model, so a new training option needs no CLI code."""
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    from flows.config_flags import add_model_flags
     from training.config import TextSpec, TrainConfig
 
-    for name, info in TrainConfig.model_fields.items():
-        if name == "text":
-            continue
-        if name == "shards":
-            parser.add_argument("shards", nargs="*", default=argparse.SUPPRESS, help=info.description)
-        else:
-            _flag(parser, f"--{name.replace('_', '-')}", name, info)
-        _TRAIN_FLAGS.add(name)
-    for name, info in TextSpec.model_fields.items():
-        _flag(parser, f"--text-{name.replace('_', '-')}", f"text_{name}", info)
-        _TEXT_FLAGS.add(f"text_{name}")
-
-
-def _flag(parser: argparse.ArgumentParser, flag: str, dest: str, info) -> None:
-    import typing
-
-    kind, choices = info.annotation, None
-    args = [a for a in typing.get_args(kind) if a is not type(None)]
-    if typing.get_origin(kind) is typing.Literal:
-        choices, kind = list(typing.get_args(kind)), str
-    elif args and typing.get_origin(kind) is not list:  # X | None
-        kind = args[0]
-    value = None if info.is_required() else info.get_default(call_default_factory=True)
-    default = "" if value in (None, []) else f" (default {value!r})"
-    options = dict(dest=dest, default=argparse.SUPPRESS, help=(info.description or "") + default)
-    if kind is bool:
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
-    elif typing.get_origin(kind) is list:
-        metavar = (info.json_schema_extra or {}).get("metavar", dest.upper())
-        parser.add_argument(flag, action="append", metavar=metavar, **options)
-    else:
-        parser.add_argument(flag, type=kind, choices=choices, **options)
+    parser.add_argument("shards", nargs="*", default=argparse.SUPPRESS,
+                        help=TrainConfig.model_fields["shards"].description)
+    _TRAIN_FLAGS.update(add_model_flags(parser, TrainConfig, skip=("shards", "text")), shards="shards")
+    _TEXT_FLAGS.update(add_model_flags(parser, TextSpec, flag_prefix="text-", dest_prefix="text_"))
 
 
 def add_commands(sub) -> None:
@@ -145,7 +119,7 @@ def add_commands(sub) -> None:
     t.add_argument("--config", metavar="FILE", help="run file (TOML, or a run's config.json); flags and --set override it")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one option, e.g. --set lr=3e-4 --set text.name=scratch (repeatable; last wins)")
-    _add_config_flags(t)
+    _add_train_flags(t)
     t.set_defaults(func=_train)
 
     v = sub.add_parser("evaluate", help="zero-shot classification and retrieval of a training run",

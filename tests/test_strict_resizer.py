@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from curation.reasons import IngestReason, classify_error
-from curation.strict_resizer import DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS, inspect_image_bytes
+from curation.ingest_config import DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS
+from curation.strict_resizer import inspect_image_bytes
 
 
 def encoded(image: Image.Image, fmt: str) -> bytes:

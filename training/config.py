@@ -30,11 +30,12 @@ Memory: the config only.
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from infra.config_files import problems, read_toml
 
 DEFAULT_MAX_TOKENS = 16  # LiT truncates captions to 16 tokens
 
@@ -150,14 +151,7 @@ IDENTITY_FIELDS = ("mode", "image_tower", "image_source", "embed_dim", "image_he
 
 def read_run_file(path: str | Path) -> dict:
     """The fields of a run file (TOML, or JSON such as a run's own ``config.json``), unvalidated."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"run file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    try:
-        return json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise ValueError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} ({err})") from None
+    return read_toml(path, "run file")
 
 
 def apply_override(fields: dict, assignment: str) -> dict:
@@ -203,5 +197,4 @@ def load_train_config(file: str | Path | None = None, fields: dict | None = None
     try:
         return TrainConfig.model_validate(merged)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors())
-        raise ValueError(f"training config{where}: {problems}") from None
+        raise ValueError(f"training config{where}: {problems(err)}") from None

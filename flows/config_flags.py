@@ -1,0 +1,53 @@
+"""Command-line flags made from a pydantic config model, so an option is declared once.
+
+Each field becomes ``--field-name`` (or the ``flag`` in its ``json_schema_extra``), with the
+field's description as help; booleans get ``--x/--no-x``, lists and tuples are repeatable,
+``Literal`` types become choices. A flag that is not given sets nothing (``SUPPRESS``), so the
+model's defaults, or a config file's values, stay in force: only what the user typed overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import typing
+
+
+def add_model_flags(parser: argparse.ArgumentParser, model, *, flag_prefix: str = "", dest_prefix: str = "",
+                    skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """Add a flag per field of ``model``; returns {argparse dest: field name}."""
+    dests = {}
+    for name, info in model.model_fields.items():
+        if name in skip:
+            continue
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        flag = extra.get("flag") or f"--{flag_prefix}{name.replace('_', '-')}"
+        dest = dest_prefix + name
+        _add(parser, flag, dest, info, extra.get("metavar"))
+        dests[dest] = name
+    return dests
+
+
+def given(args: argparse.Namespace, dests: dict[str, str]) -> dict:
+    """{field name: value} of the flags the user gave."""
+    values = vars(args)
+    return {field: values[dest] for dest, field in dests.items() if dest in values}
+
+
+def _add(parser, flag: str, dest: str, info, metavar: str | None) -> None:
+    kind = info.annotation
+    options = typing.get_args(kind)
+    if type(None) in options:  # X | None
+        kind = next(a for a in options if a is not type(None))
+    value = None if info.is_required() or info.default_factory is not None else info.default
+    shown = "" if value in (None, ()) else f" (default {value!r})"  # a factory's default is in the description
+    common = dict(dest=dest, default=argparse.SUPPRESS, help=(info.description or "") + shown)
+    origin = typing.get_origin(kind)
+    if kind is bool:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+    elif origin in (list, tuple):
+        item = typing.get_args(kind)[0]
+        parser.add_argument(flag, action="append", type=item, metavar=metavar or dest.upper(), **common)
+    elif origin is typing.Literal:
+        parser.add_argument(flag, choices=list(typing.get_args(kind)), **common)
+    else:
+        parser.add_argument(flag, type=kind, metavar=metavar, **common)
