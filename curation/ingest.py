@@ -54,6 +54,7 @@ from curation.ingest_config import IngestConfig
 from curation.strict_resizer import strict_resizing
 from curation.url_list import UrlListError, iter_chunks, list_parts
 from curation.url_safety import Refused, UrlPolicy, cached_resolver
+from infra.files import replacing, write_json_atomic
 
 
 # img2dataset reserves these names; a URL list's own column of that name is carried as src_<name>
@@ -105,9 +106,8 @@ def _source_of(path: Path) -> dict:
 
 
 def _write_table(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def _chunk_name(part: int, chunk: int) -> str:
@@ -157,9 +157,7 @@ def vet_part(number: int, path: Path, out_dir: Path, policy: UrlPolicy, config: 
                                       preserve_index=False))
     report = {"part": number, "source": source, "columns": columns, "rows_in": sum(chunks), "chunks": chunks,
               "refused": len(refused_frame)}
-    tmp = report_path.with_name(f".{report_path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, report_path)
+    write_json_atomic(report_path, report)
     return report
 
 
@@ -324,7 +322,5 @@ def ingest(url_list: str | Path, out_dir: str | Path, config: IngestConfig | Non
         "versions": library_versions(),
         "code_revision": code_revision(),
     }
-    tmp = out_dir / "ingest.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    tmp.replace(out_dir / "ingest.json")
+    write_json_atomic(out_dir / "ingest.json", report, default=str)
     return report

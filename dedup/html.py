@@ -14,6 +14,8 @@ import io
 
 from PIL import Image
 
+from dedup.phash import flatten_on_white
+
 THUMB = 112
 
 
@@ -24,9 +26,7 @@ def thumbnail_data_uri(data: bytes | None, size: int = THUMB) -> str:
     try:
         image = Image.open(io.BytesIO(data))
         image.draft("RGB", (size, size))
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image).convert("RGB")
+        image = flatten_on_white(image).convert("RGB")
         image.thumbnail((size, size))
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=80)

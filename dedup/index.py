@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -34,6 +33,7 @@ import pyarrow.parquet as pq
 from dedup.evalsets import EmptyEvalSet, EvalSet
 from dedup.phash import DEFAULT_SETTINGS, HashSettings, check_same_settings, hash_many_bytes
 from dedup.search import HammingIndex
+from infra.files import replacing, write_json_atomic
 
 FORMAT_VERSION = 1
 MODES = ("none", "test", "train+test")
@@ -134,9 +134,8 @@ def build_index(evalsets: Iterable[EvalSet], out: str | Path, settings: HashSett
                 log(f"{evalset.name}/{split.name}: unchanged ({len(items)} images), not re-indexed")
             else:
                 table = _hash_split(items, settings)
-                tmp = out / (file + ".tmp")
-                pq.write_table(table, tmp)
-                os.replace(tmp, out / file)
+                with replacing(out / file) as tmp:
+                    pq.write_table(table, tmp)
                 report.reindexed.append((evalset.name, split.name))
                 log(f"{evalset.name}/{split.name}: indexed {len(items)} images")
             errors = [{"key": k, "error": e} for k, e in zip(table["key"].to_pylist(), table["error"].to_pylist()) if e]
@@ -153,9 +152,7 @@ def build_index(evalsets: Iterable[EvalSet], out: str | Path, settings: HashSett
     for stale in (out / "splits").glob("*.parquet"):
         if f"splits/{stale.name}" not in keep:
             stale.unlink()
-    tmp = out / "index.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / "index.json")
+    write_json_atomic(out / "index.json", manifest, sort_keys=True)
     return report
 
 

@@ -158,9 +158,16 @@ def open_for_hash(data: bytes, settings: HashSettings = DEFAULT_SETTINGS) -> Ima
     return flatten_on_white(image) if settings.flatten_alpha else image
 
 
+def has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
+
+
 def flatten_on_white(image: Image.Image) -> Image.Image:
-    """Transparent pixels composited on white (as img2dataset does); an opaque image as it is."""
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+    """Transparent pixels composited on white (as img2dataset does); an opaque image as it is.
+
+    The one place litflow puts transparency on white: curation's decode, the hashes, the
+    audit page's thumbnails and the towers' preprocessing all call it, so they agree."""
+    if has_alpha(image):
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return image

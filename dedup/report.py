@@ -19,7 +19,6 @@ Writes into ``out/``:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from dedup.evalsets import read_ref
 from dedup.html import render, thumbnail_data_uri
 from dedup.index import SIGNALS, EvalIndex
 from dedup.intra import duplicate_groups
+from infra.files import write_text_atomic
 
 
 def _eval_metadata(index_dir: Path, manifest: dict) -> pd.DataFrame:
@@ -175,7 +175,5 @@ def build_report(corpus: Corpus, index_dir: str | Path, out: str | Path, radius:
         "eval_caption": r.eval_caption, "eval_thumb": thumb(r.eval_ref) if isinstance(r.eval_ref, str) else "",
         "removed": bool(r.removed), "flagged": bool(r.flagged),
     } for r in matches.itertuples()]
-    tmp = out / "report.html.tmp"
-    tmp.write_text(render(summary, rows, page_size), encoding="utf-8")
-    os.replace(tmp, out / "report.html")
+    write_text_atomic(out / "report.html", render(summary, rows, page_size))
     return summary

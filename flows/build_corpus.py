@@ -8,7 +8,6 @@ are complete and unchanged.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -23,6 +22,7 @@ from infra.paths import default_work_dir
 from flows.progress import FlowProgress
 from flows.resume import Stage
 from flows.summaries import corpus_markdown, ingest_markdown
+from infra.files import file_sha256
 
 
 def _log(message: str) -> None:
@@ -56,7 +56,7 @@ def index_task(run_dir: str, eval_sets: list[str] | None, evalset_files: list[st
     chosen = evalsets.select(eval_sets or None, files)
     names = [s.name for s in chosen]
     # the files' bytes are part of the stage's inputs: an edited declaration re-runs it
-    declared = {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files}
+    declared = {f: file_sha256(f) for f in files}
     stage = Stage(Path(run_dir), "eval-index", out, {"eval_sets": names, "evalset_files": declared}, {})
 
     def work() -> dict:

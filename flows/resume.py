@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from infra.files import file_sha256, write_text_atomic
+
 MARKER_DIR = ".stages"
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def output_checksums(root: Path) -> dict[str, str]:
@@ -35,7 +33,7 @@ def output_checksums(root: Path) -> dict[str, str]:
     files = sorted(p for p in root.rglob("*") if p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(root).parts)
                    and not p.name.endswith(".tmp"))
-    return {str(p.relative_to(root)): _sha256(p) for p in files}
+    return {str(p.relative_to(root)): file_sha256(p) for p in files}
 
 
 def digest_of(checksums: dict[str, str]) -> str:
@@ -78,9 +76,7 @@ class Stage:
         record = {"stage": self.name, "fingerprint": fingerprint(self.config, self.upstream),
                   "digest": digest_of(checksums), "checksums": checksums, "result": result}
         self.marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.marker.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str))
-        os.replace(tmp, self.marker)
+        write_text_atomic(self.marker, json.dumps(record, indent=1, sort_keys=True, default=str))
         return result | {"digest": record["digest"], "skipped": False}
 
     def run(self, work: Callable[[], dict], log: Callable[[str], None] = print) -> dict:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from infra.files import replacing
+
 FORMAT = 1
 
 
@@ -27,11 +29,10 @@ def save_checkpoint(path: str | Path, *, step: int, identity: dict, model_state:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "step": step, "identity": identity, "model": model_state,
                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(payload, tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
     return path
 
 

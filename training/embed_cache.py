@@ -15,9 +15,7 @@ shapes, and names the file when anything disagrees: a cache is never silently re
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 from curation.shards import read_shard
 from training.image_towers import ImageTower
 from training.shard_inputs import manifest_path, read_manifest
+from infra.files import file_sha256, replacing
 
 
 class CacheMismatchError(ValueError):
@@ -41,15 +40,8 @@ def tower_dir(root: str | Path, tower: ImageTower) -> Path:
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
+    with replacing(path) as tmp, open(tmp, "wb") as handle:
         write(handle)
-    os.replace(tmp, path)
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _tower_meta(tower: ImageTower) -> dict:
@@ -86,7 +78,7 @@ def is_embedded(folder: Path, shard: Path, fingerprint: str) -> bool:
     if not done.exists():
         return False
     meta = json.loads(done.read_text())
-    return meta.get("fingerprint") == fingerprint and meta.get("manifest_sha256") == _file_sha256(manifest_path(shard))
+    return meta.get("fingerprint") == fingerprint and meta.get("manifest_sha256") == file_sha256(manifest_path(shard))
 
 
 @torch.no_grad()
@@ -129,7 +121,7 @@ def embed_shard(tower: ImageTower, shard: Path, folder: Path, batch_size: int = 
     _atomic_write(npy, lambda h: np.save(h, matrix))
     _atomic_write(keys_txt, lambda h: h.write("".join(f"{k}\n" for k in keys).encode()))
     meta = {"shard": str(shard), "count": len(keys), "dim": int(matrix.shape[1]), "dtype": dtype,
-            "fingerprint": tower.fingerprint, "manifest_sha256": _file_sha256(manifest_path(shard))}
+            "fingerprint": tower.fingerprint, "manifest_sha256": file_sha256(manifest_path(shard))}
     _atomic_write(done, lambda h: h.write(json.dumps(meta, indent=2, sort_keys=True).encode()))
     return len(keys)
 

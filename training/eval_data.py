@@ -13,7 +13,6 @@ eval set are therefore computed once for every Lu model that shares it.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +21,7 @@ import torch
 
 from dedup.evalsets import EvalItem, MalformedEvalSet
 from training.image_towers import Preprocess
+from infra.files import replacing
 
 
 def read_images(items: list[EvalItem], where: str) -> tuple[list[bytes], str]:
@@ -77,8 +77,6 @@ def image_features(items: list[EvalItem], where: str, preprocess: Preprocess, fi
     features = torch.cat(parts)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as handle:
+        with replacing(path) as tmp, open(tmp, "wb") as handle:
             np.save(handle, features.numpy())
-        os.replace(tmp, path)
     return features, {"digest": digest, "cache": str(path) if path else None, "cached": False}

@@ -15,7 +15,6 @@ because it needs training's locked tower and cache; the search and verification 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +23,12 @@ import pandas as pd
 from curation.corpus_reader import shard_paths
 from curation.shards import read_shard
 from dedup.embedding import Embed, EmbeddingIndex, embedding_candidates, verify_candidates
+from infra.files import replacing
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".parquet.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        frame.to_parquet(tmp, index=False)
 
 
 def tower_embedder(name: str = "efficientnet-lite0") -> Embed:

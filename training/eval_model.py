@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from infra.files import file_sha256
 from training.config import TrainConfig
 from training.image_towers import ImageTower, Preprocess, _hash_state
 from training.model import LiTModel
-from training.text_towers import file_sha256
 from training.train import build_model
 
 

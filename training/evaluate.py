@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from training.eval_data import image_features
 from training.eval_model import EvalModel, load_run
 from training.eval_report import summary_markdown
 from training.prompts import get_prompt_set
+from infra.files import write_text_atomic
 
 FORMAT = 1
 HEADLINE_RULE = ("mean zero-shot top-1 over the classification sets with each set's primary prompt set; "
@@ -167,9 +167,7 @@ def write_outputs(metrics: dict, out_dir: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for name, text in (("metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n"),
                        ("summary.md", summary_markdown(metrics))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out / name)
+        write_text_atomic(out / name, text)
     return metrics
 
 

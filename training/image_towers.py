@@ -24,6 +24,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from dedup.phash import flatten_on_white
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -37,11 +39,7 @@ class Preprocess:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")  # transparency goes on white, as curated JPEGs have it
-            image = Image.new("RGB", rgba.size, "white")
-            image.paste(rgba, mask=rgba.split()[-1])
-        image = image.convert("RGB")
+        image = flatten_on_white(image).convert("RGB")  # transparency on white, as curated JPEGs have it
         w, h = image.size
         scale = self.size / min(w, h)
         nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from infra.files import replacing
+
 
 class MetricsLog:
     def __init__(self, path: str | Path, resume_step: int = 0):
@@ -42,8 +44,7 @@ def plot_metrics(metrics_path: str | Path, png_path: str | Path) -> Path:
     right.set(xlabel="step", ylabel="t", title="temperature (learned, log space)")
     fig.tight_layout()
     png_path = Path(png_path)
-    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with replacing(png_path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    tmp.replace(png_path)
     return png_path

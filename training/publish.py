@@ -10,16 +10,15 @@ evaluation first. Writes are atomic (temporary file + rename).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable
 
+from infra.files import write_json_atomic
+
 
 def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, value, sort_keys=True, default=str)
 
 
 def read_latest(models_dir: str | Path) -> dict | None:

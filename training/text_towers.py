@@ -9,7 +9,6 @@ which is how MiniLM was trained as a sentence encoder.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Iterable
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from training.config import DEFAULT_MAX_TOKENS, TextSpec  # noqa: F401  (TextSpec: where towers are specified)
+from infra.files import replacing
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 
@@ -101,9 +101,8 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, path: str | Path) 
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tokenizer.save(str(tmp))
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tokenizer.save(str(tmp))
     return path
 
 
@@ -158,5 +157,3 @@ def build_text_tower(spec: TextSpec, tokenizer_path: str | Path | None = None) -
     raise ValueError(f"unknown text tower {spec.name!r}; known: minilm, bert:<path>, scratch")
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -9,7 +9,6 @@ locked tower run on every batch (``"images"``, what open_clip's ``--lock-image``
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import re
@@ -33,7 +32,8 @@ from training.model import LiTModel
 from training.schedule import warmup_cosine
 from training.shard_inputs import read_manifest, resolve_shards
 from training.step import compute_gradients
-from training.text_towers import EmptyCaptionError, build_text_tower, file_sha256, train_tokenizer
+from training.text_towers import EmptyCaptionError, build_text_tower, train_tokenizer
+from infra.files import file_sha256, write_json_atomic
 
 class TrainingDiverged(RuntimeError):
     """The loss (or gradient norm) became NaN/inf; the last good checkpoint is kept."""
@@ -200,9 +200,7 @@ def train(config: TrainConfig, on_step=None) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     if info.main:  # the whole resolved config, defaults included: `litflow train --config OUT/config.json`
-        tmp = out / "config.json.tmp"
-        tmp.write_text(json.dumps(config.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, out / "config.json")
+        write_json_atomic(out / "config.json", config.model_dump(mode="json"), sort_keys=True)
     shards = resolve_shards(config.shards)
     excluded_pairs = check_exclusions(shards, excluded, info.world * max(1, config.workers))
     tokenizer = _tokenizer(config, shards, info, excluded)
