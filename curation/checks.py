@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 
 from curation.config import CurationConfig
+from dedup.evalsets import image_member
 from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS, hash_image_bytes, phash64
 from curation.decode import ImageRejected, decode_image, encode_jpeg
 from curation.language import tag_many
@@ -68,10 +69,8 @@ def _meta(raw: dict) -> dict:
 
 
 def image_bytes(raw: dict) -> bytes | None:
-    for ext in ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tiff"):
-        if ext in raw:
-            return raw[ext]
-    return None
+    ext = image_member(raw)
+    return raw[ext] if ext else None
 
 
 def examine(raw: dict, shard: str, index: int, config: CurationConfig) -> Candidate:

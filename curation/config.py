@@ -37,6 +37,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dedup.modes import EvalMode
 from infra.config_files import read_toml
 
 
@@ -85,7 +86,7 @@ class LanguageRules(_Rules):
 
 class EvalDedupRules(_Rules):
     index: str | None = None                # folder written by `litflow dedup index`; None: off
-    mode: Literal["none", "test", "train+test"] = "train+test"  # LiT's Table 5 ablation
+    mode: EvalMode = "train+test"           # none | test | train+test (dedup.modes)
     radius: int = 8                         # Hamming radius on the 64-bit pHash (and its mirror)
     verify: bool = True                     # confirm pHash candidates geometrically (dedup.verify)
     max_candidates: int = 8                 # nearest pHash candidates verified per record

@@ -19,10 +19,8 @@ import numpy as np
 
 from curation.shards import list_shards, read_shard
 from dedup.corpus import Corpus
+from dedup.evalsets import image_member
 from dedup.phash import HashSettings, hash_many_bytes
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-
 
 def manifest_settings(corpus_dir: Path) -> HashSettings | None:
     """The hash settings recorded in ``corpus.json`` (top level or under ``config``), if any."""
@@ -54,7 +52,7 @@ def read_corpus(corpus_dir: str | Path, settings: HashSettings) -> Corpus:
     keys, refs, captions, digests, stored, blobs = [], [], [], [], [], []
     for shard in shard_paths(corpus_dir):
         for sample in read_shard(shard):
-            ext = next((e for e in IMAGE_EXTS if e in sample), None)
+            ext = image_member(sample)
             if ext is None:
                 continue
             record = {}

@@ -49,8 +49,9 @@ import pyarrow.parquet as pq
 from curation.guarded_download import guarded_downloading
 from curation.host_report import HostTally
 from curation.provenance import code_revision, library_versions
-from curation.reasons import IngestReason, classify_error
 from curation.ingest_config import IngestConfig
+from curation.reasons import IngestReason, classify_error
+from curation.records import AccountingError
 from curation.strict_resizer import strict_resizing
 from curation.url_list import UrlListError, iter_chunks, list_parts
 from curation.url_safety import Refused, UrlPolicy, cached_resolver
@@ -62,10 +63,6 @@ RESERVED_COLUMNS = {
     "key", "caption", "url", "width", "height", "original_width", "original_height",
     "status", "error_message", "exif", "md5", "sha256", "sha512", "row", "part",
 }
-
-
-class AccountingError(RuntimeError):
-    """Rows in != downloaded + failed: something was lost, and the run must not pass."""
 
 
 REJECTED_COLUMNS = ["part", "row", "url", "reason", "detail"]

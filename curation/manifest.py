@@ -19,14 +19,10 @@ from curation import storage
 from curation.checks import STAGE_OF, STAGES
 from curation.config import CurationConfig
 from curation.provenance import code_revision, library_versions
-from curation.records import CurationReason
+from curation.records import AccountingError, CurationReason
 from curation.shard_passes import COUNTS_DIR, WORK_DIR, facts_path
 from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS
 from dedup.verify import VerifyRules
-
-
-class AccountingError(RuntimeError):
-    """inputs != kept + Σ rejected: a record was lost or doubled; the run fails."""
 
 
 def _stage_counts(inputs: int, rejected_by_reason: dict[str, int]) -> dict:

@@ -37,6 +37,10 @@ class CurationReason(str, Enum):
     CORPUS_DUPLICATE = "corpus_duplicate"      # (optional) duplicate inside the corpus
 
 
+class AccountingError(RuntimeError):
+    """Records in != kept (or downloaded) + rejected: something was lost or doubled; the run fails."""
+
+
 KEPT = "kept"
 REJECTED = "rejected"
 
@@ -60,7 +64,7 @@ PAIR_SCHEMA = pa.schema(
         ("eval_set", pa.string()),
         ("eval_split", pa.string()),
         ("eval_key", pa.string()),
-        ("eval_distance", pa.float32()),
+        ("eval_distance", pa.int32()),     # pHash bits, as dedup.matches' distance
         ("source_shard", pa.string()),
     ]
 )

@@ -23,6 +23,9 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from dedup.matches import NO_DISTANCE
+from dedup.modes import removes
+
 Embed = Callable[[Sequence], np.ndarray]
 
 
@@ -107,7 +110,7 @@ def flag_duplicates(corpus_keys: Sequence[str], corpus_vectors: np.ndarray, inde
 def embedding_candidates(corpus_keys: Sequence[str], corpus_vectors: np.ndarray, index: EmbeddingIndex,
                          top_k: int = 3, min_cosine: float = 0.5) -> pd.DataFrame:
     """(corpus key, eval image) candidates: each query's ``top_k`` nearest with cosine >= ``min_cosine``."""
-    columns = ["key", "eval_image", "eval_set", "eval_split", "eval_key", "cosine", "rank"]
+    columns = ["key", "eval_image", "eval_set", "eval_split", "eval_key", "signal", "distance", "cosine", "rank"]
     if len(corpus_keys) == 0 or len(index.vectors) == 0:
         return pd.DataFrame({c: [] for c in columns})
     image, cosine = index.top_k(corpus_vectors, top_k)
@@ -116,7 +119,8 @@ def embedding_candidates(corpus_keys: Sequence[str], corpus_vectors: np.ndarray,
     return pd.DataFrame({
         "key": [corpus_keys[i] for i in q], "eval_image": hit.astype(np.int64),
         "eval_set": [index.eval_set[h] for h in hit], "eval_split": [index.split[h] for h in hit],
-        "eval_key": [index.key[h] for h in hit], "cosine": cosine[q, rank].astype(np.float32),
+        "eval_key": [index.key[h] for h in hit], "signal": "embedding",
+        "distance": np.full(len(q), NO_DISTANCE, np.int32), "cosine": cosine[q, rank].astype(np.float32),
         "rank": rank.astype(np.int32),
     })
 
@@ -180,7 +184,7 @@ def eval_embedding_index(embed: Embed, index_dir, mode: str = "train+test", batc
     sets, splits, keys, refs, images = [], [], [], [], []
     for set_name, info in sorted(manifest["sets"].items()):
         for split, split_info in sorted(info["splits"].items()):
-            if mode == "none" or (mode == "test" and split_info["role"] != "test"):
+            if not removes(mode, split_info["role"]):
                 continue
             table = pq.read_table(Path(index_dir) / split_info["file"], columns=["key", "ref", "error"]).to_pylist()
             for row in table:

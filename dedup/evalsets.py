@@ -36,7 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+# The one list of image extensions (without the dot), in the order a webdataset sample's image
+# member is looked for: curation, the corpus reader, eval sets and the embedding check use it.
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+
+
+def image_member(sample: dict) -> str | None:
+    """The extension of a webdataset sample's image member (``sample[ext]``), or None."""
+    return next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
 ROLES = ("train", "test")
 
 
@@ -104,7 +111,7 @@ class ImageFolder:
         root = Path(self.root)
         if not root.is_dir():
             raise FileNotFoundError(f"ImageFolder root {root} does not exist")
-        classes = {d.name: [i for i in sorted(d.iterdir()) if i.suffix.lower() in IMAGE_EXTENSIONS]
+        classes = {d.name: [i for i in sorted(d.iterdir()) if i.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS]
                    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))}
         empty = [name for name, images in classes.items() if not images]
         if empty and len(empty) < len(classes):  # no images at all is an EmptyEvalSet, said by the caller
@@ -196,7 +203,8 @@ class WebDatasetShards:
                     key, _, ext = Path(member.name).name.partition(".")
                     groups.setdefault(key, {})[ext.lower()] = member
                 for key, files in groups.items():
-                    image = next((files[e] for e in ("jpg", "jpeg", "png", "webp") if e in files), None)
+                    ext = image_member(files)
+                    image = files[ext] if ext else None
                     if image is None:
                         continue
                     caption = tar.extractfile(files["txt"]).read().decode("utf-8", "replace") if "txt" in files else None

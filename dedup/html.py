@@ -106,7 +106,7 @@ def render(summary: dict, rows: list[dict], page_size: int = 50) -> str:
         body.append(
             f"<tr class='match' data-distance='{_e(row['distance'])}' data-flagged='{int(row.get('flagged', True))}'><td>{number}</td><td class='dist'>{_e(row['distance'])}</td>"
             f"<td class='img'>{corpus_img}</td><td class='cap'>{_e(row.get('corpus_caption'))}"
-            f"<div class='muted'>{_e(row['corpus_key'])}</div></td>"
+            f"<div class='muted'>{_e(row['key'])}</div></td>"
             f"<td class='img'>{eval_img}</td><td class='cap'>{_e(row['eval_set'])} / {_e(row['eval_split'])} / "
             f"{_e(row['eval_key'])}<div class='muted'>{_e(row.get('eval_label') or '')} {_e(row.get('eval_caption') or '')}</div></td>"
             f"<td>{_e(row['signals'])}</td><td>{_removed_cell(row)}</td></tr>")

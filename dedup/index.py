@@ -31,12 +31,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dedup.evalsets import EmptyEvalSet, EvalSet
+from dedup.modes import MODES, removes
 from dedup.phash import DEFAULT_SETTINGS, HashSettings, check_same_settings, hash_many_bytes
 from dedup.search import HammingIndex
 from infra.files import replacing, write_json_atomic
 
 FORMAT_VERSION = 1
-MODES = ("none", "test", "train+test")
 SIGNALS = ("phash", "mirror")
 
 SPLIT_SCHEMA = pa.schema([
@@ -193,7 +193,7 @@ class EvalIndex:
         self.mirror = np.asarray(mirror, np.uint64)
         self.manifest = manifest or {}
         active_splits = [i for i, (_, _, role) in enumerate(splits)
-                         if mode == "train+test" or (mode == "test" and role == "test")]
+                         if removes(mode, role)]
         self.active_images = np.flatnonzero(np.isin(self.image_split, active_splits)).astype(np.int32)
         # entry e < A is the pHash of active image e, entry A + e its mirror
         self._entry_hashes = np.concatenate([self.phash[self.active_images], self.mirror[self.active_images]])
@@ -261,4 +261,4 @@ def eval_duplicate_fields(matches: list[Match]) -> dict:
     """The pair-record fields for the nearest match (``reason`` is ``eval_duplicate``)."""
     best = min(matches)
     return {"eval_set": best.eval_set, "eval_split": best.split, "eval_key": best.eval_key,
-            "eval_distance": float(best.distance)}
+            "eval_distance": int(best.distance)}

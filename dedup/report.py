@@ -5,7 +5,7 @@ Takes the corpus as records (:class:`dedup.corpus.Corpus`); reading it from shar
 
 Writes into ``out/``:
 
-* ``matches.parquet`` — every (corpus pair, eval image) candidate: within the pHash radius, all
+* ``matches.parquet`` — every (corpus pair, eval image) candidate, in :mod:`dedup.matches`'s schema: within the pHash radius, all
   splits, plus embedding candidates when given (``litflow dedup flag``); with the verification
   (``confirmed``, ``undecided``, ``verification``), ``flagged`` (confirmed or undecided; every
   candidate when verification is off) and ``removed`` = flagged and counted under the mode.
@@ -30,6 +30,8 @@ from dedup.evalsets import read_ref
 from dedup.html import render, thumbnail_data_uri
 from dedup.index import SIGNALS, EvalIndex
 from dedup.intra import duplicate_groups
+from dedup.modes import removes
+from dedup.matches import NO_DISTANCE, write_matches
 from infra.files import write_text_atomic
 
 
@@ -82,12 +84,11 @@ def build_report(corpus: Corpus, index_dir: str | Path, out: str | Path, radius:
     index_dir, out = Path(index_dir), Path(out)
     full = EvalIndex.load(index_dir, mode="train+test")
     full.check_settings(corpus.settings)  # hashes made another way cannot be compared
-    removed_splits = {(s, sp) for s, sp, role in full.splits
-                      if mode == "train+test" or (mode == "test" and role == "test")}
+    removed_splits = {(s, sp) for s, sp, role in full.splits if removes(mode, role)}
     q, image, dist, signal = full.match_many(corpus.phash, radius)
     where = [full.describe(int(i)) for i in image]
     matches = pd.DataFrame({
-        "corpus_key": [corpus.keys[i] for i in q], "corpus_ref": [corpus.refs[i] for i in q],
+        "key": [corpus.keys[i] for i in q], "corpus_ref": [corpus.refs[i] for i in q],
         "corpus_caption": [corpus.captions[i] for i in q], "corpus_sha256": [corpus.sha256[i] for i in q],
         "corpus_phash": corpus.phash[q] if len(q) else np.zeros(0, np.uint64),
         "eval_set": [w[0] for w in where], "eval_split": [w[1] for w in where], "eval_key": [w[2] for w in where],
@@ -96,18 +97,18 @@ def build_report(corpus: Corpus, index_dir: str | Path, out: str | Path, radius:
     })
     matches = _verify_phash_matches(matches, [full.refs[int(i)] for i in image], verify, verifier)
     if embedding_matches is not None and len(embedding_matches):
-        emb = embedding_matches.rename(columns={"key": "corpus_key"})
+        emb = embedding_matches.copy()
         lookup = {k: i for i, k in enumerate(corpus.keys)}
-        emb = emb[emb["corpus_key"].isin(lookup)].copy()
-        idx = [lookup[k] for k in emb["corpus_key"]]
+        emb = emb[emb["key"].isin(lookup)].copy()
+        idx = [lookup[k] for k in emb["key"]]
         emb = emb.assign(corpus_ref=[corpus.refs[i] for i in idx], corpus_caption=[corpus.captions[i] for i in idx],
                          corpus_sha256=[corpus.sha256[i] for i in idx], corpus_phash=corpus.phash[idx],
-                         distance=np.int32(-1), signal="embedding")
+                         distance=np.int32(NO_DISTANCE), signal="embedding")
         for column, default in (("confirmed", False), ("undecided", False), ("verification", "not verified"),
                                 ("flagged", True)):
             if column not in emb:
                 emb[column] = default
-        key_cols = ["corpus_key", "eval_set", "eval_split", "eval_key"]
+        key_cols = ["key", "eval_set", "eval_split", "eval_key"]
         both = matches.merge(emb[key_cols + ["cosine"]], on=key_cols, how="left", suffixes=("", "_emb"))
         matches["cosine"] = both["cosine_emb"].to_numpy(np.float32)
         matches.loc[matches["cosine"].notna(), "signal"] += "+embedding"
@@ -120,7 +121,7 @@ def build_report(corpus: Corpus, index_dir: str | Path, out: str | Path, radius:
     matches = matches.merge(meta, on=["eval_set", "eval_split", "eval_key"], how="left")
     # nearest first; embedding-only matches (no pHash distance) after, by falling cosine
     matches["_order"] = np.where(matches["distance"] >= 0, matches["distance"], 65)
-    matches = matches.sort_values(["_order", "cosine", "corpus_key", "eval_set", "eval_split", "eval_key"],
+    matches = matches.sort_values(["_order", "cosine", "key", "eval_set", "eval_split", "eval_key"],
                                   ascending=[True, False, True, True, True, True]).drop(columns="_order")
     matches = matches.reset_index(drop=True)
 
@@ -129,9 +130,9 @@ def build_report(corpus: Corpus, index_dir: str | Path, out: str | Path, radius:
         "radius": radius, "mode": mode, "verify": _verify_rules(verify, verifier), "settings": full.settings.to_dict(), "settings_id": full.settings.id,
         "corpus": {"dir": corpus.source, "pairs": len(corpus), "unreadable": corpus.unreadable,
                    "hashed_here": corpus.hashed_here,
-                   "candidates": int(matches["corpus_key"].nunique()),
-                   "matched": int(matches.loc[matches["flagged"], "corpus_key"].nunique()),
-                   "removed": int(matches.loc[matches["removed"], "corpus_key"].nunique())},
+                   "candidates": int(matches["key"].nunique()),
+                   "matched": int(matches.loc[matches["flagged"], "key"].nunique()),
+                   "removed": int(matches.loc[matches["removed"], "key"].nunique())},
         "eval_sets": {},
     }
     for set_name, info in full.manifest["sets"].items():
@@ -141,9 +142,9 @@ def build_report(corpus: Corpus, index_dir: str | Path, out: str | Path, radius:
             summary["eval_sets"][set_name][split] = {
                 "role": split_info["role"], "eval_images": split_info["images"],
                 "unreadable": len(split_info["unreadable"]), "unreadable_images": split_info["unreadable"],
-                "corpus_pairs_candidates": int(matches.loc[sel, "corpus_key"].nunique()),
-                "corpus_pairs_matched": int(matches.loc[sel & matches["flagged"], "corpus_key"].nunique()),
-                "removed": int(matches.loc[sel & matches["removed"], "corpus_key"].nunique()),
+                "corpus_pairs_candidates": int(matches.loc[sel, "key"].nunique()),
+                "corpus_pairs_matched": int(matches.loc[sel & matches["flagged"], "key"].nunique()),
+                "removed": int(matches.loc[sel & matches["removed"], "key"].nunique()),
             }
     out.mkdir(parents=True, exist_ok=True)
     if groups is not None:
@@ -154,7 +155,7 @@ def build_report(corpus: Corpus, index_dir: str | Path, out: str | Path, radius:
             "pairs_in_groups": len(groups), "removable": int((~groups["keep"]).sum()),
         }
         groups.to_parquet(out / "corpus_duplicates.parquet", index=False)
-    matches.to_parquet(out / "matches.parquet", index=False)
+    write_matches(matches, out / "matches.parquet")
     (out / "report.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
     thumbs: dict[str, str] = {}
@@ -170,7 +171,7 @@ def build_report(corpus: Corpus, index_dir: str | Path, out: str | Path, radius:
     rows = [{
         "distance": "-" if r.distance < 0 else int(r.distance),
         "signals": r.signal + ("" if np.isnan(r.cosine) else f" (cos {r.cosine:.3f})") + f"; {r.verification}",
-        "corpus_key": r.corpus_key, "corpus_caption": r.corpus_caption, "corpus_thumb": thumb(r.corpus_ref),
+        "key": r.key, "corpus_caption": r.corpus_caption, "corpus_thumb": thumb(r.corpus_ref),
         "eval_set": r.eval_set, "eval_split": r.eval_split, "eval_key": r.eval_key, "eval_label": r.eval_label,
         "eval_caption": r.eval_caption, "eval_thumb": thumb(r.eval_ref) if isinstance(r.eval_ref, str) else "",
         "removed": bool(r.removed), "flagged": bool(r.flagged),

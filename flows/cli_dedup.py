@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from dedup.modes import MODES
+
 
 def _default_index() -> Path:
     from infra.paths import default_work_dir
@@ -73,7 +75,7 @@ def add_commands(subparsers) -> None:
     r.add_argument("out", help="output folder")
     r.add_argument("--index", help="index folder (default: work/dedup/index)")
     r.add_argument("--radius", type=int, default=8, help="pHash Hamming radius (default 8)")
-    r.add_argument("--mode", choices=("none", "test", "train+test"), default="train+test",
+    r.add_argument("--mode", choices=MODES, default="train+test",
                    help="which eval splits count as removals (default train+test, as LiT)")
     r.add_argument("--near-radius", type=int, default=4, help="intra-corpus near-duplicate radius (-1 = skip)")
     r.add_argument("--page-size", type=int, default=50, help="matches per page in report.html")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageOps
 
@@ -14,6 +15,7 @@ from curation.shards import write_shard
 from dedup.evalsets import EvalSet, ImageFolder, Split
 from training.eval_flags import flag_corpus
 from dedup.index import build_index
+from dedup.matches import MATCH_FIELDS, MATCH_SCHEMA, NO_DISTANCE
 from dedup.verify import VerifyRules
 from flows.cli import main as litflow
 from tests.images import on_white, photo, shard_bytes
@@ -74,6 +76,10 @@ def test_flag_corpus_flags_the_edited_copies(setup):
                           top_k=n_eval, min_cosine=-1.0)
     flags = pd.read_parquet(root / "out" / "eval_flags.parquet")
     assert dict(zip(flags["key"], flags["eval_key"])) == copies
+    for name in ("eval_flags.parquet", "eval_candidates.parquet"):  # the one eval-match schema, first
+        schema = pq.read_schema(root / "out" / name)
+        assert [schema.field(n) for n in MATCH_FIELDS] == list(MATCH_SCHEMA)
+    assert set(flags["signal"]) == {"embedding"} and set(flags["distance"]) == {NO_DISTANCE}
     assert len(flags) == len(copies) and flags["confirmed"].all() and not flags["undecided"].any()
     assert set(flags["eval_set"]) == {"probe"} and set(flags["eval_split"]) == {"test"}
     assert flags.set_index("key").loc["c-mirror", "mirrored"] and not flags.set_index("key").loc["c-crop", "mirrored"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageEnhance
 
@@ -18,6 +19,7 @@ from curation.records import empty_pair
 from curation.shards import write_shard
 from dedup.evalsets import EvalSet, ImageFolder, Split
 from dedup.index import build_index
+from dedup.matches import MATCH_FIELDS, MATCH_SCHEMA
 from dedup.phash import DEFAULT_SETTINGS, HashSettings, HashSettingsMismatch, hash_image_bytes
 from curation.eval_audit import audit_corpus
 from dedup.verify import VerifyRules
@@ -107,6 +109,8 @@ def test_report_counts_follow_the_rule(setup, sources, tmp_path):
     assert splits["train"]["eval_images"] == 30 and splits["train"]["removed"] == 0
     frame = pd.read_parquet(tmp_path / "r/matches.parquet")
     assert len(frame) == pairs
+    schema = pq.read_schema(tmp_path / "r/matches.parquet")  # the one eval-match schema, first
+    assert [schema.field(n) for n in MATCH_FIELDS] == list(MATCH_SCHEMA)
     assert frame["distance"].max() <= RADIUS and frame["distance"].is_monotonic_increasing
     assert set(frame.loc[frame["removed"], "eval_split"]) == {"test"}
     # intra-corpus: the exact copy and the q40 re-encode group with their originals
@@ -127,10 +131,10 @@ def test_verification_keeps_candidates_but_removes_only_confirmed(setup, sources
     assert frame["flagged"].equals(frame["confirmed"] | frame["undecided"])
     assert frame["removed"].equals(frame["flagged"])  # train+test: every split counts
     # ground truth: a candidate is confirmed exactly when it is the copy's own eval image
-    own = [sources.get(k) == (s, e) for k, s, e in zip(frame["corpus_key"], frame["eval_split"], frame["eval_key"])]
+    own = [sources.get(k) == (s, e) for k, s, e in zip(frame["key"], frame["eval_split"], frame["eval_key"])]
     assert frame["confirmed"].tolist() == own
-    assert set(frame.loc[frame["removed"], "corpus_key"]) == set(sources)  # every copy, the edited ones too
-    assert {"00020", "00021"} <= set(frame.loc[frame["confirmed"], "corpus_key"])  # brightness x1.2
+    assert set(frame.loc[frame["removed"], "key"]) == set(sources)  # every copy, the edited ones too
+    assert {"00020", "00021"} <= set(frame.loc[frame["confirmed"], "key"])  # brightness x1.2
     rejected = frame[~frame["confirmed"]]
     assert len(rejected) >= 1  # pHash proposed other eval images too (else nothing is tested here)
     assert not rejected["flagged"].any() and not rejected["removed"].any()
@@ -144,8 +148,8 @@ def test_verification_keeps_candidates_but_removes_only_confirmed(setup, sources
     for split in ("train", "test"):
         info = written["eval_sets"]["emo"][split]
         sel = frame[frame["eval_split"] == split]
-        assert info["corpus_pairs_candidates"] == sel["corpus_key"].nunique()
-        assert info["corpus_pairs_matched"] == info["removed"] == sel.loc[sel["flagged"], "corpus_key"].nunique()
+        assert info["corpus_pairs_candidates"] == sel["key"].nunique()
+        assert info["corpus_pairs_matched"] == info["removed"] == sel.loc[sel["flagged"], "key"].nunique()
         assert info["removed"] == sum(1 for s, _ in sources.values() if s == split)
     # report.html: the unconfirmed candidates are on the page, marked
     html = (tmp_path / "r/report.html").read_text()
@@ -167,7 +171,7 @@ def test_embedding_candidates_join_the_report(setup, sources, tmp_path):
     clip_a, clip_b = f"{22:05d}", f"{23:05d}"  # two clip-art pairs that pHash matches to nothing
     audit_corpus(root / "corpus", root / "index", tmp_path / "p", radius=RADIUS)
     plain = pd.read_parquet(tmp_path / "p/matches.parquet")
-    assert not {clip_a, clip_b} & set(plain["corpus_key"])
+    assert not {clip_a, clip_b} & set(plain["key"])
     split, eval_key = sources["00000"]
     test_key = sources["00010"][1]
     embedding = pd.DataFrame({
@@ -182,7 +186,7 @@ def test_embedding_candidates_join_the_report(setup, sources, tmp_path):
     assert len(frame) == len(plain) + 2  # the pHash pair both found is one row; the unknown key is dropped
 
     def row(key, eval_key):
-        (found,) = frame[(frame["corpus_key"] == key) & (frame["eval_key"] == eval_key)].itertuples()
+        (found,) = frame[(frame["key"] == key) & (frame["eval_key"] == eval_key)].itertuples()
         return found
 
     both = row("00000", eval_key)
@@ -194,7 +198,7 @@ def test_embedding_candidates_join_the_report(setup, sources, tmp_path):
     assert only.verification == "not confirmed: 0 inliers" and only.eval_ref.endswith(test_key.split("/")[1])
     undecided = row(clip_b, test_key)
     assert undecided.flagged and undecided.removed and undecided.undecided
-    assert summary["corpus"]["candidates"] == plain["corpus_key"].nunique() + 2
+    assert summary["corpus"]["candidates"] == plain["key"].nunique() + 2
     assert summary["corpus"]["removed"] == len(sources) + 1  # clip_b: undecided counts as flagged
 
 

@@ -110,11 +110,11 @@ def test_index_and_audit_from_the_file_with_no_python(my_evals, demo_data, tmp_p
                     "--index", str(tmp_path / "index"), "--mode", "test"]) == 0
     matches = pd.read_parquet(tmp_path / "audit" / "matches.parquet")
     flagged = matches[matches["flagged"]]
-    assert set(zip(flagged["corpus_key"], flagged["eval_set"], flagged["eval_key"])) >= {
+    assert set(zip(flagged["key"], flagged["eval_set"], flagged["eval_key"])) >= {
         ("copy-test-icon", "icons", test_icon.key), ("copy-train-icon", "icons", train_icon.key),
         ("copy-photo", "photos", "2.jpg")}
     # mode test: the train-split icon's copy is shown but not removed
-    assert set(matches.loc[matches["removed"], "corpus_key"]) == {"copy-test-icon", "copy-photo"}
+    assert set(matches.loc[matches["removed"], "key"]) == {"copy-test-icon", "copy-photo"}
 
 
 @pytest.mark.parametrize("body, message", [

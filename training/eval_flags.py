@@ -23,12 +23,8 @@ import pandas as pd
 from curation.corpus_reader import shard_paths
 from curation.shards import read_shard
 from dedup.embedding import Embed, EmbeddingIndex, embedding_candidates, verify_candidates
-from infra.files import replacing
-
-
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    with replacing(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+from dedup.evalsets import image_member
+from dedup.matches import write_matches
 
 
 def tower_embedder(name: str = "efficientnet-lite0") -> Embed:
@@ -65,7 +61,8 @@ def flag_cached_corpus(cache, shards, index: EmbeddingIndex, verifier, top_k: in
         if wanted:
             for sample in read_shard(shard):
                 if sample["__key__"] in wanted:
-                    images[sample["__key__"]] = sample.get("jpg") or sample.get("png") or sample.get("webp") or b""
+                    ext = image_member(sample)
+                    images[sample["__key__"]] = sample[ext] if ext else b""
         frames.append(verify_candidates(candidates, images, index, verifier).assign(shard=str(shard)))
     if not frames:
         return verify_candidates(embedding_candidates([], np.zeros((0, index.vectors.shape[1])), index), {}, index,
@@ -93,8 +90,8 @@ def flag_corpus(corpus: str | Path, cache_root: str | Path, index_dir: str | Pat
     confirmed_keys = set(candidates.loc[candidates["confirmed"], "key"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_parquet(flagged.reset_index(drop=True), out / "eval_flags.parquet")
-    _write_parquet(candidates.drop(columns=["eval_image"]), out / "eval_candidates.parquet")
+    write_matches(flagged, out / "eval_flags.parquet")  # dedup.matches' schema, then rank, inliers, shard
+    write_matches(candidates.drop(columns=["eval_image"]), out / "eval_candidates.parquet")
     summary = {
         "corpus": str(corpus), "image_tower": image_tower, "mode": mode, "top_k": top_k, "min_cosine": min_cosine,
         "verify": verifier.rules.to_dict(), "eval_images": len(index.key), "shards": len(shards),
