@@ -125,17 +125,22 @@ def publish_task(models: str, run_dir: str, metrics: dict, eval_sets: list[str] 
     return publish_if_not_worse(models, run_dir, metrics, headline, evaluate_latest)
 
 
+NIGHTLY_RUN = Path(__file__).with_name("nightly_run.toml")  # the nightly's training defaults
+
+
 @flow(name="retrain-lit", log_prints=True)
 def retrain_lit(
     corpus: str | None = None,
     models: str | None = None,
-    mode: str = "Lu",
-    image_tower: str = "efficientnet-lite0",
-    text_tower: str = "minilm",
-    steps: int = 200,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    warmup: int = 20,
+    run_file: str | None = None,
+    train_set: list[str] | None = None,
+    mode: str | None = None,
+    image_tower: str | None = None,
+    text_tower: str | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    warmup: int | None = None,
     eval_sets: list[str] | None = None,
     evalset_files: list[str] | None = None,
     eval_limit: int | None = None,
@@ -146,15 +151,27 @@ def retrain_lit(
 ) -> dict:
     """Retrain on the newest curated corpus (or ``corpus``) and publish when not worse.
 
+    The training run is ``run_file`` (default ``flows/nightly_run.toml``), then the parameters
+    given here (``text_tower`` is ``text.name``), then ``train_set`` (``KEY=VALUE`` as
+    ``litflow train --set``); shards, out, cache and exclude come from the corpus.
     ``eval_check``: run the embedding check (mode Lu, when the corpus records an eval index)
     and train without the pairs it flags. It embeds every eval image once per tower and index.
     """
-    from training.text_towers import TextSpec
+    from training.config import load_train_config
 
     corpus_dir = Path(corpus) if corpus else newest_corpus(default_work_dir())
     shard_dir = corpus_dir / "shards" if (corpus_dir / "shards").is_dir() else corpus_dir
     models_dir = Path(models) if models else default_work_dir() / "models"
     cache = str(models_dir / "embeddings")
+    given = {k: v for k, v in {"mode": mode, "image_tower": image_tower, "steps": steps, "batch_size": batch_size,
+                               "lr": lr, "warmup": warmup}.items() if v is not None}
+    if text_tower is not None:
+        given["text"] = {"name": text_tower}
+    run_file = run_file or str(NIGHTLY_RUN)
+    overrides = list(train_set or [])
+    planned = load_train_config(run_file, {**given, "shards": [str(shard_dir)], "out": str(models_dir), "cache": cache},
+                                overrides)
+    mode, image_tower = planned.mode, planned.image_tower
     progress = FlowProgress(["embed", "eval-flags", "train", "evaluate", "publish"], key="retrain-lit-progress")
     if mode == "Lu":
         embed_task(str(shard_dir), cache, image_tower)
@@ -166,9 +183,8 @@ def retrain_lit(
         exclude = [flag_task(str(corpus_dir), cache, str(index), str(flags_dir), image_tower)["flags"]]
     progress.advance("eval-flags")
 
-    fields = {"shards": [str(shard_dir)], "mode": mode, "image_tower": image_tower,
-              "cache": cache if mode == "Lu" else None, "text": TextSpec(name=text_tower).model_dump(),
-              "batch_size": batch_size, "steps": steps, "lr": lr, "warmup": min(warmup, steps)}
+    fields = planned.model_dump(mode="json", exclude={"out"}) | {
+        "cache": cache if mode == "Lu" else None, "warmup": min(planned.warmup, planned.steps)}
     if exclude:
         fields["exclude"] = exclude
     run_id = hashlib.sha256(json.dumps([_corpus_digest(corpus_dir), fields], sort_keys=True).encode()).hexdigest()[:12]
