@@ -17,12 +17,14 @@ from prefect.cache_policies import NO_CACHE
 from curation.config import load_config
 from curation.curate import curate
 from curation.demo import ingest_demo
-from curation.ingest import IngestConfig, ingest
-from infra.paths import default_work_dir
+from curation.ingest import ingest
+from curation.ingest_config import IngestConfig
+from dedup.modes import EvalMode
 from flows.progress import FlowProgress
 from flows.resume import Stage
 from flows.summaries import corpus_markdown, ingest_markdown
 from infra.files import file_sha256
+from infra.paths import default_work_dir
 
 
 def _log(message: str) -> None:
@@ -99,31 +101,27 @@ def build_corpus(
     output: str | None = None,
     demo_per_source: int | None = 200,
     demo_port: int = 8765,
-    distributor: str = "multiprocessing",
-    spark_master: str | None = None,
-    processes: int | None = None,
-    samples_per_shard: int = 1000,
-    image_size: int = 256,
-    allow: list[str] | None = None,
+    ingest_options: IngestConfig | None = None,
     preset: str | None = None,
     curation_config: str | None = None,
     overrides: list[str] | None = None,
     eval_sets: list[str] | None = None,
     evalset_files: list[str] | None = None,
-    dedup_mode: str = "train+test",
+    dedup_mode: EvalMode = "train+test",
     dedup_radius: int = 8,
     curate_workers: int = 2,
     beam_args: list[str] | None = None,
 ) -> dict:
     """Build a curated corpus from ``url_list``; without one, from the real demo data served on
-    127.0.0.1:``demo_port`` (a fixed port keeps the URLs, and so the outputs, identical across runs)."""
+    127.0.0.1:``demo_port`` (a fixed port keeps the URLs, and so the outputs, identical across runs).
+
+    ``ingest_options`` are ``litflow ingest``'s options (:class:`curation.ingest_config.IngestConfig`:
+    a form in Prefect's UI); ``curation_config`` a curation rules file, ``preset`` and
+    ``overrides`` over it; ``evalset_files`` eval sets declared in files."""
     out = Path(output) if output else default_work_dir() / "demo"
     run_dir = str(out)
     progress = FlowProgress(["ingest", "eval-index", "curate", "dedup-report"], key="build-corpus-progress")
-    config = IngestConfig(
-        distributor=distributor, spark_master=spark_master, samples_per_shard=samples_per_shard,
-        image_size=image_size, allow=tuple(allow or ()), **({"processes": processes} if processes else {}),
-    )
+    config = ingest_options or IngestConfig()
     ingested = ingest_task(run_dir, url_list, config, demo_per_source, demo_port)
     progress.advance("ingest")
     create_markdown_artifact(markdown=ingest_markdown(ingested), key="build-corpus-ingest", description="ingestion")
