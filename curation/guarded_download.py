@@ -69,19 +69,25 @@ class GuardedDownloader(Downloader):
     """img2dataset's Downloader whose every fetch goes through :class:`~curation.fetch.Fetcher`."""
 
     fetch_policy: FetchPolicy = FetchPolicy()
+    # added to img2dataset's shard numbers (file names and keys): a retry round numbers its
+    # shards after every earlier one, so its keys never collide with theirs
+    shard_offset: int = 0
 
     def download_shard(self, row):
         install(self.fetch_policy)
-        return super().download_shard(row)
+        shard_id, shard_file = row
+        return super().download_shard((shard_id + self.shard_offset, shard_file))
 
 
 @contextlib.contextmanager
-def guarded_downloading(policy: FetchPolicy):
-    """Make img2dataset.download build a GuardedDownloader with ``policy`` for the block."""
+def guarded_downloading(policy: FetchPolicy, shard_offset: int = 0):
+    """Make img2dataset.download build a GuardedDownloader with ``policy`` (and its shards
+    numbered from ``shard_offset``) for the block."""
 
     def build(*args, **kwargs) -> GuardedDownloader:
         downloader = GuardedDownloader(*args, **kwargs)
-        downloader.fetch_policy = policy  # instance attribute: pickled with the instance
+        downloader.fetch_policy = policy  # instance attributes: pickled with the instance
+        downloader.shard_offset = shard_offset
         return downloader
 
     img2dataset_main = importlib.import_module("img2dataset.main")  # the package re-exports a function `main`

@@ -38,7 +38,6 @@ gates decoding (:mod:`curation.strict_resizer`) and turns failures into reasons.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -51,6 +50,7 @@ from curation.host_report import HostTally
 from curation.provenance import code_revision, library_versions
 from curation.ingest_config import IngestConfig
 from curation.reasons import IngestReason, classify_error
+from curation.retry_rounds import Round, account_round_part, completed_rounds, finish_round, plan_round, shards_of
 from curation.records import AccountingError
 from curation.strict_resizer import strict_resizing
 from curation.url_list import UrlListError, iter_chunks, list_parts
@@ -158,7 +158,8 @@ def vet_part(number: int, path: Path, out_dir: Path, policy: UrlPolicy, config: 
     return report
 
 
-def _run_img2dataset(vetted_dir: Path, shards: Path, extra_columns: list[str], config: IngestConfig) -> None:
+def _run_img2dataset(vetted_dir: Path, shards: Path, extra_columns: list[str], config: IngestConfig,
+                     shard_offset: int = 0) -> None:
     from img2dataset import download
 
     kwargs = dict(
@@ -185,7 +186,7 @@ def _run_img2dataset(vetted_dir: Path, shards: Path, extra_columns: list[str], c
         incremental_mode="incremental",
         distributor=config.distributor,
     )
-    with strict_resizing(config.max_pixels), guarded_downloading(config.fetch_policy()):
+    with strict_resizing(config.max_pixels), guarded_downloading(config.fetch_policy(), shard_offset):
         if config.distributor == "pyspark":
             from infra.spark.session import spark_session
 
@@ -199,16 +200,19 @@ def _run_img2dataset(vetted_dir: Path, shards: Path, extra_columns: list[str], c
 OUTCOME_COLUMNS = ["row", "key", "url", "status", "error_message"]
 
 
-def shards_of(rows: int, samples_per_shard: int) -> int:
-    return -(-rows // samples_per_shard)
+def _check_shard(outcome_file: Path, outcomes: pd.DataFrame, expected: pd.DataFrame) -> None:
+    if outcomes["row"].duplicated().any() or set(outcomes["row"]) != set(expected["row"]):
+        raise AccountingError(f"{outcome_file}: does not hold the rows it was given, once each")
 
 
 def account_part(report: dict, first_shard: int, out_dir: Path, samples_per_shard: int,
-                 hosts: HostTally | None = None) -> tuple[dict, pd.DataFrame]:
-    """Part counts and rejections from its refusals and its shards' outcomes (one shard at a
-    time); raise if a row is lost, doubled or in the wrong shard. ``hosts`` tallies each
-    row's outcome by host."""
+                 hosts: HostTally | None = None, rounds: list[Round] = ()) -> tuple[dict, pd.DataFrame]:
+    """Part counts and rejections from its refusals, its shards' outcomes (one shard at a
+    time) and the retry rounds; raise if a row is lost, doubled or in the wrong shard.
+    ``hosts`` tallies each row's outcome by host. A row is counted by its latest attempt."""
     number = report["part"]
+    retried = [set(r.rows_of(out_dir, number)["row"]) for r in rounds]  # per round: this part's rows
+    superseded = set().union(*retried) if retried else set()
     refused = pd.read_parquet(out_dir / "parts" / f"{number:05d}.refused.parquet")
     refused_rows = set(refused["row"])
     rejected, downloaded, shard, names = [refused], 0, first_shard, []
@@ -221,6 +225,7 @@ def account_part(report: dict, first_shard: int, out_dir: Path, samples_per_shar
             shard += 1
             outcome_file = out_dir / "shards" / f"{stem}.parquet"
             if not outcome_file.exists():
+                expected = expected[~expected["row"].isin(superseded)]
                 rejected.append(expected.assign(reason=IngestReason.SHARD_FAILED.value, detail="shard never completed"))
                 continue
             if (out_dir / "shards" / f"{stem}.tar").exists():
@@ -232,6 +237,7 @@ def account_part(report: dict, first_shard: int, out_dir: Path, samples_per_shar
                                       f"shard {k}, once each")
             if (outcomes["row"].isin(refused_rows) & (outcomes["status"] == "success")).any():
                 raise AccountingError(f"{outcome_file}: a row refused by the URL policy was downloaded")
+            mine = mine[~mine["row"].isin(superseded)]  # counted by the round that tried it last
             ok = mine["status"] == "success"
             downloaded += int(ok.sum())
             if hosts is not None:
@@ -240,6 +246,13 @@ def account_part(report: dict, first_shard: int, out_dir: Path, samples_per_shar
             failed = mine.loc[~ok, ["row", "url", "error_message"]].rename(columns={"error_message": "detail"})
             failed["reason"] = failed["detail"].map(lambda m: classify_error(m).value)
             rejected.append(failed)
+    tallies = []
+    for i, planned in enumerate(rounds):
+        later = set().union(*retried[i + 1:]) if retried[i + 1:] else set()
+        got, failures, tally = account_round_part(planned, number, out_dir, later, hosts, _check_shard)
+        downloaded += got
+        rejected.append(failures)
+        tallies.append(tally)
     frame = pd.concat(rejected, ignore_index=True)
     if hosts is not None:
         for url, reason in zip(frame["url"], frame["reason"]):
@@ -249,15 +262,41 @@ def account_part(report: dict, first_shard: int, out_dir: Path, samples_per_shar
     frame = frame.astype({"part": "int32", "row": "int64"}).sort_values("row").reset_index(drop=True)[REJECTED_COLUMNS]
     counts = {"part": number, "file": report["source"]["file"], "rows_in": report["rows_in"], "downloaded": downloaded,
               "failed": {k: int(v) for k, v in sorted(frame["reason"].value_counts().items())}, "shards": names}
+    if rounds:
+        counts["retries"] = tallies  # per round: this part's rows tried, recovered, failed again by reason
     if counts["downloaded"] + len(frame) != counts["rows_in"]:
         raise AccountingError(f"part {number} ({counts['file']}): rows_in={counts['rows_in']} but downloaded "
                               f"{counts['downloaded']} + failed {len(frame)}")
     return counts, frame
 
 
-def ingest(url_list: str | Path, out_dir: str | Path, config: IngestConfig | None = None) -> dict:
+def _account(out_dir: Path, reports: list[dict], rounds: list[Round], samples_per_shard: int):
+    """Every part accounted (first pass and retry rounds); writes rejected.parquet and returns
+    (totals, per-part counts, host tally). Raises AccountingError when a row is lost or doubled."""
+    totals = {"rows_in": 0, "downloaded": 0, "failed": {}}
+    part_counts, first_shard, hosts = [], 0, HostTally()
+    with replacing(out_dir / "rejected.parquet") as tmp, pq.ParquetWriter(tmp, REJECTED_SCHEMA) as writer:
+        for report in reports:
+            counts, rejected = account_part(report, first_shard, out_dir, samples_per_shard, hosts, rounds)
+            first_shard += sum(shards_of(rows, samples_per_shard) for rows in report["chunks"])
+            writer.write_table(pa.Table.from_pandas(rejected, schema=REJECTED_SCHEMA, preserve_index=False))
+            part_counts.append(counts)
+            totals["rows_in"] += counts["rows_in"]
+            totals["downloaded"] += counts["downloaded"]
+            for reason, n in counts["failed"].items():
+                totals["failed"][reason] = totals["failed"].get(reason, 0) + n
+    totals["failed"] = dict(sorted(totals["failed"].items()))
+    if totals["downloaded"] + sum(totals["failed"].values()) != totals["rows_in"]:
+        raise AccountingError(f"rows_in={totals['rows_in']} but downloaded + failed = "
+                              f"{totals['downloaded'] + sum(totals['failed'].values())}")
+    return totals, part_counts, hosts
+
+
+def ingest(url_list: str | Path, out_dir: str | Path, config: IngestConfig | None = None,
+           retry_failed: bool = False) -> dict:
     """Download and resize a URL list (a file, a folder or a glob of parts) into raw webdataset
-    shards; return the stage report."""
+    shards; return the stage report. ``retry_failed``: then run one retry round over the rows
+    whose latest failure is transient (:mod:`curation.retry_rounds`)."""
     config = config or IngestConfig()
     out_dir = Path(out_dir)
     started = time.perf_counter()
@@ -283,33 +322,37 @@ def ingest(url_list: str | Path, out_dir: str | Path, config: IngestConfig | Non
     downloader_started = time.perf_counter()
     if sum(r["rows_in"] - r["refused"] for r in reports):
         _run_img2dataset(out_dir / "vetted", out_dir / "shards", extra_columns, config)
+    rounds = completed_rounds(out_dir)
+    totals, part_counts, hosts = _account(out_dir, reports, rounds, config.samples_per_shard)
+    if retry_failed:
+        first_pass = sum(shards_of(rows, config.samples_per_shard) for r in reports for rows in r["chunks"])
+        planned = plan_round(out_dir, reports, rounds, first_pass, config.samples_per_shard, _chunk_name)
+        if planned is not None:
+            _run_img2dataset(planned.folder(out_dir) / "list", planned.folder(out_dir) / "shards", extra_columns,
+                             config, shard_offset=planned.offset)
+            finish_round(out_dir, planned)
+            rounds.append(planned)
+            totals, part_counts, hosts = _account(out_dir, reports, rounds, config.samples_per_shard)
     downloader_s = time.perf_counter() - downloader_started
-
-    totals = {"rows_in": 0, "downloaded": 0, "failed": {}}
-    part_counts, first_shard, hosts = [], 0, HostTally()
-    tmp = out_dir / ".rejected.parquet.tmp"
-    with pq.ParquetWriter(tmp, REJECTED_SCHEMA) as writer:
-        for report in reports:
-            counts, rejected = account_part(report, first_shard, out_dir, config.samples_per_shard, hosts)
-            first_shard += sum(shards_of(rows, config.samples_per_shard) for rows in report["chunks"])
-            writer.write_table(pa.Table.from_pandas(rejected, schema=REJECTED_SCHEMA, preserve_index=False))
-            part_counts.append(counts)
-            totals["rows_in"] += counts["rows_in"]
-            totals["downloaded"] += counts["downloaded"]
-            for reason, n in counts["failed"].items():
-                totals["failed"][reason] = totals["failed"].get(reason, 0) + n
-    os.replace(tmp, out_dir / "rejected.parquet")
-    totals["failed"] = dict(sorted(totals["failed"].items()))
-    if totals["downloaded"] + sum(totals["failed"].values()) != totals["rows_in"]:
-        raise AccountingError(f"rows_in={totals['rows_in']} but downloaded + failed = "
-                              f"{totals['downloaded'] + sum(totals['failed'].values())}")
+    retries = []
+    for i, planned in enumerate(rounds):
+        tallies = [c["retries"][i] for c in part_counts]
+        failed: dict[str, int] = {}
+        for tally in tallies:
+            for reason, n in tally["failed"].items():
+                failed[reason] = failed.get(reason, 0) + n
+        names = [f"{planned.offset + k:05d}.tar" for k in range(planned.shard_count())]
+        retries.append({"round": planned.number, "rows": sum(t["rows"] for t in tallies),
+                        "recovered": sum(t["recovered"] for t in tallies), "failed_again": dict(sorted(failed.items())),
+                        "shards": [n for n in names if (out_dir / "shards" / n).exists()]})
     report = {
         "stage": "ingest",
         "input": str(Path(url_list).resolve()) if len(parts) == 1 and Path(url_list).is_file() else str(url_list),
         "output": str(out_dir.resolve()),
         **totals,
         "parts": part_counts,
-        "shards": [s for counts in part_counts for s in counts["shards"]],
+        "shards": [s for counts in part_counts for s in counts["shards"]] + [s for r in retries for s in r["shards"]],
+        "retries": retries,
         "hosts": hosts.report(),
         "url_policy": policy.describe(),
         "fetch_policy": fetch_policy.describe(),

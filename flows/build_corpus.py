@@ -33,17 +33,20 @@ def _log(message: str) -> None:
 
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest_task(run_dir: str, url_list: str | None, config: IngestConfig, demo_per_source: int | None,
-                demo_port: int) -> dict:
+                demo_port: int, retry_failed: bool = False) -> dict:
     out = Path(run_dir) / "ingest"
-    stage = Stage(Path(run_dir), "ingest", out, {"url_list": url_list, "demo_per_source": demo_per_source,
-                                                 "demo_port": demo_port, "config": config.model_dump(mode="json")}, {})
+    inputs = {"url_list": url_list, "demo_per_source": demo_per_source, "demo_port": demo_port,
+              "config": config.model_dump(mode="json")}
+    if retry_failed:  # a changed input: the stage runs again, once, with one retry round
+        inputs["retry_failed"] = True
+    stage = Stage(Path(run_dir), "ingest", out, inputs, {})
 
     def work() -> dict:
         if url_list is None:
             report = ingest_demo(out, demo_per_source, config, port=demo_port)
         else:
-            report = ingest(url_list, out, config)
-        return {k: report[k] for k in ("rows_in", "downloaded", "failed", "output", "hosts")}
+            report = ingest(url_list, out, config, retry_failed=retry_failed)
+        return {k: report[k] for k in ("rows_in", "downloaded", "failed", "output", "hosts", "retries")}
 
     return stage.run(work, _log)
 
@@ -102,6 +105,7 @@ def build_corpus(
     demo_per_source: int | None = 200,
     demo_port: int = 8765,
     ingest_options: IngestConfig | None = None,
+    retry_failed: bool = False,
     preset: str | None = None,
     curation_config: str | None = None,
     overrides: list[str] | None = None,
@@ -122,7 +126,7 @@ def build_corpus(
     run_dir = str(out)
     progress = FlowProgress(["ingest", "eval-index", "curate", "dedup-report"], key="build-corpus-progress")
     config = ingest_options or IngestConfig()
-    ingested = ingest_task(run_dir, url_list, config, demo_per_source, demo_port)
+    ingested = ingest_task(run_dir, url_list, config, demo_per_source, demo_port, retry_failed)
     progress.advance("ingest")
     create_markdown_artifact(markdown=ingest_markdown(ingested), key="build-corpus-ingest", description="ingestion")
 

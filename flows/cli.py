@@ -21,8 +21,11 @@ def _ingest(args: argparse.Namespace) -> int:
     from flows.config_flags import given
 
     config = load_ingest_config(args.config, given(args, _INGEST_FLAGS))
-    report = ingest(args.url_list, args.output, config)
-    print(json.dumps({k: report[k] for k in ("rows_in", "downloaded", "failed", "output")}, indent=2))
+    report = ingest(args.url_list, args.output, config, retry_failed=args.retry_failed)
+    shown = {k: report[k] for k in ("rows_in", "downloaded", "failed", "output")}
+    if report["retries"]:
+        shown["retry"] = {k: report["retries"][-1][k] for k in ("round", "rows", "recovered", "failed_again")}
+    print(json.dumps(shown, indent=2))
     return 0
 
 
@@ -88,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output folder (shards/, ingest.json, rejected.parquet)")
     p.add_argument("--config", metavar="FILE", help="options in a TOML file (the field names of ingest.json's "
                    "config); flags override it")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="after resuming, download again only the rows whose latest failure is transient (timeout, "
+                   "connection error, 5xx, 429, deadline, DNS, unfinished shard), into new shards beside the others; "
+                   "every row is still counted once, by its latest attempt")
     from curation.ingest_config import IngestConfig
     from flows.config_flags import add_model_flags
 

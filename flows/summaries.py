@@ -13,8 +13,19 @@ def ingest_markdown(report: dict) -> str:
     return (
         f"## Ingestion\n\nrows in: **{report['rows_in']}**, downloaded: **{report['downloaded']}**, "
         f"failed: **{sum(report['failed'].values())}**\n\n{_table(('reason', 'rows'), report['failed'])}\n\n"
-        f"output: `{report['output']}`\n" + _hosts_markdown(report.get("hosts"))
+        f"output: `{report['output']}`\n" + _retries_markdown(report.get("retries")) + _hosts_markdown(report.get("hosts"))
     )
+
+
+def _retries_markdown(retries: list | None) -> str:
+    if not retries:
+        return ""
+    lines = ["", "### Retry rounds (rows whose failure was transient)", "",
+             "| round | rows tried | recovered | failed again |", "|---|---|---|---|"]
+    for r in retries:
+        again = ", ".join(f"{k} {v}" for k, v in r["failed_again"].items()) or "-"
+        lines.append(f"| {r['round']} | {r['rows']} | {r['recovered']} | {again} |")
+    return "\n".join(lines) + "\n"
 
 
 def _hosts_markdown(hosts: dict | None, n: int = 10) -> str:

@@ -8,6 +8,7 @@ Routes of :func:`serve_hostile` (``/img/NAME`` serves ``images[NAME]``):
 - ``/big-chunked``: a chunked body that never ends, as fast as it can;
 - ``/drip``: a chunked body of one byte every 0.1 s, forever;
 - ``/retry-after/S/K/NAME``: 429 with ``Retry-After: S`` for its first K requests, then the image;
+- ``/flaky/K/NAME``: 500 for its first K requests, then the image (a failure a retry run recovers);
 - ``/robots/VALUE/NAME``: the image with ``X-Robots-Tag: VALUE``;
 - ``/slow/NAME``: the image after 0.3 s (connections in flight are counted);
 - ``/robots.txt``: disallows ``/private/`` to litflow and ``/`` to ``otherbot``; ``/private/NAME`` is the image.
@@ -124,6 +125,11 @@ def _handler(images: dict[str, bytes], cap: int, log: ServerLog):
                     self._send(429, b"slow down", {"Retry-After": seconds})
                 else:
                     self._image(name)
+            elif head == "flaky":  # /flaky/K/NAME: 500 for the first K requests of this path, then the image
+                if count <= int(parts[1]):
+                    self._send(500, b"try again later")
+                else:
+                    self._image(parts[2])
             elif head == "robots":
                 self._image(parts[2], {"X-Robots-Tag": parts[1]})
             elif head == "slow":
