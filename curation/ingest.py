@@ -49,13 +49,14 @@ from curation.guarded_download import guarded_downloading
 from curation.host_report import HostTally
 from curation.provenance import code_revision, library_versions
 from curation.ingest_config import IngestConfig
+from curation.ingest_page import render_ingest_page
 from curation.reasons import IngestReason, classify_error
 from curation.retry_rounds import Round, account_round_part, completed_rounds, finish_round, plan_round, shards_of
 from curation.records import AccountingError
 from curation.strict_resizer import strict_resizing
 from curation.url_list import UrlListError, iter_chunks, list_parts
 from curation.url_safety import Refused, UrlPolicy, cached_resolver
-from infra.files import replacing, write_json_atomic
+from infra.files import replacing, write_json_atomic, write_text_atomic
 
 
 # img2dataset reserves these names; a URL list's own column of that name is carried as src_<name>
@@ -363,4 +364,5 @@ def ingest(url_list: str | Path, out_dir: str | Path, config: IngestConfig | Non
         "code_revision": code_revision(),
     }
     write_json_atomic(out_dir / "ingest.json", report, default=str)
+    write_text_atomic(out_dir / "ingest.html", render_ingest_page(report))
     return report

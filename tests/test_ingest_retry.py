@@ -4,11 +4,16 @@ into new shards whose keys collide with none, and every row is still counted onc
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 import tarfile
 
 import pandas as pd
+import pytest
 
 from curation.ingest import IngestConfig, ingest
+from curation.ingest_page import render_ingest_page
 from flows.cli import main as litflow
 from tests.conftest import HOSTILE_LIMITS, _real_images
 from tests.hostile_server import serve_hostile
@@ -73,6 +78,8 @@ def test_a_retry_round_recovers_the_transient_failures_only(demo_data, tmp_path)
     again = ingest(tmp_path / "urls.parquet", out, config)
     assert (again["downloaded"], again["failed"], len(again["retries"])) == (6, report["failed"], 1)
     assert again["hosts"] == report["hosts"]
+    page = (out / "ingest.html").read_text()
+    assert re.search(r"id=.downloaded.>(\d+)<", page).group(1) == str(again["downloaded"]) and "http://" not in page
 
     # a second round, with the site gone: the row still failing is counted by its latest attempt
     latest = ingest(tmp_path / "urls.parquet", out, config, retry_failed=True)
@@ -100,3 +107,35 @@ def test_a_round_cut_off_before_its_marker_is_removed(tmp_path):
     assert completed_rounds(out) == [done]
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["00001.tar"]
     assert not (out / "retries" / "002").exists()
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (infra/install.sh installs it)")
+def test_the_ingest_page_in_headless_chromium(tmp_path):
+    """The page next to ingest.json, rendered by a real browser offline: its numbers are the report's."""
+    report = {"rows_in": 9, "downloaded": 6, "failed": {"http_404": 1, "http_5xx": 1, "blocked_address": 1},
+              "output": str(tmp_path), "img2dataset_s": 1.5,
+              "hosts": {"top_by_failures": [{"host": "a.example", "rows": 5, "downloaded": 3,
+                                             "failed": {"http_404": 1, "http_5xx": 1}},
+                                            {"host": "<b>odd</b>", "rows": 1, "downloaded": 0,
+                                             "failed": {"blocked_address": 1}}], "exact": True, "hosts_counted": 2},
+              "retries": [{"round": 1, "rows": 3, "recovered": 2, "failed_again": {"http_5xx": 1}}],
+              "parts": [{"part": 0, "file": "urls.parquet", "rows_in": 9, "downloaded": 6,
+                         "failed": {"http_404": 1, "http_5xx": 1, "blocked_address": 1}}]}
+    page = tmp_path / "ingest.html"
+    page.write_text(render_ingest_page(report))
+    text = page.read_text()
+    assert "http://" not in text and "https://" not in text and "<script" not in text  # nothing fetched
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([_chromium(), *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert re.search(r'id="rows-in">(\d+)<', dom).group(1) == "9"
+    assert re.search(r'id="failed">(\d+)<', dom).group(1) == "3"
+    for table, rows in (("reasons", 3), ("hosts", 2), ("retries", 1), ("parts", 1)):
+        section = dom.split(f'id="{table}"', 1)[1].split("</table>", 1)[0]
+        assert section.count('class="row"') == rows, table
+    assert "&lt;b&gt;odd&lt;/b&gt;" in dom  # a host name is text, never markup
