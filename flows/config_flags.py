@@ -4,6 +4,8 @@ Each field becomes ``--field-name`` (or the ``flag`` in its ``json_schema_extra`
 field's description as help; booleans get ``--x/--no-x``, lists and tuples are repeatable,
 ``Literal`` types become choices. A flag that is not given sets nothing (``SUPPRESS``), so the
 model's defaults, or a config file's values, stay in force: only what the user typed overrides.
+Written by hand because argparse has no pydantic bridge and the ones on PyPI pull in more than
+this needs (about 40 lines). Memory: none.
 """
 
 from __future__ import annotations
