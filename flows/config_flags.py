@@ -4,8 +4,9 @@ Each field becomes ``--field-name`` (or the ``flag`` in its ``json_schema_extra`
 field's description as help; booleans get ``--x/--no-x``, lists and tuples are repeatable,
 ``Literal`` types become choices. A flag that is not given sets nothing (``SUPPRESS``), so the
 model's defaults, or a config file's values, stay in force: only what the user typed overrides.
-Written by hand because argparse has no pydantic bridge and the ones on PyPI pull in more than
-this needs (about 40 lines). Memory: none.
+Written by hand (about 40 lines): pydantic-settings can parse a command line into a model, but
+it wants to own the parser, while litflow's subcommands share one argparse tree whose handlers
+import their libraries lazily (the fast ``--help``). Memory: none.
 """
 
 from __future__ import annotations
