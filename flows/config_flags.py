@@ -49,6 +49,8 @@ def _add(parser, flag: str, dest: str, info, metavar: str | None) -> None:
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
     elif origin in (list, tuple):
         item = typing.get_args(kind)[0]
+        if typing.get_origin(item) is not None:  # a list of pairs and the like: --set or a file only
+            return
         parser.add_argument(flag, action="append", type=item, metavar=metavar or dest.upper(), **common)
     elif origin is typing.Literal:
         parser.add_argument(flag, choices=list(typing.get_args(kind)), **common)

@@ -122,8 +122,28 @@ def test_help_lists_every_option_of_the_model(capsys):
         litflow(["train", "--help"])
     text = capsys.readouterr().out
     for name in TrainConfig.model_fields:
-        if name not in ("shards", "text"):
+        if name not in ("shards", "text", "lr_mults"):  # lr_mults (pairs): --set or a run file
             assert f"--{name.replace('_', '-')}" in text, name
     for name in TextSpec.model_fields:
         assert f"--text-{name.replace('_', '-')}" in text, name
     assert sys.modules.get("training.config") is not None
+
+
+def test_lr_mults_give_matching_parameters_their_own_rate(tmp_path, embedded_demo_corpus):
+    path = _run_file(tmp_path, embedded_demo_corpus, "lr_mults = [['text\\.encoder\\..*', 0.1]]\n")
+    config = load_train_config(path, {"out": str(tmp_path / "run"), "device": "cpu"})
+    train(config)
+    payload = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert payload["identity"]["lr_mults"] == [["text\\.encoder\\..*", 0.1]]
+    groups = payload["optimizer"]["param_groups"]
+    assert groups[0]["initial_lr"] == config.lr  # the base decay group first: what the metrics log shows
+    assert sorted({round(g["initial_lr"] / config.lr, 6) for g in groups}) == [0.1, 1.0]
+    model, *_ = build_model(config, tmp_path / "run" / "tokenizer.json", torch.device("cpu"))
+    by_rate = {}
+    for group in model.param_groups(0.0, config.lr, config.lr_mults):
+        by_rate.setdefault(group["lr"], 0)
+        by_rate[group["lr"]] += len(group["params"])
+    n_encoder = sum(1 for n, p in model.named_parameters() if n.startswith("text.encoder."))
+    assert by_rate[config.lr * 0.1] == n_encoder > 0
+    with pytest.raises(ValueError, match=r"lr_mults pattern\(s\) \['nope'\] match no trainable parameter"):
+        model.param_groups(0.0, config.lr, [("nope", 2.0)])

@@ -72,6 +72,10 @@ class TrainConfig(BaseModel):
     freeze: list[str] = Field(default_factory=list, json_schema_extra={"metavar": "PATTERN"},
                               description="regular expressions over parameter names to keep frozen, e.g. "
                               "'text\\..*' (the whole text tower; repeatable)")
+    lr_mults: list[tuple[str, float]] = Field(default_factory=list, description=(
+        "(pattern, multiplier) pairs: parameters whose full name matches learn at lr x multiplier, first match "
+        "wins (big_vision's lr_mults), e.g. [['text\\.model\\..*', 0.05]] for a pretrained text tower under a "
+        "fresh head; set with --set lr_mults='[[\"text\\\\..*\", 0.05]]' or in a run file"))
     batch_size: int = Field(256, gt=0, description="global batch (split over ranks)")
     steps: int = Field(1000, ge=0, description="optimisation steps")
     lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW)")
@@ -131,6 +135,8 @@ class TrainConfig(BaseModel):
         ident["tokenizer_sha256"] = tokenizer_sha
         if self.freeze:
             ident["freeze"] = list(self.freeze)
+        if self.lr_mults:
+            ident["lr_mults"] = [[pattern, mult] for pattern, mult in self.lr_mults]
         if excluded:
             ident["excluded_keys"] = len(excluded)
             ident["exclude_sha256"] = exclusion_digest(excluded)

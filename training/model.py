@@ -8,6 +8,8 @@ the optimiser, and the same list drives gradient sync and checkpoints, so they c
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -62,18 +64,31 @@ class LiTModel(nn.Module):
                              f"missing {sorted(missing)[:5]}")
         self.load_state_dict(state, strict=False)
 
-    def param_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: decay on matrices only (not biases, norms, embeddings' scale, temperature)."""
-        decay, no_decay, temperature = [], [], []
+    def param_groups(self, weight_decay: float, lr: float, lr_mults: list | tuple = ()) -> list[dict]:
+        """AdamW groups: decay on matrices only (not biases, norms, embeddings' scale, temperature);
+        each split by learning-rate multiplier, ``lr_mults`` being (pattern, multiplier) pairs over
+        full parameter names, first match wins, as big_vision's ``config.lr_mults``. The first
+        group is always the base-rate decay group (what the metrics log reports as ``lr``).
+        A pattern that matches no trainable parameter is an error."""
+        rules = [(re.compile(pattern), float(mult)) for pattern, mult in lr_mults]
+        used = set()
+        groups: dict[tuple[str, float], list] = {("decay", 1.0): []}
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
-            if name.startswith("temperature."):
-                temperature.append(param)
-            elif param.ndim >= 2:
-                decay.append(param)
-            else:
-                no_decay.append(param)
-        return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
-                {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
-                {"params": temperature, "weight_decay": 0.0, "name": "temperature"}]
+            mult = 1.0
+            for i, (rule, factor) in enumerate(rules):
+                if rule.fullmatch(name):
+                    mult = factor
+                    used.add(i)
+                    break
+            kind = "temperature" if name.startswith("temperature.") else "decay" if param.ndim >= 2 else "no_decay"
+            groups.setdefault((kind, mult), []).append(param)
+        unused = [lr_mults[i][0] for i in range(len(rules)) if i not in used]
+        if unused:
+            raise ValueError(f"lr_mults pattern(s) {unused} match no trainable parameter")
+        order = {"decay": 0, "no_decay": 1, "temperature": 2}
+        return [{"params": params, "weight_decay": weight_decay if kind == "decay" else 0.0, "lr": lr * mult,
+                 "name": kind if mult == 1.0 else f"{kind} x{mult:g}"}
+                for (kind, mult), params in sorted(groups.items(), key=lambda kv: (kv[0][1] != 1.0, kv[0][1],
+                                                                                    order[kv[0][0]]))]
