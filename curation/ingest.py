@@ -50,8 +50,9 @@ from curation.host_report import HostTally
 from curation.provenance import code_revision, library_versions
 from curation.ingest_config import IngestConfig
 from curation.ingest_page import render_ingest_page
-from curation.reasons import IngestReason, classify_error
-from curation.retry_rounds import Round, account_round_part, completed_rounds, finish_round, plan_round, shards_of
+from curation.reasons import IngestReason
+from curation.retry_rounds import (OUTCOME_COLUMNS, Round, account_round_part, completed_rounds, finish_round,
+                                   never_completed, plan_round, settle, shards_of)
 from curation.records import AccountingError
 from curation.strict_resizer import strict_resizing
 from curation.url_list import UrlListError, iter_chunks, list_parts
@@ -198,9 +199,6 @@ def _run_img2dataset(vetted_dir: Path, shards: Path, extra_columns: list[str], c
             download(**kwargs)
 
 
-OUTCOME_COLUMNS = ["row", "key", "url", "status", "error_message"]
-
-
 def _check_shard(outcome_file: Path, outcomes: pd.DataFrame, expected: pd.DataFrame) -> None:
     if outcomes["row"].duplicated().any() or set(outcomes["row"]) != set(expected["row"]):
         raise AccountingError(f"{outcome_file}: does not hold the rows it was given, once each")
@@ -226,8 +224,7 @@ def account_part(report: dict, first_shard: int, out_dir: Path, samples_per_shar
             shard += 1
             outcome_file = out_dir / "shards" / f"{stem}.parquet"
             if not outcome_file.exists():
-                expected = expected[~expected["row"].isin(superseded)]
-                rejected.append(expected.assign(reason=IngestReason.SHARD_FAILED.value, detail="shard never completed"))
+                rejected.append(never_completed(expected[~expected["row"].isin(superseded)]))
                 continue
             if (out_dir / "shards" / f"{stem}.tar").exists():
                 names.append(f"{stem}.tar")
@@ -238,14 +235,8 @@ def account_part(report: dict, first_shard: int, out_dir: Path, samples_per_shar
                                       f"shard {k}, once each")
             if (outcomes["row"].isin(refused_rows) & (outcomes["status"] == "success")).any():
                 raise AccountingError(f"{outcome_file}: a row refused by the URL policy was downloaded")
-            mine = mine[~mine["row"].isin(superseded)]  # counted by the round that tried it last
-            ok = mine["status"] == "success"
-            downloaded += int(ok.sum())
-            if hosts is not None:
-                for url in mine.loc[ok, "url"]:
-                    hosts.add(url, None)
-            failed = mine.loc[~ok, ["row", "url", "error_message"]].rename(columns={"error_message": "detail"})
-            failed["reason"] = failed["detail"].map(lambda m: classify_error(m).value)
+            got, failed = settle(mine[~mine["row"].isin(superseded)], hosts)  # a retried row: its round counts it
+            downloaded += got
             rejected.append(failed)
     tallies = []
     for i, planned in enumerate(rounds):

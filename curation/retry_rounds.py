@@ -28,11 +28,11 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from curation.reasons import TRANSIENT_REASONS, IngestReason, classify_error, own_error
+from curation.reasons import TRANSIENT_REASONS, IngestReason, classify_error
 from infra.files import write_json_atomic
 
 ROUNDS_DIR = "retries"
-OUTCOME_COLUMNS = ["row", "url", "status", "error_message"]
+OUTCOME_COLUMNS = ["row", "url", "status", "error_message"]  # what accounting reads of img2dataset's shard parquet
 
 
 def shards_of(rows: int, samples_per_shard: int) -> int:
@@ -138,6 +138,23 @@ def finish_round(out_dir: Path, planned: Round) -> None:
     write_json_atomic(out_dir / ROUNDS_DIR / f"{planned.name}.json", planned.to_dict())
 
 
+def settle(outcomes: pd.DataFrame, hosts=None) -> tuple[int, pd.DataFrame]:
+    """One shard's outcome rows as (downloaded, failures with row/url/detail/reason); the
+    successes are tallied by host. The first pass and every round account through here."""
+    ok = outcomes["status"] == "success"
+    if hosts is not None:
+        for url in outcomes.loc[ok, "url"]:
+            hosts.add(url, None)
+    failed = outcomes.loc[~ok, ["row", "url", "error_message"]].rename(columns={"error_message": "detail"})
+    failed["reason"] = failed["detail"].map(lambda m: classify_error(m).value)
+    return int(ok.sum()), failed
+
+
+def never_completed(expected: pd.DataFrame) -> pd.DataFrame:
+    """The failures of a shard that left no outcome file: each of its rows, as ``shard_failed``."""
+    return expected.assign(reason=IngestReason.SHARD_FAILED.value, detail="shard never completed")
+
+
 def account_round_part(planned: Round, part: int, out_dir: Path, later: set[int], hosts=None,
                        check=None) -> tuple[int, pd.DataFrame, dict]:
     """This round's outcomes for ``part``'s rows that no later round retried.
@@ -153,25 +170,19 @@ def account_round_part(planned: Round, part: int, out_dir: Path, later: set[int]
     for k in range(shards_of(len(tried), sps) if first is not None else 0):
         expected = tried.iloc[k * sps:(k + 1) * sps]
         outcome_file = out_dir / "shards" / f"{first + k:05d}.parquet"
-        if not outcome_file.exists():
-            outcomes = expected.assign(status="failed_to_download",
-                                       error_message=own_error(IngestReason.SHARD_FAILED, "shard never completed"))
-        else:
+        if outcome_file.exists():
             outcomes = pd.read_parquet(outcome_file, columns=OUTCOME_COLUMNS)
             if check is not None:
                 check(outcome_file, outcomes, expected)
-        ok = outcomes["status"] == "success"
-        tally["recovered"] += int(ok.sum())
-        reasons = outcomes.loc[~ok, "error_message"].map(lambda m: classify_error(m).value)
-        for reason, n in reasons.value_counts().items():
+            recovered, seen = settle(outcomes)  # what this round saw, final or not
+            got, failed = settle(outcomes[~outcomes["row"].isin(later)], hosts)
+        else:
+            recovered, seen = 0, never_completed(expected)
+            got, failed = 0, seen[~seen["row"].isin(later)]
+        tally["recovered"] += recovered
+        for reason, n in seen["reason"].value_counts().items():
             tally["failed"][reason] = tally["failed"].get(reason, 0) + int(n)
-        final = ~outcomes["row"].isin(later)
-        downloaded += int((ok & final).sum())
-        if hosts is not None:
-            for url in outcomes.loc[ok & final, "url"]:
-                hosts.add(url, None)
-        failed = outcomes.loc[~ok & final, ["row", "url", "error_message"]].rename(columns={"error_message": "detail"})
-        failed["reason"] = failed["detail"].map(lambda m: classify_error(m).value)
+        downloaded += got
         failures.append(failed)
     frame = pd.concat(failures, ignore_index=True) if failures else pd.DataFrame(
         {c: [] for c in ("row", "url", "detail", "reason")})
