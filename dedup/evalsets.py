@@ -371,29 +371,45 @@ class EvalSet:
         return self.labels
 
 
+# The demo sets are declared in a shipped file, reading the demo cache; the file is read on the
+# registry's first use, not at import (Beam workers import this module for ``image_member``).
+DEMO_FILE = Path(__file__).with_name("demo_evalsets.toml")
 _REGISTRY: dict[str, Callable[[], EvalSet]] = {}
+_DEMO_SETS_READ = False
+
+
+def _registry() -> dict[str, Callable[[], EvalSet]]:
+    global _DEMO_SETS_READ
+    if not _DEMO_SETS_READ:
+        _DEMO_SETS_READ = True
+        from dedup.evalset_files import declared_sets
+
+        _REGISTRY.update(declared_sets(DEMO_FILE))
+    return _REGISTRY
 
 
 def register(name: str, factory: Callable[[], EvalSet] | EvalSet, *, replace: bool = False) -> None:
     """Register an eval set (or a factory that builds it when first asked for) under ``name``."""
-    if name in _REGISTRY and not replace:
+    registry = _registry()
+    if name in registry and not replace:
         raise ValueError(f"eval set {name!r} is already registered (pass replace=True)")
-    _REGISTRY[name] = factory if callable(factory) else (lambda: factory)
+    registry[name] = factory if callable(factory) else (lambda: factory)
 
 
 def unregister(name: str) -> None:
     """Remove a registered set (tests that register temporary sets clean up with this)."""
-    _REGISTRY.pop(name, None)
+    _registry().pop(name, None)
 
 
 def names() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(_registry())
 
 
 def get(name: str) -> EvalSet:
-    if name not in _REGISTRY:
+    registry = _registry()
+    if name not in registry:
         raise KeyError(f"unknown eval set {name!r}; registered: {', '.join(names()) or 'none'}")
-    evalset = _REGISTRY[name]()
+    evalset = registry[name]()
     if evalset.name != name:
         raise ValueError(f"eval set registered as {name!r} calls itself {evalset.name!r}")
     return evalset
@@ -421,27 +437,12 @@ def select(wanted: list[str] | None = None, files: list[str | Path] | tuple = ()
     for name in wanted:
         if name in declared:
             evalset = declared[name]()
-        elif name in _REGISTRY:
+        elif name in _registry():
             evalset = get(name)
         else:
-            known = sorted(set(declared) | set(_REGISTRY))
+            known = sorted(set(declared) | set(_registry()))
             raise KeyError(f"unknown eval set {name!r}; declared or registered: {', '.join(known) or 'none'}")
         chosen.append(evalset)
     if not chosen:
         raise ValueError("no eval sets declared, registered or named")
     return chosen
-
-
-# ---- demo eval sets: declared in a shipped file, reading the demo cache -----------------------
-
-DEMO_FILE = Path(__file__).with_name("demo_evalsets.toml")
-
-
-def _register_demo_sets() -> None:
-    from dedup.evalset_files import declared_sets
-
-    for name, factory in declared_sets(DEMO_FILE).items():
-        register(name, factory)
-
-
-_register_demo_sets()
