@@ -54,14 +54,19 @@ def _flag(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_evalsets_flag(parser) -> None:
+    """``--evalsets FILE``, the same on every command that picks eval sets (dedup index, evaluate)."""
+    parser.add_argument("--evalsets", action="append", default=[], metavar="FILE",
+                        help="eval sets declared in a TOML file (repeatable; see README, 'Your own eval sets')")
+
+
 def add_commands(subparsers) -> None:
     dedup = subparsers.add_parser("dedup", help="de-duplicate a corpus against evaluation sets (index, report)")
     sub = dedup.add_subparsers(dest="dedup_command", required=True, metavar="ACTION")
     p = sub.add_parser("index", help="hash every image of every split of the eval sets into an index",
                        description="Hash (pHash + mirror pHash) every image of every split of the eval sets. "
                        "Splits whose content is unchanged are not re-hashed; unreadable images are listed.")
-    p.add_argument("--evalsets", action="append", default=[], metavar="FILE",
-                   help="eval sets declared in a TOML file (repeatable; see README, 'Your own eval sets')")
+    add_evalsets_flag(p)
     p.add_argument("--sets", help="comma-separated eval set names (default: every set of the --evalsets files, "
                    "or the demo sets mnist, emoji, clipart)")
     p.add_argument("--out", help="index folder (default: work/dedup/index)")

@@ -11,6 +11,8 @@ import json
 import os
 import sys
 
+from flows.cli_dedup import add_evalsets_flag
+
 
 def _embed(args: argparse.Namespace) -> int:
     import torch
@@ -128,8 +130,7 @@ def add_commands(sub) -> None:
                        "OUT/metrics.json and OUT/summary.md. No network.")
     v.add_argument("run", help="training run folder (checkpoint.pt, tokenizer.json for scratch text towers)")
     v.add_argument("--out", required=True, help="output folder")
-    v.add_argument("--evalsets", action="append", default=[], metavar="FILE",
-                   help="eval sets declared in a TOML file (repeatable; see README, 'Your own eval sets')")
+    add_evalsets_flag(v)
     v.add_argument("--sets", nargs="+", help="eval sets by name (default: every set of the --evalsets files, "
                    "or the demo sets mnist, emoji, clipart)")
     v.add_argument("--split", default="test")
