@@ -17,6 +17,18 @@ from training.loss import LogTemperature
 from training.text_towers import TextTower
 
 
+def compile_patterns(patterns: list[str], what: str) -> list[re.Pattern]:
+    """Regular expressions over parameter names (``freeze``, ``lr_mults``), matched in full by
+    their users; one that does not compile is an error naming the option."""
+    rules = []
+    for pattern in patterns:
+        try:
+            rules.append(re.compile(pattern))
+        except re.error as err:
+            raise ValueError(f"{what} pattern '{pattern}' is not a regular expression ({err})") from None
+    return rules
+
+
 class LiTModel(nn.Module):
     def __init__(self, text: TextTower, image_dim: int, image_tower: nn.Module | None = None,
                  image_locked: bool = True, embed_dim: int | None = None, image_head: bool = False,
@@ -70,7 +82,7 @@ class LiTModel(nn.Module):
         full parameter names, first match wins, as big_vision's ``config.lr_mults``. The first
         group is always the base-rate decay group (what the metrics log reports as ``lr``).
         A pattern that matches no trainable parameter is an error."""
-        rules = [(re.compile(pattern), float(mult)) for pattern, mult in lr_mults]
+        rules = list(zip(compile_patterns([p for p, _ in lr_mults], "lr_mults"), (float(m) for _, m in lr_mults)))
         used = set()
         groups: dict[tuple[str, float], list] = {("decay", 1.0): []}
         for name, param in self.named_parameters():

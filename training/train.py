@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import time
 import warnings
 from collections import Counter
@@ -28,7 +27,7 @@ from training.embed_cache import open_cache
 from training.exclusions import exclusion_digest, load_exclusions
 from training.image_towers import ImageTower, build_image_tower
 from training.metrics import MetricsLog, plot_metrics
-from training.model import LiTModel
+from training.model import LiTModel, compile_patterns
 from training.schedule import warmup_cosine
 from training.shard_inputs import read_manifest, resolve_shards
 from training.step import compute_gradients
@@ -156,11 +155,7 @@ def freeze(model: torch.nn.Module, patterns: list[str]) -> list[str]:
     """
     names = [name for name, _ in model.named_parameters()]
     frozen = []
-    for pattern in patterns:
-        try:
-            rule = re.compile(pattern)
-        except re.error as err:
-            raise ValueError(f"freeze pattern '{pattern}' is not a regular expression ({err})") from None
+    for pattern, rule in zip(patterns, compile_patterns(patterns, "freeze")):
         hits = [n for n in names if rule.fullmatch(n)]
         if not hits:
             shown = ", ".join(sorted({n.rsplit(".", 2)[0] + ".*" for n in names})[:12])
