@@ -1,7 +1,7 @@
 """Per-record work of the curation pipeline, free of Beam so that a test can run it alone.
 
 :func:`examine` turns one raw sample into a *candidate*: a pair record (see
-:mod:`curation.records`) plus what the corpus-wide steps need (content hash, normalised
+:mod:`infra.contract`) plus what the corpus-wide steps need (content hash, normalised
 text, unigrams/bigrams) and the per-record rules it fails. :func:`decide` later gives each
 candidate its single final reason — the first failing rule in :data:`RULE_ORDER` — once
 the corpus-wide counts are known.
@@ -14,12 +14,12 @@ import json
 from dataclasses import dataclass, field
 
 from curation.config import CurationConfig
-from dedup.evalsets import image_member
-from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS, hash_image_bytes, phash64
 from curation.decode import ImageRejected, decode_image, encode_jpeg
 from curation.language import tag_many
-from curation.records import KEPT, REJECTED, CurationReason as R, empty_pair
 from curation.text import TextRejected, normalise, unigrams, unigrams_and_bigrams
+from dedup.evalsets import image_member
+from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS, hash_image_bytes, phash64
+from infra.contract import KEPT, REJECTED, CurationReason as R, empty_pair
 
 # the order in which rules are attributed: structure, validity, image, text, language, eval
 RULE_ORDER = (

@@ -1,7 +1,7 @@
 """Read a curated corpus (webdataset shards) for de-duplication: :class:`dedup.corpus.Corpus`.
 
 The curation pipeline stores each pair's ``phash`` in its record (``KEY.json``) and the hash
-settings it used in the run manifest (``corpus.json``: ``hash_settings``, or under ``config``).
+settings it used in the run manifest (``corpus.json``'s ``hash_settings``).
 When both are there, the stored hashes are used after checking the settings against the eval
 index (a mismatch is an error, not a silent re-hash); otherwise the images are hashed here.
 
@@ -21,17 +21,13 @@ from curation.shards import list_shards, read_shard
 from dedup.corpus import Corpus
 from dedup.evalsets import image_member
 from dedup.phash import HashSettings, hash_many_bytes
+from infra.contract import CorpusManifest
 
 def manifest_settings(corpus_dir: Path) -> HashSettings | None:
-    """The hash settings recorded in ``corpus.json`` (top level or under ``config``), if any."""
-    path = corpus_dir / "corpus.json"
-    if not path.exists():
+    """The hash settings recorded in the corpus's ``corpus.json``; None when it has none."""
+    if not (corpus_dir / CorpusManifest.FILE).exists():
         return None
-    manifest = json.loads(path.read_text())
-    for holder in (manifest, manifest.get("config") or {}, (manifest.get("config") or {}).get("dedup") or {}):
-        if isinstance(holder, dict) and "hash_settings" in holder:
-            return HashSettings.from_dict(holder["hash_settings"])
-    return None
+    return HashSettings.from_dict(CorpusManifest.read(corpus_dir).hash_settings)
 
 
 def shard_paths(corpus_dir: Path) -> list[Path]:

@@ -43,9 +43,9 @@ from collections import Counter
 import apache_beam as beam
 
 from curation.config import CurationConfig
-from curation.records import CurationReason as R
 from curation.shard_passes import facts_at
 from curation.text import unigrams_and_bigrams
+from infra.contract import CurationReason as R
 
 
 def frequent_threshold(histogram: dict[int, int], k: int) -> int:

@@ -15,7 +15,8 @@ from curation.shard_passes import WORK_DIR
 
 def curate(raw_dir: str | Path, out_dir: str | Path, config: CurationConfig, workers: int = 2,
            beam_args: list[str] | None = None) -> dict:
-    """Curate the raw shards in ``raw_dir`` (an ingest output's ``shards/``) into ``out_dir``."""
+    """Curate the raw shards in ``raw_dir`` (an ingest output's ``shards/``) into ``out_dir``;
+    return ``corpus.json`` (:class:`infra.contract.CorpusManifest`) as written."""
     raw_dir, out_dir = _location(raw_dir), _location(out_dir)
     if config.eval_dedup.index and config.eval_dedup.mode != "none":
         # fail before the run, not inside a worker: missing index, wrong hash settings
@@ -29,11 +30,11 @@ def curate(raw_dir: str | Path, out_dir: str | Path, config: CurationConfig, wor
     manifest = build_manifest(raw_dir, out_dir, config, raw_shards)
     storage.delete_tree(storage.join(out_dir, WORK_DIR))  # the facts: only the run itself needs them
     # corpus.json last: its presence means the run finished and its counts were checked
-    storage.write_atomic(storage.join(out_dir, "corpus.json"), _json(manifest))
+    storage.write_atomic(storage.join(out_dir, manifest.FILE), manifest.to_json().encode())
     storage.write_atomic(storage.join(out_dir, "timing.json"), _json(
         {"pipeline_s": round(pipeline_s, 3), "workers": workers,
-         "records_per_s": round(manifest["inputs"] / pipeline_s, 2)}))
-    return manifest
+         "records_per_s": round(manifest.inputs / pipeline_s, 2)}))
+    return manifest.model_dump(mode="json", by_alias=True)
 
 
 def _json(value: dict) -> bytes:

@@ -16,7 +16,7 @@ not by the corpus.
 from __future__ import annotations
 
 from curation.config import EvalDedupRules
-from curation.records import KEPT, REJECTED, CurationReason
+from infra.contract import KEPT, REJECTED, CurationReason
 
 
 class EvalMatcher:

@@ -46,8 +46,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from urllib.parse import quote, urljoin, urlsplit
 
-from curation.reasons import TRANSIENT_REASONS, IngestReason, classify_error, own_error
+from curation.reasons import TRANSIENT_REASONS, classify_error, own_error
 from curation.url_safety import Refused, Resolver, UrlPolicy, cached_resolver
+from infra.contract import IngestReason
 
 VERSION = "0.1.0"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})

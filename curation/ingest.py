@@ -47,29 +47,22 @@ import pyarrow.parquet as pq
 
 from curation.guarded_download import guarded_downloading
 from curation.host_report import HostTally
-from curation.provenance import code_revision, library_versions
 from curation.ingest_config import IngestConfig
 from curation.ingest_page import render_ingest_page
-from curation.reasons import IngestReason
+from curation.provenance import code_revision, library_versions
 from curation.retry_rounds import (OUTCOME_COLUMNS, Round, account_round_part, completed_rounds, finish_round,
                                    never_completed, plan_round, settle, shards_of)
-from curation.records import AccountingError
 from curation.strict_resizer import strict_resizing
 from curation.url_list import UrlListError, iter_chunks, list_parts
 from curation.url_safety import Refused, UrlPolicy, cached_resolver
+from infra.contract import INGEST_REJECTED_FIELDS, INGEST_REJECTED_SCHEMA, AccountingError, IngestReason, IngestReport
 from infra.files import replacing, write_json_atomic, write_text_atomic
-
 
 # img2dataset reserves these names; a URL list's own column of that name is carried as src_<name>
 RESERVED_COLUMNS = {
     "key", "caption", "url", "width", "height", "original_width", "original_height",
     "status", "error_message", "exif", "md5", "sha256", "sha512", "row", "part",
 }
-
-
-REJECTED_COLUMNS = ["part", "row", "url", "reason", "detail"]
-REJECTED_SCHEMA = pa.schema([("part", pa.int32()), ("row", pa.int64()), ("url", pa.string()),
-                             ("reason", pa.string()), ("detail", pa.string())])
 
 
 def vet_rows(frame: pd.DataFrame, policy: UrlPolicy, resolve=None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -152,7 +145,7 @@ def vet_part(number: int, path: Path, out_dir: Path, policy: UrlPolicy, config: 
     refused_frame = pd.concat(refused, ignore_index=True)
     refused_frame.insert(0, "part", number)
     _write_table(out_dir / "parts" / f"{name}.refused.parquet",
-                 pa.Table.from_pandas(refused_frame.astype({"part": "int32", "row": "int64"}), schema=REJECTED_SCHEMA,
+                 pa.Table.from_pandas(refused_frame.astype({"part": "int32", "row": "int64"}), schema=INGEST_REJECTED_SCHEMA,
                                       preserve_index=False))
     report = {"part": number, "source": source, "columns": columns, "rows_in": sum(chunks), "chunks": chunks,
               "refused": len(refused_frame)}
@@ -251,7 +244,7 @@ def account_part(report: dict, first_shard: int, out_dir: Path, samples_per_shar
             hosts.add(url, reason)
         hosts.prune()
     frame["part"] = number
-    frame = frame.astype({"part": "int32", "row": "int64"}).sort_values("row").reset_index(drop=True)[REJECTED_COLUMNS]
+    frame = frame.astype({"part": "int32", "row": "int64"}).sort_values("row").reset_index(drop=True)[INGEST_REJECTED_FIELDS]
     counts = {"part": number, "file": report["source"]["file"], "rows_in": report["rows_in"], "downloaded": downloaded,
               "failed": {k: int(v) for k, v in sorted(frame["reason"].value_counts().items())}, "shards": names}
     if rounds:
@@ -267,11 +260,11 @@ def _account(out_dir: Path, reports: list[dict], rounds: list[Round], samples_pe
     (totals, per-part counts, host tally). Raises AccountingError when a row is lost or doubled."""
     totals = {"rows_in": 0, "downloaded": 0, "failed": {}}
     part_counts, first_shard, hosts = [], 0, HostTally()
-    with replacing(out_dir / "rejected.parquet") as tmp, pq.ParquetWriter(tmp, REJECTED_SCHEMA) as writer:
+    with replacing(out_dir / "rejected.parquet") as tmp, pq.ParquetWriter(tmp, INGEST_REJECTED_SCHEMA) as writer:
         for report in reports:
             counts, rejected = account_part(report, first_shard, out_dir, samples_per_shard, hosts, rounds)
             first_shard += sum(shards_of(rows, samples_per_shard) for rows in report["chunks"])
-            writer.write_table(pa.Table.from_pandas(rejected, schema=REJECTED_SCHEMA, preserve_index=False))
+            writer.write_table(pa.Table.from_pandas(rejected, schema=INGEST_REJECTED_SCHEMA, preserve_index=False))
             part_counts.append(counts)
             totals["rows_in"] += counts["rows_in"]
             totals["downloaded"] += counts["downloaded"]
@@ -337,7 +330,7 @@ def ingest(url_list: str | Path, out_dir: str | Path, config: IngestConfig | Non
         retries.append({"round": planned.number, "rows": sum(t["rows"] for t in tallies),
                         "recovered": sum(t["recovered"] for t in tallies), "failed_again": dict(sorted(failed.items())),
                         "shards": [n for n in names if (out_dir / "shards" / n).exists()]})
-    report = {
+    report = IngestReport.parse({
         "stage": "ingest",
         "input": str(Path(url_list).resolve()) if len(parts) == 1 and Path(url_list).is_file() else str(url_list),
         "output": str(out_dir.resolve()),
@@ -353,7 +346,8 @@ def ingest(url_list: str | Path, out_dir: str | Path, config: IngestConfig | Non
         "img2dataset_s": round(downloader_s, 3),
         "versions": library_versions(),
         "code_revision": code_revision(),
-    }
-    write_json_atomic(out_dir / "ingest.json", report, default=str)
+    }, where=str(out_dir / IngestReport.FILE))
+    report.write(out_dir)
+    report = report.model_dump(mode="json")
     write_text_atomic(out_dir / "ingest.html", render_ingest_page(report))
     return report

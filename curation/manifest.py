@@ -19,10 +19,10 @@ from curation import storage
 from curation.checks import STAGE_OF, STAGES
 from curation.config import CurationConfig
 from curation.provenance import code_revision, library_versions
-from curation.records import AccountingError, CurationReason
 from curation.shard_passes import COUNTS_DIR, WORK_DIR, facts_path
 from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS
 from dedup.verify import VerifyRules
+from infra.contract import AccountingError, CorpusManifest, CurationReason
 
 
 def _stage_counts(inputs: int, rejected_by_reason: dict[str, int]) -> dict:
@@ -69,16 +69,15 @@ def _summed_counts(out: str, raw_shards: list[str]) -> dict:
 
 
 def build_manifest(raw_dir: str | Path, out_dir: str | Path, config: CurationConfig,
-                   raw_shards: list[str]) -> dict:
+                   raw_shards: list[str]) -> CorpusManifest:
+    """``corpus.json`` of a finished run (the model checks inputs = kept + Σ rejected itself)."""
     out = str(out_dir)
     corpus = storage.read_json(storage.join(out, WORK_DIR, "stats.json"))
     counts = _summed_counts(out, raw_shards)
     inputs, kept = counts["inputs"], counts["kept"]
     by_reason = dict(sorted(counts["rejected"].items()))
     rejected = sum(by_reason.values())
-    if kept + rejected != inputs:
-        raise AccountingError(f"{out}: inputs {inputs} != kept {kept} + rejected {rejected}")
-    return {
+    return CorpusManifest.parse({
         "preset": config.preset,
         "config": config.to_dict(),
         "input": str(raw_dir),
@@ -102,5 +101,5 @@ def build_manifest(raw_dir: str | Path, out_dir: str | Path, config: CurationCon
         "shards": counts["shards"],
         "versions": library_versions(),
         "code_revision": code_revision(),
-    }
+    }, where=storage.join(out, CorpusManifest.FILE))
 

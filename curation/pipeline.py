@@ -48,9 +48,9 @@ from curation.config import CurationConfig
 from curation.corpus_dedup import ExactDuplicates, NearDuplicates, wire_phash
 from curation.corpus_rules import CorpusRules
 from curation.eval_match import EvalMatcher
-from curation.records import KEPT
 from curation.shard_passes import (COUNTS_DIR, WORK_DIR, Finding, apply_drops, decide_shard, examine_shard,
                                    load_decided, save_decided, write_shard_outputs)
+from infra.contract import KEPT
 
 
 def _facts(shard_path, out_dir: str, config: CurationConfig):

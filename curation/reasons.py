@@ -1,38 +1,11 @@
-"""The closed set of reasons a record can be rejected for, and how img2dataset's free-text
-errors map onto them. One module, so every report speaks the same words."""
+"""How img2dataset's and our fetcher's free-text errors map onto the closed set of ingest
+reasons (:class:`infra.contract.IngestReason`), and which of them are worth a retry."""
 
 from __future__ import annotations
 
 import re
-from enum import Enum
 
-
-class IngestReason(str, Enum):
-    """Why an input row of a URL list did not become a raw sample."""
-
-    INVALID_URL = "invalid_url"              # malformed, no host, or a scheme other than http(s)
-    BLOCKED_ADDRESS = "blocked_address"      # host is/resolves to a private, loopback, link-local... address
-    BLOCKED_REDIRECT = "blocked_redirect"    # a redirect hop the URL policy refuses (the hop is in the detail)
-    TOO_MANY_REDIRECTS = "too_many_redirects"  # more hops than allowed, or a loop
-    DNS_FAILURE = "dns_failure"
-    CONNECTION_REFUSED = "connection_refused"
-    CONNECTION_ERROR = "connection_error"    # reset, unreachable, TLS, ... (detail kept)
-    TIMEOUT = "timeout"
-    HTTP_404 = "http_404"
-    HTTP_403 = "http_403"
-    HTTP_429 = "http_429"                    # rate limited, still after honouring Retry-After
-    HTTP_5XX = "http_5xx"                    # server error (detail has the code)
-    HTTP_ERROR = "http_error"                # any other non-2xx status (detail has the code)
-    BODY_TOO_LARGE = "body_too_large"        # Content-Length or the bytes read passed the cap
-    DOWNLOAD_DEADLINE = "download_deadline"  # the whole download (every hop, every wait) took too long
-    ROBOTS_DISALLOWED = "robots_disallowed"  # X-Robots-Tag: noai / noindex / ...
-    EMPTY_FILE = "empty_file"
-    NOT_AN_IMAGE = "not_an_image"            # e.g. HTML served as .jpg
-    DECODE_ERROR = "decode_error"            # truncated or corrupt image data
-    IMAGE_TOO_LARGE = "image_too_large"      # decompression bomb guard
-    SHARD_FAILED = "shard_failed"            # img2dataset gave up on the whole shard
-    OTHER = "other"                          # anything unrecognised; the detail says what
-
+from infra.contract import IngestReason
 
 # Messages our StrictResizer returns start with "litflow:<reason>:" so they map exactly.
 _OWN_PREFIX = re.compile(r"^litflow:(?P<reason>[a-z_0-9]+):?\s*(?P<detail>.*)$", re.S)

@@ -28,7 +28,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from curation.reasons import TRANSIENT_REASONS, IngestReason, classify_error
+from curation.reasons import TRANSIENT_REASONS, classify_error
+from infra.contract import IngestReason
 from infra.files import write_json_atomic
 
 ROUNDS_DIR = "retries"

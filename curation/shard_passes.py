@@ -38,10 +38,11 @@ import pyarrow as pa
 from curation import storage
 from curation.checks import VALIDITY, attribute, examine, image_bytes, output_image, tag_languages
 from curation.config import CurationConfig
-from curation.records import KEPT, PAIR_SCHEMA, REJECTED, CurationReason as R
 from curation.shards import read_shard, shard_bytes
 from curation.text import unigrams_and_bigrams
 from dedup.intra import drop_detail
+from infra.contract import KEPT, PAIR_SCHEMA, REJECTED
+from infra.contract import CurationReason as R
 
 WORK_DIR = "_work"
 COUNTS_DIR = "_counts"

@@ -19,7 +19,7 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.records import PAIR_SCHEMA
+from infra.contract import PAIR_SCHEMA
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -25,7 +25,9 @@ from img2dataset.resizer import Resizer
 from PIL import Image, UnidentifiedImageError
 
 from curation.ingest_config import DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS  # noqa: F401  (HARD_MAX_PIXELS re-exported)
-from curation.reasons import IngestReason, own_error
+from curation.reasons import own_error
+from infra.contract import IngestReason
+
 _BOMB_SIZE = re.compile(r"Image size \((\d+(?:x\d+)?) pixels\)")  # "(WxH pixels)" or "(N pixels)"
 
 

@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
-from curation.reasons import IngestReason
+from infra.contract import IngestReason
 
 ALLOWED_SCHEMES = ("http", "https")
 

@@ -23,8 +23,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from dedup.matches import NO_DISTANCE
 from dedup.modes import removes
+from infra.contract import NO_DISTANCE
 
 Embed = Callable[[Sequence], np.ndarray]
 
@@ -172,21 +172,21 @@ def calibrate_threshold(negative_cosines: np.ndarray, max_false_positive_rate: f
 def eval_embedding_index(embed: Embed, index_dir, mode: str = "train+test", batch: int = 64) -> EmbeddingIndex:
     """Embed every readable eval image of an eval index (``litflow dedup index`` output)."""
     import io
-    import json
     from pathlib import Path
 
     import pyarrow.parquet as pq
     from PIL import Image
 
     from dedup.evalsets import read_ref
+    from dedup.index import read_manifest
 
-    manifest = json.loads((Path(index_dir) / "index.json").read_text())
+    manifest = read_manifest(index_dir)
     sets, splits, keys, refs, images = [], [], [], [], []
-    for set_name, info in sorted(manifest["sets"].items()):
-        for split, split_info in sorted(info["splits"].items()):
-            if not removes(mode, split_info["role"]):
+    for set_name, info in sorted(manifest.sets.items()):
+        for split, split_info in sorted(info.splits.items()):
+            if not removes(mode, split_info.role):
                 continue
-            table = pq.read_table(Path(index_dir) / split_info["file"], columns=["key", "ref", "error"]).to_pylist()
+            table = pq.read_table(Path(index_dir) / split_info.file, columns=["key", "ref", "error"]).to_pylist()
             for row in table:
                 if row["error"] is None:
                     sets.append(set_name)

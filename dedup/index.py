@@ -34,9 +34,9 @@ from dedup.evalsets import EmptyEvalSet, EvalSet
 from dedup.modes import MODES, removes
 from dedup.phash import DEFAULT_SETTINGS, HashSettings, check_same_settings, hash_many_bytes
 from dedup.search import HammingIndex
-from infra.files import replacing, write_json_atomic
+from infra.contract import EVAL_INDEX_FORMAT, EvalIndexManifest, ManifestError
+from infra.files import replacing
 
-FORMAT_VERSION = 1
 SIGNALS = ("phash", "mirror")
 
 SPLIT_SCHEMA = pa.schema([
@@ -111,13 +111,16 @@ def build_index(evalsets: Iterable[EvalSet], out: str | Path, settings: HashSett
     """Hash every image of every split into ``out`` (re-using splits whose content is unchanged)."""
     out = Path(out)
     old = {}
-    if (out / "index.json").exists():
-        old = json.loads((out / "index.json").read_text())
+    if (out / EvalIndexManifest.FILE).exists():
+        try:
+            old = EvalIndexManifest.read(out).model_dump()
+        except ManifestError:
+            old = {}  # another format: nothing can be reused
         if old.get("settings") != settings.to_dict():
             old = {}  # other settings: nothing can be reused
     (out / "splits").mkdir(parents=True, exist_ok=True)
     report = BuildReport(out)
-    manifest = {"format": FORMAT_VERSION, "settings": settings.to_dict(), "settings_id": settings.id, "sets": {}}
+    manifest = {"format": EVAL_INDEX_FORMAT, "settings": settings.to_dict(), "settings_id": settings.id, "sets": {}}
     evalsets = list(evalsets)
     if not evalsets:
         raise EmptyEvalSet("no eval sets to index")
@@ -152,24 +155,21 @@ def build_index(evalsets: Iterable[EvalSet], out: str | Path, settings: HashSett
     for stale in (out / "splits").glob("*.parquet"):
         if f"splits/{stale.name}" not in keep:
             stale.unlink()
-    write_json_atomic(out / "index.json", manifest, sort_keys=True)
+    EvalIndexManifest.parse(manifest, where=str(out / EvalIndexManifest.FILE)).write(out)
     return report
 
 
-def read_manifest(path: str | Path) -> dict:
+def read_manifest(path: str | Path) -> EvalIndexManifest:
     """An eval index's ``index.json`` (settings, sets, splits), checked for this litflow's format."""
     path = Path(path)
-    if not (path / "index.json").exists():
+    if not (path / EvalIndexManifest.FILE).exists():
         raise FileNotFoundError(f"{path} is not an eval index (no index.json): run `litflow dedup index`")
-    manifest = json.loads((path / "index.json").read_text())
-    if manifest.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: index format {manifest.get('format')}, this litflow reads {FORMAT_VERSION}")
-    return manifest
+    return EvalIndexManifest.read(path)
 
 
 def index_settings(path: str | Path) -> HashSettings:
     """The hash settings an eval index was built with (a corpus must be hashed the same way)."""
-    return HashSettings.from_dict(read_manifest(path)["settings"])
+    return HashSettings.from_dict(read_manifest(path).settings)
 
 
 class EvalIndex:
@@ -182,7 +182,7 @@ class EvalIndex:
 
     def __init__(self, settings: HashSettings, splits: list[tuple[str, str, str]], image_split: np.ndarray,
                  keys: list[str], phash: np.ndarray, mirror: np.ndarray, mode: str = "train+test",
-                 manifest: dict | None = None, refs: list[str] | None = None):
+                 manifest: EvalIndexManifest | None = None, refs: list[str] | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.settings, self.splits, self.mode = settings, splits, mode
@@ -191,7 +191,7 @@ class EvalIndex:
         self.refs = refs or []  # where each image's bytes are (for verification and thumbnails)
         self.phash = np.asarray(phash, np.uint64)
         self.mirror = np.asarray(mirror, np.uint64)
-        self.manifest = manifest or {}
+        self.manifest = manifest  # None for an index built in memory (tests)
         active_splits = [i for i, (_, _, role) in enumerate(splits)
                          if removes(mode, role)]
         self.active_images = np.flatnonzero(np.isin(self.image_split, active_splits)).astype(np.int32)
@@ -203,13 +203,13 @@ class EvalIndex:
     def load(cls, path: str | Path, mode: str = "train+test") -> "EvalIndex":
         path = Path(path)
         manifest = read_manifest(path)
-        settings = HashSettings.from_dict(manifest["settings"])
+        settings = HashSettings.from_dict(manifest.settings)
         splits, image_split, keys, refs, ph, mi = [], [], [], [], [], []
-        for set_name in sorted(manifest["sets"]):
-            for split_name, info in sorted(manifest["sets"][set_name]["splits"].items()):
-                table = pq.read_table(path / info["file"], columns=["key", "ref", "phash", "mirror", "error"])
+        for set_name in sorted(manifest.sets):
+            for split_name, info in sorted(manifest.sets[set_name].splits.items()):
+                table = pq.read_table(path / info.file, columns=["key", "ref", "phash", "mirror", "error"])
                 ok = table.filter(pc.is_null(table["error"]))
-                splits.append((set_name, split_name, info["role"]))
+                splits.append((set_name, split_name, info.role))
                 image_split.append(np.full(ok.num_rows, len(splits) - 1, np.int32))
                 keys.extend(ok["key"].to_pylist())
                 refs.extend(ok["ref"].to_pylist())

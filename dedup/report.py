@@ -5,7 +5,7 @@ Takes the corpus as records (:class:`dedup.corpus.Corpus`); reading it from shar
 
 Writes into ``out/``:
 
-* ``matches.parquet`` — every (corpus pair, eval image) candidate, in :mod:`dedup.matches`'s schema: within the pHash radius, all
+* ``matches.parquet`` — every (corpus pair, eval image) candidate, in :mod:`infra.contract`'s schema: within the pHash radius, all
   splits, plus embedding candidates when given (``litflow dedup flag``); with the verification
   (``confirmed``, ``undecided``, ``verification``), ``flagged`` (confirmed or undecided; every
   candidate when verification is off) and ``removed`` = flagged and counted under the mode.
@@ -31,15 +31,15 @@ from dedup.html import render, thumbnail_data_uri
 from dedup.index import SIGNALS, EvalIndex
 from dedup.intra import duplicate_groups
 from dedup.modes import removes
-from dedup.matches import NO_DISTANCE, write_matches
+from infra.contract import NO_DISTANCE, EvalIndexManifest, write_matches
 from infra.files import write_text_atomic
 
 
-def _eval_metadata(index_dir: Path, manifest: dict) -> pd.DataFrame:
+def _eval_metadata(index_dir: Path, manifest: EvalIndexManifest) -> pd.DataFrame:
     frames = []
-    for set_name, info in manifest["sets"].items():
-        for split, split_info in info["splits"].items():
-            frame = pq.read_table(index_dir / split_info["file"], columns=["key", "ref", "label", "caption"]).to_pandas()
+    for set_name, info in manifest.sets.items():
+        for split, split_info in info.splits.items():
+            frame = pq.read_table(index_dir / split_info.file, columns=["key", "ref", "label", "caption"]).to_pandas()
             frames.append(frame.assign(eval_set=set_name, eval_split=split))
     return pd.concat(frames, ignore_index=True).rename(
         columns={"key": "eval_key", "ref": "eval_ref", "label": "eval_label", "caption": "eval_caption"})
@@ -135,13 +135,13 @@ def build_report(corpus: Corpus, index_dir: str | Path, out: str | Path, radius:
                    "removed": int(matches.loc[matches["removed"], "key"].nunique())},
         "eval_sets": {},
     }
-    for set_name, info in full.manifest["sets"].items():
+    for set_name, info in full.manifest.sets.items():
         summary["eval_sets"][set_name] = {}
-        for split, split_info in info["splits"].items():
+        for split, split_info in info.splits.items():
             sel = (matches["eval_set"] == set_name) & (matches["eval_split"] == split)
             summary["eval_sets"][set_name][split] = {
-                "role": split_info["role"], "eval_images": split_info["images"],
-                "unreadable": len(split_info["unreadable"]), "unreadable_images": split_info["unreadable"],
+                "role": split_info.role, "eval_images": split_info.images, "unreadable": len(split_info.unreadable),
+                "unreadable_images": [u.model_dump() for u in split_info.unreadable],
                 "corpus_pairs_candidates": int(matches.loc[sel, "key"].nunique()),
                 "corpus_pairs_matched": int(matches.loc[sel & matches["flagged"], "key"].nunique()),
                 "removed": int(matches.loc[sel & matches["removed"], "key"].nunique()),

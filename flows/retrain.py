@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
+from infra.contract import CorpusManifest
 from infra.paths import PROJECT_ROOT, default_work_dir
 from flows.progress import FlowProgress
 
@@ -34,8 +35,8 @@ def newest_corpus(work_dir: Path) -> Path:
 
 
 def _corpus_digest(corpus: Path) -> str:
-    manifest = json.loads((corpus / "corpus.json").read_text())
-    return hashlib.sha256(json.dumps([s["sha256"] for s in manifest["shards"]]).encode()).hexdigest()
+    shards = CorpusManifest.read(corpus).shards
+    return hashlib.sha256(json.dumps([s.sha256 for s in shards]).encode()).hexdigest()
 
 
 @task(name="embed", cache_policy=NO_CACHE)
@@ -51,7 +52,7 @@ def embed_task(corpus: str, cache: str, image_tower: str) -> dict:
 
 def corpus_eval_index(corpus: Path) -> Path | None:
     """The eval index the corpus was curated against (from corpus.json), if it still exists."""
-    recorded = json.loads((corpus / "corpus.json").read_text()).get("config", {}).get("eval_dedup", {})
+    recorded = CorpusManifest.read(corpus).config.get("eval_dedup", {})
     index = recorded.get("index")
     return Path(index) if index and (Path(index) / "index.json").exists() else None
 

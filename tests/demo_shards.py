@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from curation.records import KEPT, empty_pair
 from curation.shards import write_shard
+from infra.contract import KEPT, empty_pair
 
 
 def _jpeg(path: Path, max_side: int) -> tuple[bytes, int, int]:
@@ -52,3 +52,27 @@ def write_demo_shards(cache: Path, catalogue: Path, out: str | Path, shards: int
             samples.append((record, data))
         paths.append(write_shard(out, f"{s:05d}", samples))
     return paths
+
+
+def write_corpus_json(folder: str | Path, settings=None) -> Path:
+    """A ``corpus.json`` (:class:`infra.contract.CorpusManifest`) for shards written by hand into
+    ``folder``, every sample counted as kept, recording the hash settings ``settings`` (default:
+    the project's) as a curation run would."""
+    from curation.config import CurationConfig
+    from dedup.phash import DEFAULT_SETTINGS
+    from infra.contract import CorpusManifest
+    from infra.files import file_sha256
+
+    folder = Path(folder)
+    shards = [{"name": tar.name, "samples": pd.read_parquet(tar.with_suffix(".parquet"), columns=["key"]).shape[0],
+               "sha256": file_sha256(tar)} for tar in sorted(folder.glob("*.tar"))]
+    kept = sum(s["samples"] for s in shards)
+    config = CurationConfig()
+    return CorpusManifest.parse({
+        "preset": config.preset, "config": config.to_dict(), "input": "written by hand (tests)", "inputs": kept,
+        "kept": kept, "rejected": {}, "accounting": f"{kept} inputs = {kept} kept + 0 rejected", "stages": {},
+        "rare_tokens_k": None, "rare_tokens_threshold_df": None, "valid_pairs": kept,
+        "languages": {"kept": {}, "rejected": {}}, "hash_settings": (settings or DEFAULT_SETTINGS).to_dict(),
+        "eval_dedup_verify": None, "eval_duplicates": {}, "corpus_duplicates": {"exact": 0, "near": 0},
+        "shards": shards, "versions": {}, "code_revision": None,
+    }).write(folder)

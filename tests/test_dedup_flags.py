@@ -10,16 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageOps
 
-from curation.records import empty_pair
 from curation.shards import write_shard
 from dedup.evalsets import EvalSet, ImageFolder, Split
-from training.eval_flags import flag_corpus
 from dedup.index import build_index
-from dedup.matches import MATCH_FIELDS, MATCH_SCHEMA, NO_DISTANCE
 from dedup.verify import VerifyRules
 from flows.cli import main as litflow
+from infra.contract import MATCH_FIELDS, MATCH_SCHEMA, NO_DISTANCE, empty_pair
 from tests.images import on_white, photo, shard_bytes
 from training.embed_cache import embed_shards
+from training.eval_flags import flag_corpus
 from training.exclusions import load_exclusions
 from training.image_towers import build_image_tower
 

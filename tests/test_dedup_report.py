@@ -15,14 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageEnhance
 
-from curation.records import empty_pair
+from curation.eval_audit import audit_corpus
 from curation.shards import write_shard
 from dedup.evalsets import EvalSet, ImageFolder, Split
 from dedup.index import build_index
-from dedup.matches import MATCH_FIELDS, MATCH_SCHEMA
-from dedup.phash import DEFAULT_SETTINGS, HashSettings, HashSettingsMismatch, hash_image_bytes
-from curation.eval_audit import audit_corpus
+from dedup.phash import HashSettings, HashSettingsMismatch, hash_image_bytes
 from dedup.verify import VerifyRules
+from infra.contract import MATCH_FIELDS, MATCH_SCHEMA, empty_pair
+from tests.demo_shards import write_corpus_json
 
 RADIUS = 8
 
@@ -63,7 +63,7 @@ def setup(demo_data, tmp_path_factory):
     corpus = root / "corpus"
     write_shard(corpus, "00000", samples[:20])
     write_shard(corpus, "00001", samples[20:])
-    (corpus / "corpus.json").write_text(json.dumps({"config": {"hash_settings": DEFAULT_SETTINGS.to_dict()}}))
+    write_corpus_json(corpus)
     return root, images
 
 
@@ -206,7 +206,7 @@ def test_settings_mismatch_is_refused(setup, tmp_path):
     root, _ = setup
     corpus = tmp_path / "corpus"
     shutil.copytree(root / "corpus", corpus)
-    (corpus / "corpus.json").write_text(json.dumps({"hash_settings": HashSettings(jpeg_draft=None).to_dict()}))
+    write_corpus_json(corpus, HashSettings(jpeg_draft=None))
     with pytest.raises(HashSettingsMismatch, match="jpeg_draft"):
         audit_corpus(corpus, root / "index", tmp_path / "r")
 

@@ -14,12 +14,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from curation.records import empty_pair
 from curation.shards import write_shard
 from dedup import evalsets
 from dedup.evalset_files import read_declarations
-from dedup.phash import DEFAULT_SETTINGS, hash_image_bytes
+from dedup.phash import hash_image_bytes
 from flows.cli import main as litflow
+from infra.contract import empty_pair
+from tests.demo_shards import write_corpus_json
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 LABELS = {"animals": "an animal", "buildings": "a building"}
@@ -104,7 +105,7 @@ def test_index_and_audit_from_the_file_with_no_python(my_evals, demo_data, tmp_p
         data = buffer.getvalue()
         samples.append((empty_pair(key=key, caption=key, phash=hash_image_bytes(data)[0], status="kept"), data))
     write_shard(tmp_path / "corpus", "00000", samples)
-    (tmp_path / "corpus" / "corpus.json").write_text(json.dumps({"hash_settings": DEFAULT_SETTINGS.to_dict()}))
+    write_corpus_json(tmp_path / "corpus")
 
     assert litflow(["dedup", "report", str(tmp_path / "corpus"), str(tmp_path / "audit"),
                     "--index", str(tmp_path / "index"), "--mode", "test"]) == 0

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from curation.fetch import Fetcher, FetchFailed, FetchPolicy, HostGate, retry_after_s, robots_opt_out
-from curation.reasons import IngestReason
 from curation.url_safety import UrlPolicy
+from infra.contract import IngestReason
 from tests.hostile_server import serve_hostile
 
 CAP = 1 << 20

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from curation.ingest import IngestConfig, ingest
-from curation.reasons import IngestReason
+from infra.contract import IngestReason
 from tests.conftest import HOSTILE_LIMITS
 
 

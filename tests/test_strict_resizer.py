@@ -9,9 +9,10 @@ import zlib
 import pytest
 from PIL import Image
 
-from curation.reasons import IngestReason, classify_error
 from curation.ingest_config import DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS
+from curation.reasons import classify_error
 from curation.strict_resizer import inspect_image_bytes
+from infra.contract import IngestReason
 
 
 def encoded(image: Image.Image, fmt: str) -> bytes:

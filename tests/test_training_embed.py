@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from curation.records import empty_pair
 from curation.shards import read_shard, write_shard
+from infra.contract import empty_pair
 from tests.demo_shards import write_demo_shards
 from training.embed_cache import CacheMismatchError, embed_shards, open_cache
 from training.image_towers import build_image_tower

@@ -9,16 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from curation.records import empty_pair
 from curation.shards import read_shard, write_shard
-from training.checkpoint import CheckpointMismatchError
+from infra.contract import empty_pair
+from tests.conftest import SMALL_TEXT
 from tests.demo_shards import write_demo_shards
+from training.checkpoint import CheckpointMismatchError
 from training.embed_cache import CacheMismatchError, embed_shards
 from training.image_towers import build_image_tower
 from training.metrics import read_metrics
 from training.text_towers import EmptyCaptionError
 from training.train import TrainConfig, TrainingDiverged, train
-from tests.conftest import SMALL_TEXT
 
 
 def _config(corpus, out, **overrides) -> TrainConfig:

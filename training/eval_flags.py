@@ -24,7 +24,7 @@ from curation.corpus_reader import shard_paths
 from curation.shards import read_shard
 from dedup.embedding import Embed, EmbeddingIndex, embedding_candidates, verify_candidates
 from dedup.evalsets import image_member
-from dedup.matches import write_matches
+from infra.contract import write_matches
 
 
 def tower_embedder(name: str = "efficientnet-lite0") -> Embed:
@@ -90,7 +90,7 @@ def flag_corpus(corpus: str | Path, cache_root: str | Path, index_dir: str | Pat
     confirmed_keys = set(candidates.loc[candidates["confirmed"], "key"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_matches(flagged, out / "eval_flags.parquet")  # dedup.matches' schema, then rank, inliers, shard
+    write_matches(flagged, out / "eval_flags.parquet")  # infra.contract' schema, then rank, inliers, shard
     write_matches(candidates.drop(columns=["eval_image"]), out / "eval_candidates.parquet")
     summary = {
         "corpus": str(corpus), "image_tower": image_tower, "mode": mode, "top_k": top_k, "min_cosine": min_cosine,

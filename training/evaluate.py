@@ -17,7 +17,6 @@ language. Nothing here touches the network.
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 import time
 from pathlib import Path
@@ -25,14 +24,14 @@ from pathlib import Path
 import torch
 
 from dedup import evalsets
+from infra.contract import METRICS_FORMAT, EvalMetrics
+from infra.files import write_text_atomic
 from training import retrieval, zeroshot
 from training.eval_data import image_features
 from training.eval_model import EvalModel, load_run
 from training.eval_report import summary_markdown
 from training.prompts import get_prompt_set
-from infra.files import write_text_atomic
 
-FORMAT = 1
 HEADLINE_RULE = ("mean zero-shot top-1 over the classification sets with each set's primary prompt set; "
                  "when no classification set was evaluated, the mean over retrieval sets of "
                  "(image->text R@1 + text->image R@1) / 2")
@@ -127,14 +126,14 @@ def evaluate_model(model: EvalModel, eval_sets: list[str] | None = None, split: 
                       seconds=round(time.time() - t0, 2))
         sets[name] = result
         log(f"{name}: {_short(result)}")
-    metrics = {"format": FORMAT, "model": model.info, "split": split, "sets": sets,
+    metrics = {"format": METRICS_FORMAT, "model": model.info, "split": split, "sets": sets,
                "evalset_files": [str(Path(f).resolve()) for f in evalset_files],
                "headline": None, "headline_rule": HEADLINE_RULE,
                "environment": {"python": platform.python_version(), "torch": torch.__version__,
                                "threads": torch.get_num_threads()},
                "seconds": round(time.time() - started, 2)}
     metrics["headline"] = headline(metrics)
-    return metrics
+    return EvalMetrics.parse(metrics).model_dump()  # fails here if a field is missing or misspelt
 
 
 def _short(result: dict) -> str:
@@ -165,7 +164,7 @@ def headline(metrics: dict) -> float:
 def write_outputs(metrics: dict, out_dir: str | Path) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n"),
+    for name, text in ((EvalMetrics.FILE, EvalMetrics.parse(metrics).to_json()),
                        ("summary.md", summary_markdown(metrics))):
         write_text_atomic(out / name, text)
     return metrics
