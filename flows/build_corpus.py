@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from curation.config import load_config
+from curation.config import CurationConfig, load_config
 from curation.curate import curate
 from curation.demo import ingest_demo
 from curation.ingest import ingest
@@ -73,11 +73,25 @@ def index_task(run_dir: str, eval_sets: list[str] | None, evalset_files: list[st
     return stage.run(work, _log)
 
 
+def curation_rules(curation: CurationConfig | None, preset: str | None, config_file: str | None,
+                   overrides: list[str]) -> CurationConfig:
+    """The rules a run curates with: the whole ``curation`` model (the flow's form) or a preset
+    and rules file, then ``overrides``. A form together with a preset or file is refused: which
+    one wins would be a guess."""
+    if curation is None:
+        return load_config(preset, overrides, config_file)
+    if preset is not None or config_file is not None:
+        raise ValueError("give the curation rules as `curation` (the whole rules) or as `preset` / "
+                         "`curation_config` (a rules file), not both")
+    config = CurationConfig.model_validate(curation.model_dump())  # a copy: overrides must not edit the caller's
+    for assignment in overrides:
+        config.override(assignment)
+    return config
+
+
 @task(name="curate", cache_policy=NO_CACHE)
-def curate_task(run_dir: str, preset: str | None, overrides: list[str], workers: int, beam_args: list[str],
-                upstream: dict, config_file: str | None = None) -> dict:
+def curate_task(run_dir: str, config: CurationConfig, workers: int, beam_args: list[str], upstream: dict) -> dict:
     out = Path(run_dir) / "curated"
-    config = load_config(preset, overrides, config_file)
     stage = Stage(Path(run_dir), "curate", out, {"config": config.to_dict(), "beam_args": beam_args}, upstream)
 
     def work() -> dict:
@@ -108,6 +122,7 @@ def build_corpus(
     retry_failed: bool = False,
     preset: str | None = None,
     curation_config: str | None = None,
+    curation: CurationConfig | None = None,
     overrides: list[str] | None = None,
     eval_sets: list[str] | None = None,
     evalset_files: list[str] | None = None,
@@ -120,22 +135,26 @@ def build_corpus(
     127.0.0.1:``demo_port`` (a fixed port keeps the URLs, and so the outputs, identical across runs).
 
     ``ingest_options`` are ``litflow ingest``'s options (:class:`curation.ingest_config.IngestConfig`:
-    a form in Prefect's UI); ``curation_config`` a curation rules file, ``preset`` and
-    ``overrides`` over it; ``evalset_files`` eval sets declared in files."""
+    a form in Prefect's UI); the curation rules are either ``curation``
+    (:class:`curation.config.CurationConfig`, whole: a form too) or ``curation_config`` (a rules
+    file) and ``preset``; ``overrides`` apply over either; ``evalset_files`` eval sets declared in files."""
     out = Path(output) if output else default_work_dir() / "demo"
     run_dir = str(out)
     progress = FlowProgress(["ingest", "eval-index", "curate", "dedup-report"], key="build-corpus-progress")
     config = ingest_options or IngestConfig()
+    rules_given = curation_rules(curation, preset, curation_config, list(overrides or []))  # fails before any work
     ingested = ingest_task(run_dir, url_list, config, demo_per_source, demo_port, retry_failed)
     progress.advance("ingest")
     create_markdown_artifact(markdown=ingest_markdown(ingested), key="build-corpus-ingest", description="ingestion")
 
     index = index_task(run_dir, eval_sets, evalset_files)
     progress.advance("eval-index")
-    rules = [*(overrides or []), f'eval_dedup.index="{index["path"]}"', f'eval_dedup.mode="{dedup_mode}"',
-             f"eval_dedup.radius={dedup_radius}"]
-    manifest = curate_task(run_dir, preset, rules, curate_workers, list(beam_args or []),
-                           {"ingest": ingested["digest"], "eval-index": index["digest"]}, curation_config)
+    rules = rules_given
+    for assignment in (f'eval_dedup.index="{index["path"]}"', f'eval_dedup.mode="{dedup_mode}"',
+                       f"eval_dedup.radius={dedup_radius}"):
+        rules.override(assignment)
+    manifest = curate_task(run_dir, rules, curate_workers, list(beam_args or []),
+                           {"ingest": ingested["digest"], "eval-index": index["digest"]})
     progress.advance("curate")
     # the audit looks at the corpus *before* removal (the raw shards), so it shows every match
     report = report_task(run_dir, str(out / "ingest" / "shards"), index["path"], str(out / "dedup-report"),
