@@ -38,6 +38,12 @@ the false-removal rate (clean images removed / clean images; each removal listed
 packages), and milliseconds per corpus image for hashing, index search and verification.
 Index sizes are nested (the first N of one hash order), so a larger index holds the smaller.
 
+``--trim-idea`` measures an idea instead of the deployed method: a third hash per image, the
+pHash after trimming a uniform border (repeatedly, up to two colours: a black border around a
+drawing on white), on both sides (eval image and corpus image), searched beside pHash and
+mirror. It reports candidates only (before verification): recall per edit and the share of
+clean images that become candidates, at each index size, against pHash + mirror alone.
+
 Memory: the index build holds every eval image's bytes of one split (~1.5 GB at 92k); the run
 holds the corpus images' bytes (a few thousand) and the verifier's cache of eval features.
 """
@@ -279,13 +285,106 @@ def run_size(pool, originals, size, clean, edited, work: Path) -> dict:
             "ms_per_clean_image": clean_timing, "ms_per_copy": copy_timing}
 
 
+def trim_uniform_border(image: Image.Image, tolerance: int = 24, share: float = 0.98, passes: int = 2):
+    """``image`` without rows/columns at its edges that are (``share`` of pixels within
+    ``tolerance``) the corners' colour, repeated ``passes`` times; None when nothing is trimmed
+    or too little (< 8 px) would be left."""
+    a = np.asarray(image.convert("RGB"), np.int16)
+    top, left, bottom, right = 0, 0, a.shape[0], a.shape[1]
+    for _ in range(passes):
+        sub = a[top:bottom, left:right]
+        if min(sub.shape[:2]) < 8:
+            return None
+        corners = [tuple(sub[0, 0]), tuple(sub[0, -1]), tuple(sub[-1, 0]), tuple(sub[-1, -1])]
+        colour = np.array(max(sorted(set(corners)), key=corners.count))
+        off = np.abs(sub - colour).max(axis=2) > tolerance
+        rows, cols = off.mean(axis=1) > 1 - share, off.mean(axis=0) > 1 - share
+        if not rows.any() or not cols.any():
+            return None
+        r0, r1 = int(np.argmax(rows)), len(rows) - int(np.argmax(rows[::-1]))
+        c0, c1 = int(np.argmax(cols)), len(cols) - int(np.argmax(cols[::-1]))
+        if (r0, r1, c0, c1) == (0, sub.shape[0], 0, sub.shape[1]):
+            break
+        top, bottom, left, right = top + r0, top + r1, left + c0, left + c1
+    if (top, left, bottom, right) == (0, 0, a.shape[0], a.shape[1]) or min(bottom - top, right - left) < 8:
+        return None
+    return image.crop((left, top, right, bottom))
+
+
+def _hashes(image: Image.Image) -> tuple[int, int, int | None]:
+    """(pHash, mirror pHash, pHash of the border-trimmed image or None)."""
+    from dedup.phash import phash64_batch
+
+    trimmed = trim_uniform_border(image)
+    hashes = phash64_batch([image] if trimmed is None else [image, trimmed])
+    mirror = phash64_batch([ImageOps.mirror(image)])[0]
+    return int(hashes[0]), int(mirror), (int(hashes[1]) if trimmed is not None else None)
+
+
+def _near(queries: np.ndarray, entries: np.ndarray, radius: int) -> np.ndarray:
+    """For each query hash, whether any entry is within ``radius`` bits (brute force, chunked)."""
+    out = np.zeros(len(queries), bool)
+    for start in range(0, len(queries), 256):
+        q = queries[start:start + 256, None]
+        out[start:start + 256] = (np.bitwise_count(q ^ entries[None, :]) <= radius).any(axis=1)
+    return out
+
+
+def trim_idea(pool, originals, sizes, clean, edited, radius: int = 8) -> list[dict]:
+    """pHash + mirror candidates against the same plus border-trimmed hashes, per index size."""
+    def image_hashes(open_image):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return _hashes(open_image())
+        except Exception:  # noqa: BLE001 - unreadable: no hashes, as the index records it
+            return None
+
+    forced = set(originals)
+    order = [kp for kp in pool if kp[0] in forced] + [kp for kp in pool if kp[0] not in forced]
+    largest = max(sizes)
+    started = time.perf_counter()
+    eval_hashes = [image_hashes(lambda p=p: on_white(Image.open(p))) for _, p in order[:largest]]
+    eval_s = time.perf_counter() - started
+    query = {"clean": [image_hashes(lambda d=d: Image.open(io.BytesIO(d)).convert("RGB")) for _, d in clean],
+             "copies": [image_hashes(lambda d=d: Image.open(io.BytesIO(d)).convert("RGB")) for _, _, d in edited]}
+    results = []
+    for size in sizes:
+        members = [h for h in eval_hashes[:size] if h is not None]
+        plain = np.array([h[0] for h in members] + [h[1] for h in members], np.uint64)
+        with_trim = np.concatenate([plain, np.array([h[2] for h in members if h[2] is not None], np.uint64)])
+        found = {}
+        for name, hashes in query.items():
+            ok = [h for h in hashes]
+            q_plain = np.array([h[0] if h else 0 for h in ok], np.uint64)
+            q_trim = np.array([(h[2] if h and h[2] is not None else h[0]) if h else 0 for h in ok], np.uint64)
+            base = _near(q_plain, plain, radius)
+            more = base | _near(q_plain, with_trim, radius) | _near(q_trim, with_trim, radius)
+            valid = np.array([h is not None for h in ok])
+            found[name] = (base & valid, more & valid)
+        recall = {}
+        for i, (_, edit, _) in enumerate(edited):
+            r = recall.setdefault(edit, [0, 0, 0])
+            r[0] += 1
+            r[1] += bool(found["copies"][0][i])
+            r[2] += bool(found["copies"][1][i])
+        results.append({
+            "index_images": min(size, len(order)), "eval_hash_s_per_image": eval_s / largest,
+            "clean_candidates": {"phash_mirror": float(found["clean"][0].mean()),
+                                 "with_trimmed": float(found["clean"][1].mean())},
+            "recall": {e: {"phash_mirror": b / n, "with_trimmed": t / n} for e, (n, b, t) in recall.items()}})
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,10000,all")
     parser.add_argument("--clean", type=int, default=3000)
     parser.add_argument("--originals", type=int, default=150)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "dedup_scale.json"))
+    parser.add_argument("--trim-idea", action="store_true", help="measure the border-trim idea (candidates only)")
+    parser.add_argument("--out", default=None, help="results file (default bench/results/dedup_scale[_trim].json)")
     args = parser.parse_args()
+    args.out = args.out or str(ROOT / "bench" / "results" / f"dedup_scale{'_trim' if args.trim_idea else ''}.json")
 
     licences = {name: licence(name) for name in FILLER_PACKAGES + CLEAN_PACKAGES}
     pool = filler()
@@ -294,6 +393,19 @@ def main() -> None:
     sizes = [len(pool) if s == "all" else int(s) for s in args.sizes.split(",")]
     print(f"pool {len(pool)} eval images; {len(clean)} clean corpus images; {len(originals)} originals x "
           f"{len(EDITS)} edits = {len(edited)} copies")
+    if args.trim_idea:
+        results = trim_idea(pool, originals, sizes, clean, edited)
+        for r in results:
+            c = r["clean_candidates"]
+            print(f"\nindex {r['index_images']:,}: clean images that become candidates: pHash+mirror "
+                  f"{c['phash_mirror']:.2e}, with trimmed {c['with_trimmed']:.2e}")
+            print(f"  {'edit':18s} {'pHash+mirror':>12s} {'with trimmed':>12s}")
+            for edit, v in r["recall"].items():
+                print(f"  {edit:18s} {v['phash_mirror']:12.3f} {v['with_trimmed']:12.3f}")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"trim_idea": results, "pool": len(pool)}, indent=2) + "\n")
+        print(f"results: {args.out}")
+        return
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
