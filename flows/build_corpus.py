@@ -104,12 +104,23 @@ def curate_task(run_dir: str, config: CurationConfig, workers: int, beam_args: l
 
 @task(name="dedup-report", cache_policy=NO_CACHE)
 def report_task(run_dir: str, corpus_dir: str, index_dir: str, out_dir: str, radius: int, mode: str,
-                upstream: dict) -> dict:
+                upstream: dict, embedding_candidates: str | None = None) -> dict:
+    """The audit report; ``embedding_candidates`` (an ``eval_candidates.parquet`` of the embedding
+    check) joins it, so the pairs training drops for the embedding signal are on the page too."""
     from curation.eval_audit import audit_corpus
 
     out = Path(out_dir)
-    stage = Stage(Path(run_dir), "dedup-report", out, {"corpus": corpus_dir, "radius": radius, "mode": mode}, upstream)
-    return stage.run(lambda: audit_corpus(corpus_dir, index_dir, out, radius=radius, mode=mode), _log)
+    inputs = {"corpus": corpus_dir, "radius": radius, "mode": mode,
+              "embedding_candidates": file_sha256(embedding_candidates) if embedding_candidates else None}
+    stage = Stage(Path(run_dir), "dedup-report", out, inputs, upstream)
+
+    def work() -> dict:
+        import pandas as pd
+
+        embedding = pd.read_parquet(embedding_candidates) if embedding_candidates else None
+        return audit_corpus(corpus_dir, index_dir, out, radius=radius, mode=mode, embedding_matches=embedding)
+
+    return stage.run(work, _log)
 
 
 @flow(name="build-corpus", log_prints=True)

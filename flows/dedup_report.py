@@ -24,8 +24,13 @@ def _markdown(report: dict) -> str:
 
 @flow(name="dedup-report", log_prints=True)
 def dedup_report(corpus: str | None = None, output: str | None = None, eval_sets: list[str] | None = None,
-                 evalset_files: list[str] | None = None, radius: int = 8, mode: str = "train+test") -> dict:
-    """Match ``corpus`` (webdataset shards, curated or raw) against the eval sets; write the audit."""
+                 evalset_files: list[str] | None = None, radius: int = 8, mode: str = "train+test",
+                 embedding_candidates: str | None = None) -> dict:
+    """Match ``corpus`` (webdataset shards, curated or raw) against the eval sets; write the audit.
+
+    ``embedding_candidates``: the embedding check's ``eval_candidates.parquet`` (``litflow dedup
+    flag``, or the nightly retrain's eval check), joined into the report with its verdicts, so
+    the report lists every removal: curation's pHash ones and the ones training drops."""
     corpus_dir = Path(corpus) if corpus else default_work_dir() / "demo" / "ingest" / "shards"
     if not corpus_dir.exists():
         raise FileNotFoundError(f"corpus {corpus_dir} does not exist (run build-corpus first, or pass corpus=...)")
@@ -34,7 +39,7 @@ def dedup_report(corpus: str | None = None, output: str | None = None, eval_sets
     index = index_task(str(out), eval_sets, evalset_files)
     progress.advance("eval-index")
     report = report_task(str(out), str(corpus_dir), index["path"], str(out / "report"), radius, mode,
-                         {"eval-index": index["digest"], "corpus": str(corpus_dir)})
+                         {"eval-index": index["digest"], "corpus": str(corpus_dir)}, embedding_candidates)
     progress.advance("dedup-report")
     create_markdown_artifact(markdown=_markdown(report), key="dedup-report-summary", description="audit summary")
     html = (out / "report" / "report.html").resolve()

@@ -90,6 +90,40 @@ def test_retrain_deployment_trains_evaluates_and_publishes(stack, work):
     assert [s["schedule"].get("cron") for s in schedules] == ["0 3 * * *"]
 
 
+def test_dedup_report_shows_the_embedding_checks_removals(stack, work, tmp_path):
+    """dedup-report with the embedding check's candidates: a pair only the embedding proposed
+    (no pHash match) is in the report, removed, with its signal and verdict."""
+    import pandas as pd
+
+    from infra.contract import MATCH_SCHEMA, NO_DISTANCE
+
+    corpus = work / "demo" / "ingest" / "shards"  # written by test_demo_deployment_runs_to_completion
+    keys = pd.concat([pd.read_parquet(p, columns=["key", "status"]) for p in sorted(corpus.glob("*.parquet"))])
+    split = work / "demo" / "evalindex" / "splits" / "clipart__test.parquet"
+    eval_key = pd.read_parquet(split, columns=["key"])["key"].iloc[0]
+    baseline = tmp_path / "plain"
+    assert stack.run_deployment("dedup-report/audit", {"corpus": str(corpus), "output": str(baseline)},
+                                timeout_s=300) == 0
+    proposed = set(pd.read_parquet(baseline / "report" / "matches.parquet")["key"])
+    key = sorted(set(keys.loc[keys["status"] == "success", "key"]) - proposed)[0]  # pHash proposed nothing for it
+    row = {"key": key, "eval_set": "clipart", "eval_split": "test", "eval_key": eval_key, "signal": "embedding",
+           "distance": NO_DISTANCE, "cosine": 0.97, "confirmed": True, "undecided": False,
+           "verification": "confirmed: 40 inliers (test row)", "flagged": True}
+    candidates = tmp_path / "eval_candidates.parquet"
+    pd.DataFrame([row]).astype({"distance": "int32", "cosine": "float32"}).to_parquet(candidates)
+    assert set(pd.read_parquet(candidates).columns) == set(MATCH_SCHEMA.names)
+    out = tmp_path / "audit"
+    assert stack.run_deployment("dedup-report/audit", {"corpus": str(corpus), "output": str(out),
+                                                       "embedding_candidates": str(candidates)}, timeout_s=300) == 0
+    matches = pd.read_parquet(out / "report" / "matches.parquet")
+    mine = matches[matches["key"] == key]
+    assert len(mine) == 1 and mine["signal"].iloc[0] == "embedding" and bool(mine["removed"].iloc[0])
+    assert mine["verification"].iloc[0] == row["verification"] and mine["distance"].iloc[0] == NO_DISTANCE
+    summary = json.loads((out / "report" / "report.json").read_text())["corpus"]
+    plain = json.loads((baseline / "report" / "report.json").read_text())["corpus"]
+    assert summary["removed"] == plain["removed"] + 1
+
+
 def test_a_failing_run_exits_non_zero(stack, tmp_path):
     code = stack.run_deployment("build-corpus/demo", {"url_list": str(tmp_path / "missing.parquet"),
                                                       "output": str(tmp_path / "x")}, timeout_s=300)
