@@ -352,15 +352,15 @@ def trim_idea(pool, originals, sizes, clean, edited, radius: int = 8) -> list[di
     for size in sizes:
         members = [h for h in eval_hashes[:size] if h is not None]
         plain = np.array([h[0] for h in members] + [h[1] for h in members], np.uint64)
-        with_trim = np.concatenate([plain, np.array([h[2] for h in members if h[2] is not None], np.uint64)])
+        trimmed = np.array([h[2] for h in members if h[2] is not None], np.uint64)
+        with_trim = np.concatenate([plain, trimmed])
         found = {}
         for name, hashes in query.items():
-            ok = [h for h in hashes]
-            q_plain = np.array([h[0] if h else 0 for h in ok], np.uint64)
-            q_trim = np.array([(h[2] if h and h[2] is not None else h[0]) if h else 0 for h in ok], np.uint64)
+            q_plain = np.array([h[0] if h else 0 for h in hashes], np.uint64)
+            q_trim = np.array([(h[2] if h and h[2] is not None else h[0]) if h else 0 for h in hashes], np.uint64)
             base = _near(q_plain, plain, radius)
-            more = base | _near(q_plain, with_trim, radius) | _near(q_trim, with_trim, radius)
-            valid = np.array([h is not None for h in ok])
+            more = base | _near(q_plain, trimmed, radius) | _near(q_trim, with_trim, radius)
+            valid = np.array([h is not None for h in hashes])
             found[name] = (base & valid, more & valid)
         recall = {}
         for i, (_, edit, _) in enumerate(edited):

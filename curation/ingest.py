@@ -55,7 +55,8 @@ from curation.retry_rounds import (OUTCOME_COLUMNS, Round, account_round_part, c
 from curation.strict_resizer import strict_resizing
 from curation.url_list import UrlListError, iter_chunks, list_parts
 from curation.url_safety import Refused, UrlPolicy, cached_resolver
-from infra.contract import INGEST_REJECTED_FIELDS, INGEST_REJECTED_SCHEMA, AccountingError, IngestReason, IngestReport
+from infra.contract import (INGEST_REJECTED_FIELDS, INGEST_REJECTED_SCHEMA, AccountingError, IngestPart, IngestReason,
+                             IngestReport)
 from infra.files import replacing, write_json_atomic, write_text_atomic
 
 # img2dataset reserves these names; a URL list's own column of that name is carried as src_<name>
@@ -249,9 +250,7 @@ def account_part(report: dict, first_shard: int, out_dir: Path, samples_per_shar
               "failed": {k: int(v) for k, v in sorted(frame["reason"].value_counts().items())}, "shards": names}
     if rounds:
         counts["retries"] = tallies  # per round: this part's rows tried, recovered, failed again by reason
-    if counts["downloaded"] + len(frame) != counts["rows_in"]:
-        raise AccountingError(f"part {number} ({counts['file']}): rows_in={counts['rows_in']} but downloaded "
-                              f"{counts['downloaded']} + failed {len(frame)}")
+    IngestPart.model_validate(counts)  # the contract's check: rows_in = downloaded + failed, else AccountingError
     return counts, frame
 
 
@@ -270,10 +269,7 @@ def _account(out_dir: Path, reports: list[dict], rounds: list[Round], samples_pe
             totals["downloaded"] += counts["downloaded"]
             for reason, n in counts["failed"].items():
                 totals["failed"][reason] = totals["failed"].get(reason, 0) + n
-    totals["failed"] = dict(sorted(totals["failed"].items()))
-    if totals["downloaded"] + sum(totals["failed"].values()) != totals["rows_in"]:
-        raise AccountingError(f"rows_in={totals['rows_in']} but downloaded + failed = "
-                              f"{totals['downloaded'] + sum(totals['failed'].values())}")
+    totals["failed"] = dict(sorted(totals["failed"].items()))  # sums of checked parts; IngestReport checks them again
     return totals, part_counts, hosts
 
 

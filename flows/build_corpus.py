@@ -83,7 +83,7 @@ def curation_rules(curation: CurationConfig | None, preset: str | None, config_f
     if preset is not None or config_file is not None:
         raise ValueError("give the curation rules as `curation` (the whole rules) or as `preset` / "
                          "`curation_config` (a rules file), not both")
-    config = CurationConfig.model_validate(curation.model_dump())  # a copy: overrides must not edit the caller's
+    config = curation.model_copy(deep=True)  # overrides must not edit the caller's
     for assignment in overrides:
         config.override(assignment)
     return config
@@ -153,14 +153,13 @@ def build_corpus(
     run_dir = str(out)
     progress = FlowProgress(["ingest", "eval-index", "curate", "dedup-report"], key="build-corpus-progress")
     config = ingest_options or IngestConfig()
-    rules_given = curation_rules(curation, preset, curation_config, list(overrides or []))  # fails before any work
+    rules = curation_rules(curation, preset, curation_config, list(overrides or []))  # fails before any work
     ingested = ingest_task(run_dir, url_list, config, demo_per_source, demo_port, retry_failed)
     progress.advance("ingest")
     create_markdown_artifact(markdown=ingest_markdown(ingested), key="build-corpus-ingest", description="ingestion")
 
     index = index_task(run_dir, eval_sets, evalset_files)
     progress.advance("eval-index")
-    rules = rules_given
     for assignment in (f'eval_dedup.index="{index["path"]}"', f'eval_dedup.mode="{dedup_mode}"',
                        f"eval_dedup.radius={dedup_radius}"):
         rules.override(assignment)

@@ -221,7 +221,7 @@ class Manifest(_Model):
     @classmethod
     def read(cls, folder_or_file: str | Path):
         path = Path(folder_or_file)
-        if path.is_dir() or path.name != cls.FILE:
+        if path.name != cls.FILE:
             path = path / cls.FILE
         if not path.exists():
             raise FileNotFoundError(f"{path}: no {cls.FILE}")
@@ -295,8 +295,9 @@ class CorpusManifest(Manifest):
         rejected = sum(self.rejected.values())
         if self.kept + rejected != self.inputs:
             raise AccountingError(f"inputs {self.inputs} != kept {self.kept} + rejected {rejected}")
-        if sum(s.samples for s in self.shards) != self.kept:
-            raise AccountingError(f"the shards hold {sum(s.samples for s in self.shards)} samples, kept is {self.kept}")
+        in_shards = sum(s.samples for s in self.shards)
+        if in_shards != self.kept:
+            raise AccountingError(f"the shards hold {in_shards} samples, kept is {self.kept}")
         return self
 
 
