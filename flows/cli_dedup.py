@@ -46,10 +46,13 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _flag(args: argparse.Namespace) -> int:
+    from flows.config_flags import image_fit
     from training.eval_flags import flag_corpus
 
+    fit = image_fit(args)
     result = flag_corpus(args.corpus, args.cache, args.index or _default_index(), args.out,
-                         image_tower=args.image_tower, mode=args.mode, top_k=args.top_k, min_cosine=args.min_cosine)
+                         image_tower=args.image_tower, mode=args.mode, top_k=args.top_k, min_cosine=args.min_cosine,
+                         image_fit=fit["fit"], image_fill=fit["fill"])
     print(json.dumps(result, indent=2))
     return 0
 
@@ -101,4 +104,7 @@ def add_commands(subparsers) -> None:
     f.add_argument("--mode", choices=("test", "train+test"), default="train+test")
     f.add_argument("--top-k", type=int, default=3, help="nearest eval images verified per corpus pair (default 3)")
     f.add_argument("--min-cosine", type=float, default=0.5, help="candidates need at least this cosine (default 0.5)")
+    from flows.config_flags import add_image_fit_flags
+
+    add_image_fit_flags(f)  # as the cache was embedded
     f.set_defaults(func=_flag)

@@ -26,7 +26,9 @@ def _embed(args: argparse.Namespace) -> int:
     device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
     info = D.init_from_env(device)
     shards = resolve_shards(args.shards)
-    tower = build_image_tower(args.image_tower)
+    from flows.config_flags import image_fit
+
+    tower = build_image_tower(args.image_tower, **image_fit(args))
     report = embed_shards(tower, shards, args.cache, batch_size=args.batch_size, dtype=args.dtype,
                           rank=info.rank, world=info.world, device=device)
     D.barrier()
@@ -111,6 +113,9 @@ def add_commands(sub) -> None:
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    from flows.config_flags import add_image_fit_flags
+
+    add_image_fit_flags(e)
     e.set_defaults(func=_embed)
 
     t = sub.add_parser("train", help="LiT training (Lu from the cache, Uu, uu); a torchrun entry point",

@@ -56,3 +56,22 @@ def _add(parser, flag: str, dest: str, info, metavar: str | None) -> None:
         parser.add_argument(flag, choices=list(typing.get_args(kind)), **common)
     else:
         parser.add_argument(flag, type=kind, metavar=metavar, **common)
+
+
+def add_image_fit_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``--image-fit``/``--image-fill``, declared once (training's config) for every command that
+    builds an image tower: embed, train and ``dedup flag`` must make the same choice."""
+    from training.config import IMAGE_FIT_FIELDS, TrainConfig
+
+    return add_model_flags(parser, TrainConfig, skip=tuple(n for n in TrainConfig.model_fields
+                                                           if n not in IMAGE_FIT_FIELDS))
+
+
+def image_fit(args: argparse.Namespace) -> dict:
+    """{"fit": ..., "fill": ...} from those flags, validated as training validates them."""
+    from training.config import TrainConfig, parse_fill
+
+    fields = TrainConfig.model_fields
+    fit = getattr(args, "image_fit", fields["image_fit"].default)
+    fill = parse_fill(getattr(args, "image_fill", fields["image_fill"].default))
+    return {"fit": fit, "fill": fill}

@@ -40,13 +40,13 @@ def _corpus_digest(corpus: Path) -> str:
 
 
 @task(name="embed", cache_policy=NO_CACHE)
-def embed_task(corpus: str, cache: str, image_tower: str) -> dict:
+def embed_task(corpus: str, cache: str, image_tower: str, fit: dict | None = None) -> dict:
     from training.embed_cache import embed_shards
     from training.image_towers import build_image_tower
     from training.shard_inputs import resolve_shards
 
     # resumable per shard by itself: done shards are skipped, a changed shard is an error
-    report = embed_shards(build_image_tower(image_tower), resolve_shards([corpus]), cache)
+    report = embed_shards(build_image_tower(image_tower, **(fit or {})), resolve_shards([corpus]), cache)
     return {k: report[k] for k in ("dir", "embedded", "skipped", "images")}
 
 
@@ -58,10 +58,12 @@ def corpus_eval_index(corpus: Path) -> Path | None:
 
 
 @task(name="eval-flags", cache_policy=NO_CACHE)
-def flag_task(corpus: str, cache: str, index: str, out: str, image_tower: str) -> dict:
+def flag_task(corpus: str, cache: str, index: str, out: str, image_tower: str, fit: dict | None = None) -> dict:
     from training.eval_flags import flag_corpus
 
-    result = flag_corpus(corpus, cache, index, out, image_tower=image_tower)
+    fit = fit or {}
+    result = flag_corpus(corpus, cache, index, out, image_tower=image_tower, image_fit=fit.get("fit", "crop"),
+                         image_fill=fit.get("fill", (255, 255, 255)))
     get_run_logger().info("embedding check: %s candidates, %s flagged as eval duplicates (%s)",
                           result["candidates"], result["flagged"], result["flags"])
     return result
@@ -173,15 +175,18 @@ def retrain_lit(
     planned = load_train_config(run_file, {**given, "shards": [str(shard_dir)], "out": str(models_dir), "cache": cache},
                                 overrides)
     mode, image_tower = planned.mode, planned.image_tower
+    fit = {"fit": planned.image_fit, "fill": planned.image_fill}  # the cache and the eval images as training sees them
     progress = FlowProgress(["embed", "eval-flags", "train", "evaluate", "publish"], key="retrain-lit-progress")
     if mode == "Lu":
-        embed_task(str(shard_dir), cache, image_tower)
+        embed_task(str(shard_dir), cache, image_tower, fit)
     progress.advance("embed")
     exclude = []
     index = corpus_eval_index(corpus_dir)
     if mode == "Lu" and eval_check and index is not None:
-        flags_dir = models_dir / "eval-flags" / f"{image_tower.replace(':', '_').replace('/', '_')}-{_corpus_digest(corpus_dir)[:12]}"
-        exclude = [flag_task(str(corpus_dir), cache, str(index), str(flags_dir), image_tower)["flags"]]
+        fitted = "" if planned.image_fit == "crop" else f"-pad{''.join(f'{c:02x}' for c in planned.image_fill)}"
+        flags_dir = models_dir / "eval-flags" / (f"{image_tower.replace(':', '_').replace('/', '_')}{fitted}-"
+                                                 f"{_corpus_digest(corpus_dir)[:12]}")
+        exclude = [flag_task(str(corpus_dir), cache, str(index), str(flags_dir), image_tower, fit)["flags"]]
     progress.advance("eval-flags")
 
     fields = planned.model_dump(mode="json", exclude={"out"}) | {

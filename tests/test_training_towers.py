@@ -100,3 +100,23 @@ def test_scratch_tokenizer_trained_on_real_captions(demo_data, tmp_path):
     assert tokens == ["[CLS]", "smiling", "face", "[SEP]"]
     assert "[UNK]" not in tower.tokenizer.encode(captions[0]).tokens
     assert tower(ids, mask).shape == (2, 32)
+
+
+def test_pad_fit_keeps_the_whole_image_and_changes_the_fingerprint():
+    from PIL import Image
+
+    from training.image_towers import Preprocess
+
+    wide = Image.new("RGB", (200, 100), (255, 0, 0))
+    pad = Preprocess(size=32, fit="pad", fill=(0, 0, 255)).square(wide)
+    # the rule: longer side 200 -> 32, so 100 -> 16 rows, centred: (32 - 16) // 2 = 8 rows of fill above
+    pixels = np.asarray(pad)
+    assert pad.size == (32, 32)
+    assert (pixels[:8] == (0, 0, 255)).all() and (pixels[24:] == (0, 0, 255)).all()
+    assert (pixels[8:24] == (255, 0, 0)).all()
+    assert (np.asarray(Preprocess(size=32).square(wide)) == (255, 0, 0)).all()  # the crop sees red only
+    crop, padded = build_image_tower("tiny"), build_image_tower("tiny", fit="pad")
+    assert padded.fingerprint != crop.fingerprint != build_image_tower("tiny", fit="pad", fill=(0, 0, 0)).fingerprint
+    assert build_image_tower("tiny", fill=(0, 0, 0)).fingerprint == crop.fingerprint  # a crop has no fill
+    with pytest.raises(ValueError, match="fit must be one of crop, pad"):
+        Preprocess(fit="stretch")

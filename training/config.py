@@ -33,11 +33,34 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+)
 
 from infra.config_files import problems, read_toml
 
 DEFAULT_MAX_TOKENS = 16  # LiT truncates captions to 16 tokens
+
+
+def parse_fill(value) -> tuple[int, int, int]:
+    """An RGB fill colour from ``'#rrggbb'``, ``'R,G,B'`` or three integers 0-255."""
+    if isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], str):
+        value = value[0]  # a repeatable flag given once: --image-fill '#000000'
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("#") and len(text) == 7:
+            try:
+                return tuple(int(text[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+            except ValueError:
+                pass
+        value = text.split(",")
+    try:
+        rgb = tuple(int(str(c).strip()) for c in value)
+    except (TypeError, ValueError):
+        rgb = ()
+    if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+        raise ValueError(f"a fill colour is '#rrggbb', 'R,G,B' or three integers 0-255, not {value!r}")
+    return rgb  # type: ignore[return-value]
 
 
 class TextSpec(BaseModel):
@@ -53,7 +76,11 @@ class TextSpec(BaseModel):
     vocab_size: int = Field(8000, gt=0, description="scratch tokenizer vocabulary")
 
 class TrainConfig(BaseModel):
-    """Everything a training run depends on; the CLI flags and the Prefect form are made from it."""
+    """Everything a training run depends on; the CLI flags and the Prefect form are made from it.
+
+    ``mode = "uu"`` means both towers from scratch: the text tower defaults to ``scratch`` there,
+    and naming a pretrained one is refused (that is ``Uu``).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -88,6 +115,20 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 on a CUDA device that supports it, else fp32")
     checkpoint_every: int = Field(100, gt=0, description="steps between checkpoints")
+    checkpoint_minutes: float | None = Field(
+        10.0, gt=0, description="also checkpoint when this many minutes passed since the last one (a run "
+        "stopped before `checkpoint_every` steps keeps its work); null (--set checkpoint_minutes=null): by steps "
+        "only")
+    micro_batch: int | None = Field(
+        None, gt=0, description="pairs per forward/backward pass on each rank; the loss stays over the whole "
+        "global batch (features first without gradients, then each micro-batch again with them: GradCache). "
+        "Bounds activation memory for Uu/uu; none: the rank's whole batch at once")
+    image_fit: Literal["crop", "pad"] = Field(
+        "crop", description="how a non-square image becomes the tower's square: crop (shorter side to size, "
+        "centre crop) or pad (longer side to size, centred on image_fill). Part of the tower's fingerprint: the "
+        "embedding cache must be made with the same choice")
+    image_fill: tuple[int, int, int] = Field((255, 255, 255), description="RGB of the padding (image_fit pad): "
+                                             "'#rrggbb', 'R,G,B' or three integers")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     stop_after: int | None = Field(None, gt=0, description="end this session after N steps (preemptible jobs); "
                                    "not part of the run's identity")
@@ -103,6 +144,11 @@ class TrainConfig(BaseModel):
             value = [value]
         return [str(v) for v in value or []]
 
+    @field_validator("image_fill", mode="before")
+    @classmethod
+    def _fill(cls, value):
+        return parse_fill(value)
+
     @field_validator("shards")
     @classmethod
     def _some_shards(cls, value):
@@ -111,7 +157,15 @@ class TrainConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _resolve(self):
+    def _resolve(self, info: ValidationInfo):
+        if self.mode == "uu" and self.text.name != "scratch":
+            if (info.context or {}).get("trained_run"):
+                pass  # a run trained before uu meant a scratch text tower: rebuilt as it was
+            elif "name" in self.text.model_fields_set:
+                raise ValueError(f"mode uu trains both towers from scratch, but text.name={self.text.name!r} is a "
+                                 "pretrained tower: give text.name=scratch, or mode Uu to fine-tune pretrained towers")
+            else:
+                self.text = self.text.model_copy(update={"name": "scratch"})  # uu: the default tower is scratch
         if self.mode != "Lu" and self.image_source == "cache":
             self.image_source = "images"  # a trained image tower needs pixels
         if self.mode == "Lu" and self.image_source == "cache" and not self.cache:
@@ -135,6 +189,10 @@ class TrainConfig(BaseModel):
         ident["tokenizer_sha256"] = tokenizer_sha
         if self.freeze:
             ident["freeze"] = list(self.freeze)
+        if self.micro_batch is not None:  # changes batch-norm statistics (Uu), so it is part of the run
+            ident["micro_batch"] = self.micro_batch
+        if self.image_fit != "crop":
+            ident["image_fit"], ident["image_fill"] = self.image_fit, list(self.image_fill)
         if self.lr_mults:
             ident["lr_mults"] = [[pattern, mult] for pattern, mult in self.lr_mults]
         if excluded:
@@ -146,10 +204,13 @@ class TrainConfig(BaseModel):
     def for_evaluation(cls, identity: dict, run_dir: str | Path) -> "TrainConfig":
         """The model part of a trained run, from its checkpoint's identity, reading pixels."""
         fields = {k: identity[k] for k in ("mode", "image_tower", "embed_dim", "image_head", "text_head", "seed",
-                                            "text") if k in identity}
-        return cls(shards=identity.get("shards") or [str(run_dir)], out=str(run_dir), image_source="images",
-                   freeze=identity.get("freeze", []), **fields)
+                                            "text", "image_fit", "image_fill") if k in identity}
+        return cls.model_validate(dict(shards=identity.get("shards") or [str(run_dir)], out=str(run_dir),
+                                       image_source="images", freeze=identity.get("freeze", []), **fields),
+                                  context={"trained_run": True})
 
+
+IMAGE_FIT_FIELDS = ("image_fit", "image_fill")  # also flags of `litflow embed` and `litflow dedup flag`
 
 IDENTITY_FIELDS = ("mode", "image_tower", "image_source", "embed_dim", "image_head", "text_head", "batch_size",
                    "steps", "lr", "weight_decay", "warmup", "clip", "seed", "shuffle_buffer", "precision", "text")

