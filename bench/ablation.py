@@ -1,4 +1,5 @@
-"""LiT's Table 2 ablation on real demo data: Lu vs Uu vs uu with the same budget.
+"""LiT's Table 2 ablation on real demo data: Lu vs Uu vs uu with the same budget (any of LiT's
+two-letter modes with ``--modes``, e.g. ``LU,UU``: the text tower follows the second letter).
 
     .venv/bin/python bench/ablation.py [--steps 50] [--batch-size 32] [--eval-limit 400] [--work work/ablation]
 
@@ -9,9 +10,10 @@ Stages (each skipped when its output is complete, so a re-run resumes):
 3. curate with preset ``lit-relaxed``, ``image.min_side=48``, eval de-duplication ``train+test``
    (LiT's choice: no image of any split of any eval set in training; all emoji leave the corpus,
    since every emoji is in the ``emoji`` set, and the ``clipart`` held-out split leaves too);
-4. embed the curated images once with the locked EfficientNet-Lite0 (Lu's cache);
+4. embed the curated images once with the locked EfficientNet-Lite0 (the cache of L? modes);
 5. train Lu (cache), Uu (EfficientNet-Lite0 from ImageNet, trained) and uu (same architecture,
-   random init; scratch text tower) — same steps, batch, lr, warm-up, seed; Lu/Uu use MiniLM;
+   random init), each with a scratch text tower (LiT's u; ``LU``/``UU`` fine-tune MiniLM) — same
+   steps, batch, lr, warm-up, seed;
 6. evaluate each run on every registered set (``load_run`` + ``evaluate_model``, what ``evaluate_run``
    does, with a key-hash subsample of ``--eval-limit`` test images per set) and write
    ``WORK/ablation-s<steps>-b<batch>.{json,md}`` (runs in ``WORK/runs/<mode>-s<steps>-b<batch>``).
@@ -72,9 +74,9 @@ def train_run(mode: str, work: Path, curated: Path, args) -> Path:
     from training.train import TrainConfig, train
 
     out = work / "runs" / f"{mode}-{budget(args)}"
-    text = TextSpec(name="scratch") if mode == "uu" else TextSpec(name="minilm")
+    text = TextSpec(name="scratch") if mode[1] == "u" else TextSpec(name="minilm")  # LiT's second letter
     config = TrainConfig(shards=[str(curated / "shards")], out=str(out), mode=mode, image_tower=args.image_tower,
-                         cache=str(work / "emb") if mode == "Lu" else None, text=text,
+                         cache=str(work / "emb") if mode[0] == "L" else None, text=text,
                          batch_size=args.batch_size, steps=args.steps, lr=args.lr, warmup=args.warmup,
                          seed=0, shuffle_buffer=1000, checkpoint_every=args.steps, device="cpu")
     started = time.time()
@@ -134,12 +136,13 @@ def write_table(work: Path, rows: dict, args, timings: dict, curated: Path) -> N
              "| mode | image tower | text tower | LiT Table 2 (ImageNet 0-shot) | mnist top-1 | emoji top-1 | "
              "clipart i→t R@1 | clipart t→i R@1 | clipart t→i R@10 | headline | loss first→last 5 steps |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    towers = {"Lu": ("EfficientNet-Lite0 ImageNet, locked (cache)", "MiniLM-L6 init, trained"),
-              "Uu": ("EfficientNet-Lite0 ImageNet init, trained", "MiniLM-L6 init, trained"),
-              "uu": ("EfficientNet-Lite0 random init, trained", "scratch transformer (4×256), trained")}
+    image = {"L": "EfficientNet-Lite0 ImageNet, locked (cache)", "U": "EfficientNet-Lite0 ImageNet init, trained",
+             "u": "EfficientNet-Lite0 random init, trained"}
+    text = {"L": "MiniLM-L6, locked", "U": "MiniLM-L6 init, trained", "u": "scratch transformer (4×256), trained"}
+    towers = {mode: (image[mode[0]], text[mode[1]]) for mode in rows}
     for mode, row in rows.items():
         clip = row["sets"].get("clipart", {}).get("all")
-        lines.append(f"| {mode} | {towers[mode][0]} | {towers[mode][1]} | {PAPER[mode]} | {pct(top1(row, 'mnist'))} | "
+        lines.append(f"| {mode} | {towers[mode][0]} | {towers[mode][1]} | {PAPER.get(mode, '')} | {pct(top1(row, 'mnist'))} | "
                      f"{pct(top1(row, 'emoji'))} | {pct(clip and clip['image_to_text']['R@1'])} | "
                      f"{pct(clip and clip['text_to_image']['R@1'])} | {pct(clip and clip['text_to_image']['R@10'])} | "
                      f"{pct(row['headline'])} | {row['first_loss']:.2f} → {row['last_loss']:.2f} |")

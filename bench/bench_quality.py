@@ -1,6 +1,6 @@
 """Model quality on held-out icons nobody tuned on, beside the demo's tuning split.
 
-    .venv/bin/python bench/bench_quality.py [--steps 220] [--batch-size 256] [--variants lu,lu-tower-lr,frozen-text]
+    .venv/bin/python bench/bench_quality.py [--steps 220] [--batch-size 256] [--variants LU,LU-tower-lr,LL]
         [--seeds 0,1,2] [--work work/quality]
 
 **Training data** is the demo corpus prepared as ``bench/ablation.py`` prepares it (all demo
@@ -19,11 +19,13 @@ name's words ("edit find replace"), one image per name. Training pairs whose pHa
 mirror) is within 8 bits of a held-out icon are excluded from every run (``--exclude``), and
 their number is printed.
 
-**Variants**, each Lu from the cache at the same budget: ``lu`` (the defaults: one learning
-rate for MiniLM and the head), ``lu-tower-lr`` (MiniLM at 0.05 × lr under the head, the split
-#16's winning baseline used), ``frozen-text`` (MiniLM locked, only the heads and temperature
-learn: baseline A, "frozen text tower with linear heads"). ``uu``/``Uu`` are left out by default:
-on this 2-core CPU the image tower trains at about 8 pairs/s, so the Lu budget would take hours.
+**Variants**, named by LiT's letters (image tower, text tower; ``training/config.py``), each at
+the same budget: ``LU`` (locked image tower from the cache, MiniLM fine-tuned at the run's one
+learning rate), ``LU-tower-lr`` (MiniLM at 0.05 × lr under the head, the split #16's winning
+baseline used), ``LL`` (MiniLM locked, only the heads and temperature learn: baseline A, "frozen
+text tower with linear heads"), ``Lu`` (a scratch text tower: LiT's Table 2 row). ``Uu``/``uu``
+are left out by default: on this 2-core CPU the image tower trains at about 8 pairs/s, so the
+budget would take hours.
 
 Prints, per variant and seed: retrieval R@1/5/10 both ways, zero-shot top-1, balanced top-1
 (mean per-class recall) and top-5, on both splits; then the mean and spread over seeds.
@@ -74,9 +76,10 @@ CLASSES = [
     ("person", "person", r"^(avatar-default|user-available|user-info|stock_person|system-users)"),
 ]
 VARIANTS = {
-    "lu": {},
-    "lu-tower-lr": {"lr_mults": [[r"text\.model\..*", 0.05]]},
-    "frozen-text": {"freeze": [r"text\..*"]},
+    "LU": {},
+    "LU-tower-lr": {"lr_mults": [[r"text\.model\..*", 0.05]]},
+    "LL": {"mode": "LL"},
+    "Lu": {"mode": "Lu"},
     "Uu": {"mode": "Uu", "micro_batch": 32},
     "uu": {"mode": "uu", "micro_batch": 32},
 }
@@ -233,7 +236,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=22)
-    parser.add_argument("--variants", default="lu,lu-tower-lr,frozen-text", help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="LU,LU-tower-lr,LL", help=f"of {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the first variant; the others run seed 0 "
                         "unless --all-seeds")
     parser.add_argument("--all-seeds", action="store_true")

@@ -53,7 +53,8 @@ def measure(args) -> dict:
     from training.text_towers import TextSpec
     from training.train import TrainConfig, train
 
-    config = TrainConfig(shards=[args.shards], out=args.out, mode="Lu", image_tower=args.image_tower,
+    config = TrainConfig(shards=[args.shards], out=args.out, mode="Lu" if args.text_tower == "scratch" else "LU",
+                         image_tower=args.image_tower,
                          image_source=args.source, cache=args.cache if args.source == "cache" else None,
                          text=TextSpec(name=args.text_tower, width=args.text_width, depth=args.text_depth,
                                        heads=args.text_heads, vocab_size=args.vocab_size),
@@ -159,7 +160,7 @@ def main() -> None:
     cache, online = results["cache"][1], results["images"][1]
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {os.cpu_count()} cores"
     memory = "peak allocated (CUDA)" if args.device.startswith("cuda") else "peak RSS"
-    print(f"\nLiT Lu training, {args.image_tower} (locked) + {args.text_tower} text, batch {args.batch_size}, "
+    print(f"\nLiT {'Lu' if args.text_tower == 'scratch' else 'LU'} training, {args.image_tower} (locked) + {args.text_tower} text, batch {args.batch_size}, "
           f"{args.precision}, {device_name}, {images} real openclipart images")
     print(f"one-off: embedding cache filled at {images / embed_s:.1f} images/s ({embed_s:.1f} s)")
     print(f"{'':34}{'from cache':>14}{'tower every batch':>20}")

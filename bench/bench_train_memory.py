@@ -1,8 +1,8 @@
-"""Memory of training the image tower (``Uu``), with and without micro-batches, side by side.
+"""Memory of training the image tower (``UU``), with and without micro-batches, side by side.
 
     .venv/bin/python bench/bench_train_memory.py [--steps 3] [--images 512]
 
-``Uu`` with efficientnet-lite0 (pretrained, trained) and MiniLM, fp32 on the CPU, on real curated
+``UU`` with efficientnet-lite0 (pretrained, trained) and MiniLM (pretrained, trained), fp32 on the CPU, on real curated
 openclipart images through the real trainer (:func:`training.train.train`). Each configuration
 runs in its own subprocess; its peak RSS is reset after the first step (model loading and the
 first allocation) and read at the last, so it covers steady-state steps. Whole-batch runs are
@@ -77,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=3, help="steps per configuration (the first is warm-up)")
     parser.add_argument("--images", type=int, default=512, help="real openclipart images in the shards")
-    parser.add_argument("--mode", default="Uu", choices=("Uu", "uu"))
+    parser.add_argument("--mode", default="UU", choices=("UU", "Uu", "uu"))
     parser.add_argument("--work", help="folder for shards and runs (default: a temporary one)")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
@@ -103,7 +103,7 @@ def main() -> None:
     (b1, p1), (b2, p2) = [(r["batch"], r["peak_bytes"]) for r in whole[:2]]
     per_pair = (p2 - p1) / (b2 - b1)
 
-    print(f"\nLiT {args.mode} training, efficientnet-lite0 (trained) + MiniLM, fp32, CPU {os.cpu_count()} cores, "
+    print(f"\nLiT {args.mode} training, efficientnet-lite0 (trained) + {'MiniLM' if args.mode[1] == 'U' else 'scratch text'}, fp32, CPU {os.cpu_count()} cores, "
           f"{args.steps} steps each, real openclipart images")
     print(f"whole batch: {per_pair / 2 ** 20:.1f} MiB per pair of the batch (from batches {b1} and {b2})")
     print(f"{'global batch':>12} {'micro batch':>12} {'peak RSS GiB':>13} {'whole batch GiB':>16} {'pairs/s':>9}")

@@ -118,7 +118,7 @@ def add_commands(sub) -> None:
     add_image_fit_flags(e)
     e.set_defaults(func=_embed)
 
-    t = sub.add_parser("train", help="LiT training (Lu from the cache, Uu, uu); a torchrun entry point",
+    t = sub.add_parser("train", help="LiT training (modes LU, Lu, LL from the cache; Uu, uu, ...); a torchrun entry point",
                        description="Contrastive image-text training over the global batch. Options come from "
                        "a run file (--config), flags and --set, in that order. Resumes from OUT/checkpoint.pt; "
                        "writes OUT/config.json (the whole resolved config), OUT/metrics.jsonl and OUT/metrics.png. "

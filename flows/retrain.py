@@ -157,7 +157,7 @@ def retrain_lit(
     The training run is ``run_file`` (default ``flows/nightly_run.toml``), then the parameters
     given here (``text_tower`` is ``text.name``), then ``train_set`` (``KEY=VALUE`` as
     ``litflow train --set``); shards, out, cache and exclude come from the corpus.
-    ``eval_check``: run the embedding check (mode Lu, when the corpus records an eval index)
+    ``eval_check``: run the embedding check (a locked image tower, when the corpus records an eval index)
     and train without the pairs it flags. It embeds every eval image once per tower and index.
     """
     from training.config import load_train_config
@@ -177,12 +177,12 @@ def retrain_lit(
     mode, image_tower = planned.mode, planned.image_tower
     fit = {"fit": planned.image_fit, "fill": planned.image_fill}  # the cache and the eval images as training sees them
     progress = FlowProgress(["embed", "eval-flags", "train", "evaluate", "publish"], key="retrain-lit-progress")
-    if mode == "Lu":
+    if planned.image_locked:
         embed_task(str(shard_dir), cache, image_tower, fit)
     progress.advance("embed")
     exclude = []
     index = corpus_eval_index(corpus_dir)
-    if mode == "Lu" and eval_check and index is not None:
+    if planned.image_locked and eval_check and index is not None:
         fitted = "" if planned.image_fit == "crop" else f"-pad{''.join(f'{c:02x}' for c in planned.image_fill)}"
         flags_dir = models_dir / "eval-flags" / (f"{image_tower.replace(':', '_').replace('/', '_')}{fitted}-"
                                                  f"{_corpus_digest(corpus_dir)[:12]}")
@@ -190,7 +190,7 @@ def retrain_lit(
     progress.advance("eval-flags")
 
     fields = planned.model_dump(mode="json", exclude={"out"}) | {
-        "cache": cache if mode == "Lu" else None, "warmup": min(planned.warmup, planned.steps)}
+        "cache": cache if planned.image_locked else None, "warmup": min(planned.warmup, planned.steps)}
     if exclude:
         fields["exclude"] = exclude
     run_id = hashlib.sha256(json.dumps([_corpus_digest(corpus_dir), fields], sort_keys=True).encode()).hexdigest()[:12]

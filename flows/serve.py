@@ -42,7 +42,7 @@ def deployments(intervals: dict[str, float] | None = None) -> list:
         ),
         retrain_lit.to_deployment(
             name="nightly", tags=["litflow"], **schedule("retrain-lit/nightly", NIGHTLY_CRON),
-            description="Embed the newest curated corpus, train the text tower (Lu), evaluate zero-shot, "
+            description="Embed the newest curated corpus, train the text tower (LU), evaluate zero-shot, "
             "publish as latest when not worse than the current latest.",
         ),
         dedup_report.to_deployment(

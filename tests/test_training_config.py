@@ -50,7 +50,7 @@ def test_file_then_flags_then_set(tmp_path, embedded_demo_corpus):
     ("lrr = 3e-4\n", [], r"lrr: Extra inputs are not permitted"),
     ("", ["lrr=3e-4"], r"--set lrr: no such training option \(you probably got a typo\)"),
     ("", ["text.widht=3"], r"--set text.widht: the text tower has no option 'widht'"),
-    ('mode = "LU"\n', [], r"mode: Input should be 'Lu', 'Uu' or 'uu'"),
+    ('mode = "LX"\n', [], r"mode: Input should be 'LU', 'Lu', 'LL', 'UU', 'Uu', 'UL', 'uU', 'uu' or 'uL'"),
     ("", ["batch_size=0"], r"batch_size: Input should be greater than 0"),
     ("", ["lr"], r"expected KEY=VALUE"),
 ])

@@ -90,12 +90,33 @@ def test_micro_batches_replay_dropout_and_update_batch_norm_once():
     assert int(dict(model.named_buffers())["image.net.1.num_batches_tracked"]) == 3
 
 
-def test_uu_means_a_scratch_text_tower(tmp_path):
-    base = dict(shards=["x"], out=str(tmp_path))
-    assert TrainConfig(mode="uu", **base).text.name == "scratch"
-    assert TrainConfig(mode="Uu", **base).text.name == "minilm"
-    with pytest.raises(ValueError, match=r"mode uu trains both towers from scratch.*'minilm'"):
-        TrainConfig(mode="uu", text={"name": "minilm"}, **base)
+@pytest.mark.parametrize("mode", ["LU", "Lu", "LL", "UU", "Uu", "UL", "uU", "uu", "uL"])
+def test_the_second_letter_decides_the_text_tower(tmp_path, mode):
+    """LiT's letters: u = from scratch, U = from pretrained weights, L = pretrained and locked."""
+    base = dict(shards=["x"], out=str(tmp_path), cache="c")
+    config = TrainConfig(mode=mode, **base)
+    assert config.text.name == ("scratch" if mode[1] == "u" else "minilm")
+    assert (config.image_locked, config.image_pretrained, config.text_locked) == \
+        (mode[0] == "L", mode[0] != "u", mode[1] == "L")
+    assert config.image_source == ("cache" if mode[0] == "L" else "images")
+    if mode[1] == "u":  # a pretrained tower named with a scratch letter is refused, naming the right mode
+        with pytest.raises(ValueError, match=rf"mode {mode} trains the text tower from scratch.*'minilm'.*"
+                                             rf"mode {mode[0]}U to fine-tune it"):
+            TrainConfig(mode=mode, text={"name": "minilm"}, **base)
+    else:  # and a scratch tower named with a pretrained letter
+        with pytest.raises(ValueError, match=rf"mode {mode} starts the text tower from pretrained weights.*"
+                                             rf"mode {mode[0]}u trains a scratch text tower"):
+            TrainConfig(mode=mode, text={"name": "scratch"}, **base)
+
+
+def test_no_mode_follows_the_text_tower_and_old_runs_load_as_they_were(tmp_path):
+    base = dict(shards=["x"], out=str(tmp_path), cache="c")
+    assert TrainConfig(**base).mode == "LU"
+    assert TrainConfig(text={"name": "scratch"}, **base).mode == "Lu"
+    # a run trained when "Lu" meant a fine-tuned MiniLM: its checkpoint says Lu + minilm
+    old = dict(base, mode="Lu", text={"name": "minilm"})
+    assert TrainConfig.model_validate(old, context={"trained_run": True}).mode == "LU"
+    assert TrainConfig.model_validate(dict(old, mode="Uu"), context={"trained_run": True}).mode == "UU"
 
 
 def _time_config(corpus, out, minutes):

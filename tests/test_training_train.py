@@ -88,13 +88,35 @@ def test_image_modes_lock_or_train_the_tower(embedded_demo_corpus, tmp_path):
     assert uu_gap > 5 * uU_gap
 
 
+def test_ll_locks_the_pretrained_text_tower_and_trains_only_heads(embedded_demo_corpus, tmp_path):
+    """Mode LL (the frozen-text baseline): MiniLM keeps its pretrained weights and runs without
+    dropout; the text head and the temperature learn."""
+    from training.train import build_model
+
+    config = _config(embedded_demo_corpus, tmp_path / "run", mode="LL", text={"name": "minilm"}, steps=3,
+                     batch_size=8, shuffle_buffer=8)
+    assert config.text.name == "minilm" and config.text_locked
+    train(config)
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    initial, *_ = build_model(config, None, torch.device("cpu"))
+    start = initial.state_dict()
+    text = [k for k in start if k.startswith("text.")]
+    assert text and all(torch.equal(trained[k], start[k]) for k in text)
+    assert not torch.equal(trained["text_head.weight"], start["text_head.weight"])
+    assert not torch.equal(trained["temperature.log_t"], start["temperature.log_t"])
+    initial.train()
+    assert not initial.text.training and initial.text_head.training  # locked: no dropout while training
+    ids, mask = initial.text.tokenize(["a red square", "a blue circle"])
+    assert torch.equal(initial.encode_text(ids, mask), initial.encode_text(ids, mask))
+
+
 def test_default_towers_efficientnet_cache_and_minilm(embedded_demo_corpus, demo_data, tmp_path):
     shards = write_demo_shards(demo_data.cache, demo_data.catalogue, tmp_path / "shards", 1, 16, source="openclipart")
     embed_shards(build_image_tower("efficientnet-lite0"), shards, tmp_path / "cache", batch_size=16)
     config = TrainConfig(shards=[str(tmp_path / "shards")], out=str(tmp_path / "run"), cache=str(tmp_path / "cache"),
                          batch_size=8, steps=3, warmup=1, shuffle_buffer=8)
     assert config.image_tower == "efficientnet-lite0" and config.text.name == "minilm" and config.text.max_tokens == 16
-    assert config.weight_decay == 0.0  # LiT: no weight decay for Lu
+    assert config.weight_decay == 0.0  # LiT: no weight decay with a locked image tower (LU)
     rows = read_metrics(train(config)["metrics"])
     assert len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)
     # the same cache with another tower is refused, naming what it found

@@ -3,7 +3,7 @@
 A run file is TOML (or the JSON a run writes as ``OUT/config.json``) with the fields below at
 the top level and the text tower under ``[text]``::
 
-    mode = "Lu"
+    mode = "LU"
     image_tower = "efficientnet-lite0"
     cache = "work/models/embeddings"
     steps = 220
@@ -22,7 +22,17 @@ included, is written to the run folder (``config.json``) and can be given back w
 ``text.model.encoder.layer.0.*``, ``text_head.weight``, ``image.*``, ``temperature.*``;
 big_vision's ``('img/.*', None)``),
 matched in full; a pattern that matches no parameter is an error. Freezing is in addition to
-what the mode locks (``Lu`` locks the image tower).
+what the mode locks.
+
+**Modes are LiT's two letters**, image tower then text tower: ``L`` locked pretrained, ``U``
+unlocked from pretrained weights, ``u`` unlocked from scratch. The text tower's start follows
+from its letter: ``LU`` (the default) fine-tunes the pretrained MiniLM under a locked image
+tower, ``Lu`` trains a scratch text tower (``text.name = "scratch"``, LiT's Table 2 with ``Uu``
+and ``uu``), ``LL`` keeps both towers locked and trains only the heads and the temperature (the
+frozen-text baseline). A pretrained text tower named with a ``u`` mode, or ``scratch`` with an
+``L``/``U`` one, is refused: the letters and the tower would disagree. Runs trained before the
+letters meant this (a ``u`` text letter with a pretrained tower) load as what they were, ``U``.
+With no mode given, a ``scratch`` text tower makes it ``Lu``.
 
 Memory: the config only.
 """
@@ -40,6 +50,8 @@ from pydantic import (
 from infra.config_files import problems, read_toml
 
 DEFAULT_MAX_TOKENS = 16  # LiT truncates captions to 16 tokens
+# LiT's letters, image tower then text tower: L locked pretrained, U unlocked pretrained, u scratch
+Mode = Literal["LU", "Lu", "LL", "UU", "Uu", "UL", "uU", "uu", "uL"]
 
 
 def parse_fill(value) -> tuple[int, int, int]:
@@ -78,20 +90,22 @@ class TextSpec(BaseModel):
 class TrainConfig(BaseModel):
     """Everything a training run depends on; the CLI flags and the Prefect form are made from it.
 
-    ``mode = "uu"`` means both towers from scratch: the text tower defaults to ``scratch`` there,
-    and naming a pretrained one is refused (that is ``Uu``).
+    ``mode`` is LiT's two letters (module docstring): its text letter decides whether the text
+    tower starts pretrained (``L``/``U``, default ``minilm``) or from scratch (``u``, ``scratch``).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     shards: list[str] = Field(description="curated shard folders or NAME.tar files")
     out: str = Field(description="run folder (checkpoint, metrics, tokenizer, config.json)")
-    mode: Literal["Lu", "Uu", "uu"] = Field("Lu", description="LiT's letters: Lu locked image tower, Uu image "
-                                            "tower fine-tuned, uu both from scratch")
+    mode: Mode = Field("LU", description="LiT's letters, image tower then text tower: L locked pretrained, U "
+                       "unlocked from pretrained, u unlocked from scratch (LU: locked image tower, MiniLM "
+                       "fine-tuned; Lu/Uu/uu: LiT's Table 2 with a scratch text tower; LL: only the heads learn)")
     image_tower: str = Field("efficientnet-lite0", description="efficientnet-lite0 | vit-s-focus | hf:<path> | tiny")
     image_source: Literal["cache", "images"] = Field(
-        "cache", description="Lu only: cached embeddings, or run the locked tower on every batch")
-    cache: str | None = Field(None, description="embedding cache root (Lu from the cache; `litflow embed`)")
+        "cache", description="a locked image tower (L?) only: cached embeddings, or run the tower on every batch")
+    cache: str | None = Field(None, description="embedding cache root (a locked image tower from the cache; "
+                              "`litflow embed`)")
     text: TextSpec = Field(default_factory=TextSpec, description="the text tower (name, max_tokens, scratch sizes)")
     embed_dim: int | None = Field(None, gt=0, description="shared embedding size (default: the image feature size)")
     image_head: bool = Field(False, description="a linear head on the image side too")
@@ -106,7 +120,8 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(256, gt=0, description="global batch (split over ranks)")
     steps: int = Field(1000, ge=0, description="optimisation steps")
     lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW)")
-    weight_decay: float | None = Field(None, ge=0, description="default 0 for Lu (as LiT), 1e-4 otherwise")
+    weight_decay: float | None = Field(None, ge=0, description="default 0 with a locked image tower (as LiT), "
+                                       "1e-4 otherwise")
     warmup: int = Field(100, ge=0, description="linear warm-up steps, then cosine decay to zero")
     clip: float = Field(1.0, gt=0, description="gradient norm clipping")
     seed: int = Field(0, description="seed of initialisation, shuffling and tokenizer training")
@@ -158,21 +173,50 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _resolve(self, info: ValidationInfo):
-        if self.mode == "uu" and self.text.name != "scratch":
+        scratch = self.text.name == "scratch"
+        if scratch and "mode" not in self.model_fields_set:
+            self.mode = "Lu"  # no mode given: the text letter follows the tower named (LU's u)
+        if self.text_letter == "u" and not scratch:
             if (info.context or {}).get("trained_run"):
-                pass  # a run trained before uu meant a scratch text tower: rebuilt as it was
+                # trained before the second letter chose the text tower's start: it was a fine-tuned one
+                self.mode = f"{self.image_letter}U"
             elif "name" in self.text.model_fields_set:
-                raise ValueError(f"mode uu trains both towers from scratch, but text.name={self.text.name!r} is a "
-                                 "pretrained tower: give text.name=scratch, or mode Uu to fine-tune pretrained towers")
+                raise ValueError(f"mode {self.mode} trains the text tower from scratch (LiT's u), but "
+                                 f"text.name={self.text.name!r} is a pretrained tower: give text.name=scratch, or "
+                                 f"mode {self.image_letter}U to fine-tune it ({self.image_letter}L to keep it locked)")
             else:
-                self.text = self.text.model_copy(update={"name": "scratch"})  # uu: the default tower is scratch
-        if self.mode != "Lu" and self.image_source == "cache":
+                self.text = self.text.model_copy(update={"name": "scratch"})
+        elif self.text_letter in "LU" and scratch:
+            raise ValueError(f"mode {self.mode} starts the text tower from pretrained weights (LiT's "
+                             f"{self.text_letter}), but text.name='scratch' has none: mode {self.image_letter}u trains "
+                             "a scratch text tower")
+        if not self.image_locked and self.image_source == "cache":
             self.image_source = "images"  # a trained image tower needs pixels
-        if self.mode == "Lu" and self.image_source == "cache" and not self.cache:
-            raise ValueError("mode Lu from the cache needs cache (run `litflow embed` first)")
+        if self.image_locked and self.image_source == "cache" and not self.cache:
+            raise ValueError(f"mode {self.mode} from the cache needs cache (run `litflow embed` first)")
         if self.weight_decay is None:
-            self.weight_decay = 0.0 if self.mode == "Lu" else 1e-4
+            self.weight_decay = 0.0 if self.image_locked else 1e-4
         return self
+
+    @property
+    def image_letter(self) -> str:
+        return self.mode[0]
+
+    @property
+    def text_letter(self) -> str:
+        return self.mode[1]
+
+    @property
+    def image_locked(self) -> bool:
+        return self.image_letter == "L"
+
+    @property
+    def image_pretrained(self) -> bool:
+        return self.image_letter != "u"
+
+    @property
+    def text_locked(self) -> bool:
+        return self.text_letter == "L"
 
     def identity(self, world: int, tokenizer_sha: str | None, excluded: frozenset[str] = frozenset()) -> dict:
         """The fields that define a run; a checkpoint with other values cannot be resumed.

@@ -67,7 +67,7 @@ class PairStream(IterableDataset):
                  preprocess: Preprocess | None = None, seed: int = 0, shuffle_buffer: int = 1000,
                  rank: int = 0, world: int = 1, start_batch: int = 0, exclude: frozenset[str] = frozenset()):
         if (cache is None) == (preprocess is None):
-            raise ValueError("give either an embedding cache (Lu) or an image preprocessing (Uu/uu)")
+            raise ValueError("give either an embedding cache (a locked image tower) or an image preprocessing (a trained one)")
         self.shards, self.batch_size, self.cache, self.preprocess = list(shards), batch_size, cache, preprocess
         self.seed, self.buffer, self.rank, self.world, self.start_batch = seed, shuffle_buffer, rank, world, start_batch
         self.exclude = frozenset(exclude)

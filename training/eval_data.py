@@ -7,7 +7,7 @@ since an evaluation on a silently smaller set would report a number for another 
 Cache: ``CACHE/<fingerprint16>/<set>__<split>-<digest16>.npy`` where the fingerprint names the
 image tower as used (pretrained weights for a locked tower, trained weights otherwise) and its
 preprocessing, and the digest covers the keys and image bytes. A locked tower's features of an
-eval set are therefore computed once for every Lu model that shares it.
+eval set are therefore computed once for every locked-image (``L?``) model that shares it.
 """
 
 from __future__ import annotations

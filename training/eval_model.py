@@ -2,7 +2,7 @@
 
 The run folder holds ``checkpoint.pt`` (trainable weights + the run's identity: mode, towers,
 heads, text spec, seed) and, for scratch text towers, ``tokenizer.json`` (its sha256 is in the
-identity and is checked). The locked image tower of ``Lu`` is not in the checkpoint: it is
+identity and is checked). A locked image tower (modes ``L?``) is not in the checkpoint: it is
 rebuilt by name from its pretrained weights, and its fingerprint is recorded. A run trained
 from the embedding cache saw L2-normalised tower features, so those are normalised here too.
 """
@@ -28,7 +28,7 @@ class EvalModel:
 
     model: LiTModel
     tower: ImageTower
-    normalise_features: bool  # Lu trained from the cache: the head saw unit-length features
+    normalise_features: bool  # a locked image tower trained from the cache: the head saw unit-length features
     info: dict = field(default_factory=dict)
     text_batch: int = 256
     image_batch: int = 64
@@ -64,7 +64,7 @@ class EvalModel:
         out = []
         for start in range(0, len(texts), self.text_batch):
             ids, mask = self.model.text.tokenize(texts[start:start + self.text_batch])
-            out.append(self.model.text_head(self.model.text(ids, mask)).float())
+            out.append(self.model.encode_text(ids, mask).float())
         return F.normalize(torch.cat(out), dim=-1)
 
 
@@ -85,7 +85,6 @@ def load_run(run_dir: str | Path) -> EvalModel:
     identity = payload.get("identity") if isinstance(payload, dict) else None
     if not identity or "mode" not in identity:
         raise ValueError(f"{ckpt}: not a litflow checkpoint (no run identity)")
-    mode = identity["mode"]
     config = TrainConfig.for_evaluation(identity, run_dir)  # the run's model, reading pixels
     text_spec = config.text
     tokenizer = None
@@ -95,7 +94,7 @@ def load_run(run_dir: str | Path) -> EvalModel:
             raise FileNotFoundError(f"{tokenizer}: the run's scratch tokenizer is missing")
         if identity.get("tokenizer_sha256") and file_sha256(tokenizer) != identity["tokenizer_sha256"]:
             raise ValueError(f"{tokenizer}: not the tokenizer this checkpoint was trained with (sha256 differs)")
-    locked = mode == "Lu"
+    mode, locked = config.mode, config.image_locked  # the mode as resolved (runs from before the letters)
     try:
         model, tower, _, _ = build_model(config, tokenizer, torch.device("cpu"))
     except ValueError as err:
@@ -106,7 +105,7 @@ def load_run(run_dir: str | Path) -> EvalModel:
     info = {
         "run_dir": str(run_dir.resolve()), "checkpoint": str(ckpt.resolve()), "checkpoint_sha256": file_sha256(ckpt),
         "step": int(payload.get("step", 0)), "mode": mode, "identity": identity,
-        "image_tower": {"name": tower.name, "pretrained_fingerprint": tower.fingerprint if mode != "uu" else None,
+        "image_tower": {"name": tower.name, "pretrained_fingerprint": tower.fingerprint if config.image_pretrained else None,
                         "init_fingerprint": tower.fingerprint, "locked": locked,
                         "trained_weights_sha256": trained_image,
                         "weights_fingerprint": tower.fingerprint if locked else trained_image,

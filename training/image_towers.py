@@ -179,7 +179,7 @@ class TinyConvNet(nn.Module):
 
 @register("tiny")
 def _tiny(pretrained: bool = True, seed: int = 0, fitting: dict | None = None) -> ImageTower:
-    # "pretrained" for tiny means: the fixed seed-0 init, so Lu/Uu/uu can all be exercised fast.
+    # "pretrained" for tiny means: the fixed seed-0 init, so every mode can be exercised fast.
     generator_seed = 0 if pretrained else seed + 1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(generator_seed)
@@ -231,7 +231,7 @@ def _vit_s_focus(pretrained: bool = True, seed: int = 0, fitting: dict | None = 
     added as a graph output; onnxruntime then returns it. Inference only: locked towers.
     """
     if not pretrained:
-        raise ValueError("vit-s-focus is an ONNX graph: it can only be used locked and pretrained (mode Lu)")
+        raise ValueError("vit-s-focus is an ONNX graph: it can only be used locked and pretrained (modes L?)")
     import onnx
     import onnxruntime as ort
     import importlib.util

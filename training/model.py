@@ -1,9 +1,11 @@
 """The two-tower model: image side (cached features, a locked tower, or a trained one), text
 tower, optional linear heads to a shared size, and the learned temperature.
 
-Locking is declared, not coded around: in ``Lu`` the image tower is either absent (features
-come from the cache) or frozen and run under ``no_grad``; only ``trainable_parameters`` reach
-the optimiser, and the same list drives gradient sync and checkpoints, so they cannot drift.
+Locking is declared, not coded around: a locked image tower (``L?``) is either absent (features
+come from the cache) or frozen and run under ``no_grad``; a locked text tower (``?L``) is frozen,
+kept in eval mode (no dropout) and run under ``no_grad``. Only parameters that require a gradient
+reach the optimiser, and the same list drives gradient sync, so they cannot drift. A locked
+text tower stays in the checkpoint (its weights are a package's or a path's, which can change).
 """
 
 from __future__ import annotations
@@ -32,15 +34,19 @@ def compile_patterns(patterns: list[str], what: str) -> list[re.Pattern]:
 class LiTModel(nn.Module):
     def __init__(self, text: TextTower, image_dim: int, image_tower: nn.Module | None = None,
                  image_locked: bool = True, embed_dim: int | None = None, image_head: bool = False,
-                 text_head: bool = True):
+                 text_head: bool = True, text_locked: bool = False):
         super().__init__()
         out_dim = embed_dim or image_dim
         self.text = text
         self.image = image_tower
         self.image_locked = image_locked
+        self.text_locked = text_locked
         if image_tower is not None and image_locked:
             image_tower.requires_grad_(False)
             image_tower.eval()
+        if text_locked:
+            text.requires_grad_(False)
+            text.eval()
         self.image_head = nn.Linear(image_dim, out_dim) if image_head or out_dim != image_dim else nn.Identity()
         self.text_head = nn.Linear(text.dim, out_dim) if text_head or out_dim != text.dim else nn.Identity()
         self.temperature = LogTemperature()
@@ -49,6 +55,8 @@ class LiTModel(nn.Module):
         super().train(mode)
         if self.image is not None and self.image_locked:
             self.image.eval()  # a locked tower keeps its batch-norm statistics
+        if self.text_locked:
+            self.text.eval()  # and a locked text tower runs without dropout
         return self
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -60,8 +68,15 @@ class LiTModel(nn.Module):
             return self.image_head(features.float())
         return self.image_head(self.image(image))
 
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.text_locked:
+            with torch.no_grad():
+                features = self.text(ids, mask)
+            return self.text_head(features.float())
+        return self.text_head(self.text(ids, mask))
+
     def forward(self, image: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
-        return self.encode_image(image), self.text_head(self.text(ids, mask)), self.temperature()
+        return self.encode_image(image), self.encode_text(ids, mask), self.temperature()
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """What a checkpoint holds: every parameter and buffer outside a locked image tower."""

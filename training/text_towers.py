@@ -107,7 +107,7 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, path: str | Path) 
 
 
 class ScratchTower(TextTower):
-    """A small pre-LN transformer, random init: the text side of LiT's ``uu`` and a cheap Lu."""
+    """A small pre-LN transformer, random init: the text side of LiT's ``Lu``, ``Uu`` and ``uu``."""
 
     def __init__(self, tokenizer_path: str | Path, spec: TextSpec):
         super().__init__()

@@ -1,9 +1,11 @@
 """LiT training: one function, run once per process (plain ``python`` or under torchrun).
 
-Modes (LiT's ablation): ``Lu`` locked pretrained image tower, unlocked text tower — image
-features come from the embedding cache (``image_source="cache"``, the fast path) or from the
-locked tower run on every batch (``"images"``, what open_clip's ``--lock-image`` does);
-``Uu`` image tower initialised from pretrained and trained; ``uu`` both from scratch.
+Modes are LiT's two letters (``training/config.py``): with a locked image tower (``LU``, ``Lu``,
+``LL``) image features come from the embedding cache (``image_source="cache"``, the fast path)
+or from the locked tower run on every batch (``"images"``, what open_clip's ``--lock-image``
+does); ``U?`` trains the image tower from pretrained weights, ``u?`` from scratch. The text
+letter: ``U`` fine-tunes a pretrained text tower, ``u`` trains a scratch one, ``L`` keeps a
+pretrained one locked (only the heads and the temperature learn).
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ def build_model(config: TrainConfig, tokenizer: Path | None, device: torch.devic
     Training, the torchrun ranks and :func:`training.eval_model.load_run` all build through
     here, so a model option added to :class:`TrainConfig` is honoured everywhere at once.
     """
-    tower = build_image_tower(config.image_tower, pretrained=config.mode != "uu", seed=config.seed,
+    tower = build_image_tower(config.image_tower, pretrained=config.image_pretrained, seed=config.seed,
                               fit=config.image_fit, fill=config.image_fill)
     cache = preprocess = None
     if config.image_source == "cache":
@@ -135,7 +137,7 @@ def build_model(config: TrainConfig, tokenizer: Path | None, device: torch.devic
         image_module, image_dim = None, cache.dim
     else:
         if tower.module is None:
-            if config.mode != "Lu":
+            if not config.image_locked:
                 raise ValueError(f"image tower {tower.name!r} cannot be trained (mode {config.mode} needs a torch tower)")
             image_module = _Encode(tower.encode)
         else:
@@ -143,7 +145,8 @@ def build_model(config: TrainConfig, tokenizer: Path | None, device: torch.devic
         image_dim, preprocess = tower.dim, tower.preprocess
     torch.manual_seed(config.seed)
     text = build_text_tower(config.text, tokenizer)
-    model = LiTModel(text, image_dim, image_module, image_locked=config.mode == "Lu", embed_dim=config.embed_dim,
+    model = LiTModel(text, image_dim, image_module, image_locked=config.image_locked,
+                     text_locked=config.text_locked, embed_dim=config.embed_dim,
                      image_head=config.image_head, text_head=config.text_head).to(device)
     freeze(model, config.freeze)
     return BuiltModel(model, tower, preprocess, cache)
