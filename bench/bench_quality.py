@@ -23,7 +23,10 @@ their number is printed.
 the same budget: ``LU`` (locked image tower from the cache, MiniLM fine-tuned at the run's one
 learning rate), ``LU-tower-lr`` (MiniLM at 0.05 × lr under the head, the split #16's winning
 baseline used), ``LL`` (MiniLM locked, only the heads and temperature learn: baseline A, "frozen
-text tower with linear heads"), ``Lu`` (a scratch text tower: LiT's Table 2 row). ``Uu``/``uu``
+text tower with linear heads"), ``Lu`` (a scratch text tower: LiT's Table 2 row),
+``LU-tower-lr-uncurated`` (baseline B, "a fine-tuned tower with no curation": the same recipe
+on the ingested demo pairs with every image and text rule switched off, eval de-dup kept so no
+eval image leaks in; its own corpus, cache and held-out exclusions). ``Uu``/``uu``
 are left out by default: on this 2-core CPU the image tower trains at about 8 pairs/s, so the
 budget would take hours.
 
@@ -80,6 +83,7 @@ VARIANTS = {
     "LU-tower-lr": {"lr_mults": [[r"text\.model\..*", 0.05]]},
     "LL": {"mode": "LL"},
     "Lu": {"mode": "Lu"},
+    "LU-tower-lr-uncurated": {"lr_mults": [[r"text\.model\..*", 0.05]], "corpus": "uncurated"},
     "Uu": {"mode": "Uu", "micro_batch": 32},
     "uu": {"mode": "uu", "micro_batch": 32},
 }
@@ -146,6 +150,26 @@ splits = [{{ name = "test", role = "test" }}]
     return toml
 
 
+# baseline B's corpus: every image and text rule off; decoding and eval de-dup (train+test) stay
+NO_RULES = ["image.min_side_enabled=false", "image.aspect_enabled=false", "image.max_texts_enabled=false",
+            "text.min_words_enabled=false", "text.max_words_enabled=false",
+            "text.max_images_per_text_enabled=false", "text.rare_tokens_enabled=false"]
+
+
+def prepare_uncurated(work: Path, workers: int) -> Path:
+    """The demo ingest of :func:`ablation.prepare_data`, curated with :data:`NO_RULES`."""
+    from curation.config import load_config
+    from curation.curate import curate
+
+    out = work / "uncurated"
+    if not (out / "corpus.json").exists():
+        config = load_config("lit-relaxed", NO_RULES + [f'eval_dedup.index="{work / "evalindex"}"',
+                                                        'eval_dedup.mode="train+test"'])
+        manifest = curate(work / "ingest" / "shards", out, config, workers=workers)
+        log(f"uncurated corpus: kept {manifest.get('kept')} of {manifest.get('inputs')} (rules off, eval de-dup on)")
+    return out
+
+
 def heldout_exclusions(work: Path, curated: Path, toml: Path) -> Path:
     """Training pairs within 8 bits (pHash or mirror) of a held-out icon: a ``--exclude`` file."""
     import numpy as np
@@ -155,7 +179,7 @@ def heldout_exclusions(work: Path, curated: Path, toml: Path) -> Path:
     from dedup.evalset_files import declared_sets
     from dedup.index import EvalIndex, build_index
 
-    out = work / "heldout" / "exclude.parquet"
+    out = work / "heldout" / f"exclude-{curated.name}.parquet"
     if out.exists():
         return out
     build_index([make() for make in declared_sets(toml).values()], work / "heldout" / "index", log=log)
@@ -170,12 +194,26 @@ def heldout_exclusions(work: Path, curated: Path, toml: Path) -> Path:
     return out
 
 
-def train_variant(name: str, seed: int, work: Path, curated: Path, exclude: Path, args) -> Path:
+def corpus(work: Path, name: str, toml: Path, workers: int) -> tuple[Path, Path, Path]:
+    """(curated folder, embedding cache, held-out exclusions) of corpus ``name``, made once."""
+    from training.embed_cache import embed_shards
+    from training.image_towers import build_image_tower
+    from training.shard_inputs import resolve_shards
+
+    curated = prepare_data(work, workers) if name == "curated" else prepare_uncurated(work, workers)
+    cache = work / ("emb" if name == "curated" else f"emb-{name}")
+    exclude = heldout_exclusions(work, curated, toml)
+    embed_shards(build_image_tower("efficientnet-lite0"), resolve_shards([curated / "shards"]), cache)
+    return curated, cache, exclude
+
+
+def train_variant(name: str, seed: int, work: Path, toml: Path, args) -> Path:
     from training.train import TrainConfig, train
 
     out = work / "runs" / f"{name}-seed{seed}-s{args.steps}-b{args.batch_size}"
-    overrides = VARIANTS[name]
-    config = TrainConfig(shards=[str(curated / "shards")], out=str(out), cache=str(work / "emb"),
+    overrides = dict(VARIANTS[name])
+    curated, cache, exclude = corpus(work, overrides.pop("corpus", "curated"), toml, args.workers)
+    config = TrainConfig(shards=[str(curated / "shards")], out=str(out), cache=str(cache),
                          batch_size=args.batch_size, steps=args.steps, lr=args.lr, warmup=args.warmup, seed=seed,
                          exclude=[str(exclude)], device="cpu", **overrides)
     started = time.time()
@@ -244,16 +282,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     work = Path(args.work)
-    curated = prepare_data(work, args.workers)
+    prepare_data(work, args.workers)
     toml = heldout_sets(work)
     log("held-out icons: " + "; ".join(f"{t} ({', '.join(licence(t)['licences'])})" for t in THEMES))
-    exclude = heldout_exclusions(work, curated, toml)
-
-    from training.embed_cache import embed_shards
-    from training.image_towers import build_image_tower
-    from training.shard_inputs import resolve_shards
-
-    embed_shards(build_image_tower("efficientnet-lite0"), resolve_shards([curated / "shards"]), work / "emb")
     seeds = [int(s) for s in args.seeds.split(",")]
     results_file = work / f"quality-s{args.steps}-b{args.batch_size}.json"
     rows = json.loads(results_file.read_text())["rows"] if results_file.exists() else []
@@ -262,7 +293,7 @@ def main() -> int:
         for seed in seeds if position == 0 or args.all_seeds else seeds[:1]:
             if (variant, seed) in done:
                 continue
-            run = train_variant(variant, seed, work, curated, exclude, args)
+            run = train_variant(variant, seed, work, toml, args)
             rows.append({"variant": variant, "seed": seed, **evaluate(run, work, toml, args.eval_limit)})
             results_file.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2, sort_keys=True) + "\n")
             log("\n".join(summary(rows)))

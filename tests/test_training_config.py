@@ -147,3 +147,24 @@ def test_lr_mults_give_matching_parameters_their_own_rate(tmp_path, embedded_dem
     assert by_rate[config.lr * 0.1] == n_encoder > 0
     with pytest.raises(ValueError, match=r"lr_mults pattern\(s\) \['nope'\] match no trainable parameter"):
         model.param_groups(0.0, config.lr, [("nope", 2.0)])
+    # text_lr_mult's rule comes after: explicit rules win where they match, it takes the rest of the
+    # text tower, and it may match nothing (it is not the user's pattern)
+    rates = {}
+    for group in model.param_groups(0.0, 1.0, config.lr_mults, [("text\\..*", 0.05), ("nothing", 3.0)]):
+        for param in group["params"]:
+            rates[id(param)] = group["lr"]
+    for name, param in model.named_parameters():
+        expected = 0.1 if name.startswith("text.encoder.") else 0.05 if name.startswith("text.") else 1.0
+        assert rates[id(param)] == expected, name
+
+
+def test_text_lr_mult_applies_to_a_pretrained_text_tower_being_fine_tuned(tmp_path):
+    base = dict(shards=["x"], out=str(tmp_path), cache="c", text_lr_mult=0.05)
+    for mode in ("LU", "UU", "uU"):
+        config = TrainConfig(mode=mode, **base)
+        assert config.text_lr_rules == [("text\\..*", 0.05)]
+        assert config.identity(1, None)["text_lr_mult"] == 0.05
+    for mode in ("Lu", "LL", "uu"):  # a scratch tower learns at lr; a locked one not at all
+        config = TrainConfig(mode=mode, **base)
+        assert config.text_lr_rules == [] and "text_lr_mult" not in config.identity(1, None)
+    assert TrainConfig(mode="LU", **dict(base, text_lr_mult=1.0)).text_lr_rules == []

@@ -117,6 +117,9 @@ class TrainConfig(BaseModel):
         "(pattern, multiplier) pairs: parameters whose full name matches learn at lr x multiplier, first match "
         "wins (big_vision's lr_mults), e.g. [['text\\.model\\..*', 0.05]] for a pretrained text tower under a "
         "fresh head; set with --set lr_mults='[[\"text\\\\..*\", 0.05]]' or in a run file"))
+    text_lr_mult: float = Field(1.0, gt=0, description=(
+        "a pretrained text tower fine-tuned (mode ?U) learns at lr x this, its head and the temperature at lr "
+        "(applied after lr_mults, which win where they match); 1: one rate for all"))
     batch_size: int = Field(256, gt=0, description="global batch (split over ranks)")
     steps: int = Field(1000, ge=0, description="optimisation steps")
     lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW)")
@@ -218,6 +221,14 @@ class TrainConfig(BaseModel):
     def text_locked(self) -> bool:
         return self.text_letter == "L"
 
+    @property
+    def text_lr_rules(self) -> list[tuple[str, float]]:
+        """``text_lr_mult`` as an lr rule over the whole text tower, when it is a pretrained one
+        being fine-tuned; applied after ``lr_mults``, so an explicit rule wins where it matches."""
+        if self.text_letter == "U" and self.text_lr_mult != 1.0:
+            return [(r"text\..*", self.text_lr_mult)]
+        return []
+
     def identity(self, world: int, tokenizer_sha: str | None, excluded: frozenset[str] = frozenset()) -> dict:
         """The fields that define a run; a checkpoint with other values cannot be resumed.
 
@@ -239,6 +250,8 @@ class TrainConfig(BaseModel):
             ident["image_fit"], ident["image_fill"] = self.image_fit, list(self.image_fill)
         if self.lr_mults:
             ident["lr_mults"] = [[pattern, mult] for pattern, mult in self.lr_mults]
+        if self.text_lr_rules:
+            ident["text_lr_mult"] = self.text_lr_mult
         if excluded:
             ident["excluded_keys"] = len(excluded)
             ident["exclude_sha256"] = exclusion_digest(excluded)

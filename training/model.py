@@ -91,13 +91,16 @@ class LiTModel(nn.Module):
                              f"missing {sorted(missing)[:5]}")
         self.load_state_dict(state, strict=False)
 
-    def param_groups(self, weight_decay: float, lr: float, lr_mults: list | tuple = ()) -> list[dict]:
+    def param_groups(self, weight_decay: float, lr: float, lr_mults: list | tuple = (),
+                     fallback: list | tuple = ()) -> list[dict]:
         """AdamW groups: decay on matrices only (not biases, norms, embeddings' scale, temperature);
         each split by learning-rate multiplier, ``lr_mults`` being (pattern, multiplier) pairs over
         full parameter names, first match wins, as big_vision's ``config.lr_mults``. The first
         group is always the base-rate decay group (what the metrics log reports as ``lr``).
-        A pattern that matches no trainable parameter is an error."""
-        rules = list(zip(compile_patterns([p for p, _ in lr_mults], "lr_mults"), (float(m) for _, m in lr_mults)))
+        A pattern that matches no trainable parameter is an error. ``fallback`` rules (the config's
+        ``text_lr_mult``) apply where no ``lr_mults`` rule matched, and may match nothing."""
+        every = list(lr_mults) + list(fallback)
+        rules = list(zip(compile_patterns([p for p, _ in every], "lr_mults"), (float(m) for _, m in every)))
         used = set()
         groups: dict[tuple[str, float], list] = {("decay", 1.0): []}
         for name, param in self.named_parameters():
@@ -111,7 +114,7 @@ class LiTModel(nn.Module):
                     break
             kind = "temperature" if name.startswith("temperature.") else "decay" if param.ndim >= 2 else "no_decay"
             groups.setdefault((kind, mult), []).append(param)
-        unused = [lr_mults[i][0] for i in range(len(rules)) if i not in used]
+        unused = [lr_mults[i][0] for i in range(len(lr_mults)) if i not in used]
         if unused:
             raise ValueError(f"lr_mults pattern(s) {unused} match no trainable parameter")
         order = {"decay": 0, "no_decay": 1, "temperature": 2}

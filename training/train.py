@@ -206,7 +206,8 @@ def train(config: TrainConfig, on_step=None) -> dict:
     identity = config.identity(info.world, file_sha256(tokenizer) if tokenizer else None, excluded)
     model, _, preprocess, cache = build_model(config, tokenizer, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(model.param_groups(config.weight_decay, config.lr, config.lr_mults), lr=config.lr,
+    optimizer = torch.optim.AdamW(model.param_groups(config.weight_decay, config.lr, config.lr_mults,
+                                                       config.text_lr_rules), lr=config.lr,
                                   betas=(0.9, 0.999))
     scheduler = warmup_cosine(optimizer, config.warmup, config.steps)
     ckpt_path = out / "checkpoint.pt"
