@@ -21,8 +21,8 @@ their number is printed.
 
 **Variants**, named by LiT's letters (image tower, text tower; ``training/config.py``), each at
 the same budget: ``LU`` (locked image tower from the cache, MiniLM fine-tuned at the run's one
-learning rate), ``LU-tower-lr`` (MiniLM at 0.05 × lr under the head, the split #16's winning
-baseline used), ``LL`` (MiniLM locked, only the heads and temperature learn: baseline A, "frozen
+learning rate, ``text_lr_mult = 1``), ``LU-tower-lr`` (MiniLM at 0.05 × lr under the head, the split #16's winning
+baseline used; ``LU-text-lr-0.2`` the same at 0.2 × lr), ``LL`` (MiniLM locked, only the heads and temperature learn: baseline A, "frozen
 text tower with linear heads"), ``Lu`` (a scratch text tower: LiT's Table 2 row),
 ``LU-tower-lr-uncurated`` (baseline B, "a fine-tuned tower with no curation": the same recipe
 on the ingested demo pairs with every image and text rule switched off, eval de-dup kept so no
@@ -79,8 +79,9 @@ CLASSES = [
     ("person", "person", r"^(avatar-default|user-available|user-info|stock_person|system-users)"),
 ]
 VARIANTS = {
-    "LU": {},
+    "LU": {"text_lr_mult": 1.0},  # one learning rate for MiniLM and the head, whatever the default
     "LU-tower-lr": {"lr_mults": [[r"text\.model\..*", 0.05]]},
+    "LU-text-lr-0.2": {"text_lr_mult": 0.2},
     "LL": {"mode": "LL"},
     "Lu": {"mode": "Lu"},
     "LU-tower-lr-uncurated": {"lr_mults": [[r"text\.model\..*", 0.05]], "corpus": "uncurated"},
@@ -267,6 +268,20 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
+def tuning_scores(rows: list[dict]) -> list[str]:
+    """The rule that picks a default on the tuning split (never the held-out one): emoji balanced
+    top-1 + clipart mean R@1 ((i2t + t2i) / 2), in points, mean over a variant's seeds."""
+    by_variant: dict[str, list[float]] = {}
+    for row in rows:
+        emoji, clip = row["tuning"].get("emoji"), row["tuning"].get("clipart")
+        if emoji and clip:
+            score = 100 * (emoji["balanced_top1"] + (clip["i2t_R@1"] + clip["t2i_R@1"]) / 2)
+            by_variant.setdefault(row["variant"], []).append(score)
+    return ["\ntuning score (emoji balanced top-1 + clipart mean R@1), mean over seeds:"] + [
+        f"  {variant}: {statistics.mean(values):.1f} ({len(values)} seed{'s' if len(values) > 1 else ''})"
+        for variant, values in sorted(by_variant.items(), key=lambda kv: -statistics.mean(kv[1]))]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="work/quality")
@@ -297,7 +312,7 @@ def main() -> int:
             rows.append({"variant": variant, "seed": seed, **evaluate(run, work, toml, args.eval_limit)})
             results_file.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2, sort_keys=True) + "\n")
             log("\n".join(summary(rows)))
-    print("\n".join(summary(rows)))
+    print("\n".join(summary(rows) + tuning_scores(rows)))
     return 0
 
 

@@ -51,3 +51,15 @@ def test_heldout_sets_from_a_theme_folder(tmp_path, monkeypatch):
     with open(toml.parent / "icon-names.csv") as handle:
         captions = sorted(r["caption"] for r in csv.DictReader(handle))
     assert captions == ["document save", "printer"]  # -symbolic glyphs left out
+
+
+def test_the_tuning_score_reads_only_the_tuning_split():
+    def row(variant, balanced, i2t, t2i, heldout=0.9):
+        return {"variant": variant, "tuning": {"emoji": {"balanced_top1": balanced},
+                                               "clipart": {"i2t_R@1": i2t, "t2i_R@1": t2i}},
+                "heldout": {"icons": {"balanced_top1": heldout}}}
+    rows = [row("a", 0.30, 0.10, 0.20), row("a", 0.20, 0.10, 0.20), row("b", 0.35, 0.0, 0.0, heldout=0.0)]
+    lines = bench_quality.tuning_scores(rows)
+    # a: mean of 100 * (0.30 + 0.15) and 100 * (0.20 + 0.15) = 40.0; b: 35.0 (its held-out 0 is not read)
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["a", "b"]
+    assert lines[1].strip() == "a: 40.0 (2 seeds)" and lines[2].strip() == "b: 35.0 (1 seed)"

@@ -178,7 +178,7 @@ class TrainConfig(BaseModel):
     def _resolve(self, info: ValidationInfo):
         scratch = self.text.name == "scratch"
         if scratch and "mode" not in self.model_fields_set:
-            self.mode = "Lu"  # no mode given: the text letter follows the tower named (LU's u)
+            self.mode = "Lu"  # no mode given: the text letter follows the tower named (LU becomes Lu)
         if self.text_letter == "u" and not scratch:
             if (info.context or {}).get("trained_run"):
                 # trained before the second letter chose the text tower's start: it was a fine-tuned one
