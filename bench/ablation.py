@@ -70,13 +70,11 @@ def budget(args) -> str:
 
 
 def train_run(mode: str, work: Path, curated: Path, args) -> Path:
-    from training.text_towers import TextSpec
     from training.train import TrainConfig, train
 
-    out = work / "runs" / f"{mode}-{budget(args)}"
-    text = TextSpec(name="scratch") if mode[1] == "u" else TextSpec(name="minilm")  # LiT's second letter
+    out = work / "runs" / f"{mode}-{budget(args)}"  # the text tower follows the mode's second letter
     config = TrainConfig(shards=[str(curated / "shards")], out=str(out), mode=mode, image_tower=args.image_tower,
-                         cache=str(work / "emb") if mode[0] == "L" else None, text=text,
+                         cache=str(work / "emb") if mode[0] == "L" else None,
                          batch_size=args.batch_size, steps=args.steps, lr=args.lr, warmup=args.warmup,
                          seed=0, shuffle_buffer=1000, checkpoint_every=args.steps, device="cpu")
     started = time.time()

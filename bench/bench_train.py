@@ -53,8 +53,7 @@ def measure(args) -> dict:
     from training.text_towers import TextSpec
     from training.train import TrainConfig, train
 
-    config = TrainConfig(shards=[args.shards], out=args.out, mode="Lu" if args.text_tower == "scratch" else "LU",
-                         image_tower=args.image_tower,
+    config = TrainConfig(shards=[args.shards], out=args.out, image_tower=args.image_tower,  # no mode: LU, or Lu for a scratch text tower
                          image_source=args.source, cache=args.cache if args.source == "cache" else None,
                          text=TextSpec(name=args.text_tower, width=args.text_width, depth=args.text_depth,
                                        heads=args.text_heads, vocab_size=args.vocab_size),

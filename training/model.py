@@ -41,39 +41,38 @@ class LiTModel(nn.Module):
         self.image = image_tower
         self.image_locked = image_locked
         self.text_locked = text_locked
-        if image_tower is not None and image_locked:
-            image_tower.requires_grad_(False)
-            image_tower.eval()
-        if text_locked:
-            text.requires_grad_(False)
-            text.eval()
+        for tower in self._locked_towers():
+            tower.requires_grad_(False)
+            tower.eval()
         self.image_head = nn.Linear(image_dim, out_dim) if image_head or out_dim != image_dim else nn.Identity()
         self.text_head = nn.Linear(text.dim, out_dim) if text_head or out_dim != text.dim else nn.Identity()
         self.temperature = LogTemperature()
 
+    def _locked_towers(self) -> list[nn.Module]:
+        return [tower for tower, locked in ((self.image, self.image_locked), (self.text, self.text_locked))
+                if tower is not None and locked]
+
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.image is not None and self.image_locked:
-            self.image.eval()  # a locked tower keeps its batch-norm statistics
-        if self.text_locked:
-            self.text.eval()  # and a locked text tower runs without dropout
+        for tower in self._locked_towers():
+            tower.eval()  # a locked tower keeps its batch-norm statistics and runs without dropout
         return self
+
+    @staticmethod
+    def _features(tower: nn.Module, locked: bool, *inputs: torch.Tensor) -> torch.Tensor:
+        """A tower's output; a locked tower runs without building a graph."""
+        if not locked:
+            return tower(*inputs)
+        with torch.no_grad():
+            return tower(*inputs).float()
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         if self.image is None:
             return self.image_head(image)
-        if self.image_locked:
-            with torch.no_grad():
-                features = self.image(image)
-            return self.image_head(features.float())
-        return self.image_head(self.image(image))
+        return self.image_head(self._features(self.image, self.image_locked, image))
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.text_locked:
-            with torch.no_grad():
-                features = self.text(ids, mask)
-            return self.text_head(features.float())
-        return self.text_head(self.text(ids, mask))
+        return self.text_head(self._features(self.text, self.text_locked, ids, mask))
 
     def forward(self, image: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
         return self.encode_image(image), self.encode_text(ids, mask), self.temperature()
