@@ -37,16 +37,18 @@ class EvalMatcher:
     def wanted(rules: EvalDedupRules) -> bool:
         return bool(rules.index) and rules.mode != "none"
 
-    def _confirmed(self, matches, image_bytes):
+    def _confirmed(self, matches, image_bytes, phash: int):
         """The nearest match that verification confirms (or cannot decide), with its verdict.
 
+        Each is compared the way(s) round its hashes say (:meth:`dedup.index.EvalIndex.ways`).
         An image that cannot be read now (corpus or eval) gets no verdict: pHash's stands.
         """
         from dedup.verify import Verifier
 
         query = Verifier.corpus_features(image_bytes)
         for match in matches[:self.rules.max_candidates]:
-            verdict = self.verifier.try_check(query, self.index.refs[match.image], match.distance)
+            verdict = self.verifier.try_check(query, self.index.refs[match.image], match.distance,
+                                              self.index.ways(phash, match.image, self.rules.radius))
             if verdict is None:
                 return match, None
             if Verifier.decide(verdict):
@@ -59,7 +61,7 @@ class EvalMatcher:
         matches = self.index.match(record["phash"], self.rules.radius)
         verdict = None
         if matches and self.verifier is not None:
-            best, verdict = self._confirmed(matches, image_bytes)
+            best, verdict = self._confirmed(matches, image_bytes, record["phash"])
             matches = [best] if best is not None else []
         if not matches:
             return record

@@ -252,6 +252,12 @@ class EvalIndex:
                      self.keys[i], SIGNALS[s], int(i)) for i, d, s in zip(image, dist, signal)]
         return sorted(out)
 
+    def ways(self, phash: int, image: int, radius: int) -> tuple[bool, bool]:
+        """(as it is, mirrored): whether ``phash`` is within ``radius`` of the eval image's pHash,
+        and of its mirror's; which way round verification compares the pair (dedup.verify)."""
+        return ((int(self.phash[image]) ^ int(phash)).bit_count() <= radius,
+                (int(self.mirror[image]) ^ int(phash)).bit_count() <= radius)
+
     def describe(self, image: int) -> tuple[str, str, str]:
         set_name, split, _ = self.splits[self.image_split[image]]
         return set_name, split, self.keys[image]

@@ -45,8 +45,11 @@ def _eval_metadata(index_dir: Path, manifest: EvalIndexManifest) -> pd.DataFrame
         columns={"key": "eval_key", "ref": "eval_ref", "label": "eval_label", "caption": "eval_caption"})
 
 
-def _verify_phash_matches(matches: pd.DataFrame, eval_refs: list[str], verify: bool, verifier) -> pd.DataFrame:
-    """Add confirmed / undecided / verification / flagged to the pHash matches."""
+def _verify_phash_matches(matches: pd.DataFrame, eval_refs: list[str], ways: list[tuple[bool, bool]],
+                          verify: bool, verifier) -> pd.DataFrame:
+    """Add confirmed / undecided / verification / flagged to the pHash matches.
+
+    ``ways``: per match, which way round to compare it (as curation does: EvalIndex.ways)."""
     if not verify:
         return matches.assign(confirmed=False, undecided=False, verification="not verified", flagged=True)
     from dedup.evalsets import read_ref
@@ -55,13 +58,13 @@ def _verify_phash_matches(matches: pd.DataFrame, eval_refs: list[str], verify: b
     verifier = verifier or Verifier()
     features = {}
     verdicts = []
-    for corpus_ref, eval_ref, distance in zip(matches["corpus_ref"], eval_refs, matches["distance"]):
+    for corpus_ref, eval_ref, distance, way in zip(matches["corpus_ref"], eval_refs, matches["distance"], ways):
         if corpus_ref not in features:
             try:
                 features[corpus_ref] = Verifier.corpus_features(read_ref(corpus_ref))
             except Exception:  # noqa: BLE001 - the shard or member cannot be read: no verdict, undecided
                 features[corpus_ref] = None
-        verdicts.append(verifier.try_check(features[corpus_ref], eval_ref, int(distance)))
+        verdicts.append(verifier.try_check(features[corpus_ref], eval_ref, int(distance), way))
     return matches.assign(
         confirmed=[bool(v and v.confirmed) for v in verdicts],
         undecided=[v is None or v.undecided for v in verdicts],
@@ -95,7 +98,9 @@ def build_report(corpus: Corpus, index_dir: str | Path, out: str | Path, radius:
         "distance": dist.astype(np.int32), "signal": [SIGNALS[s] for s in signal],
         "cosine": np.full(len(q), np.nan, np.float32),
     })
-    matches = _verify_phash_matches(matches, [full.refs[int(i)] for i in image], verify, verifier)
+    matches = _verify_phash_matches(matches, [full.refs[int(i)] for i in image],
+                                    [full.ways(corpus.phash[c], int(i), radius) for c, i in zip(q, image)],
+                                    verify, verifier)
     if embedding_matches is not None and len(embedding_matches):
         emb = embedding_matches.copy()
         lookup = {k: i for i, k in enumerate(corpus.keys)}

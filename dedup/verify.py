@@ -34,7 +34,10 @@ transform, then the aligned images compared pixel by pixel.
    flat after the gain) is no evidence either way; a block that keeps some texture still has to
    agree, which is what tells two thin-line stars apart once both are brightened.
 
-Mirrors are checked by also matching against the mirrored eval image. A pair whose images
+Mirrors are checked by also matching against the mirrored eval image, when the caller does not
+know which way round the pair is: a pHash candidate is checked only the way(s) its hashes say
+(the corpus image's pHash near the eval image's, or near its mirror's), which halves the work
+and on the tuning sample lost no true match. A pair whose images
 hold too few keypoints to ever reach ``min_inliers`` is ``undecided``: verification cannot veto
 what it cannot see, so the proposing signal's verdict stands (see :meth:`Verifier.decide`).
 """
@@ -81,6 +84,15 @@ class VerifyRules:
     # (ECC from the whole-frame mapping); an ECC-aligned pair is also confirmed without
     # min_inliers when the aligned images agree at these stricter thresholds
     dense_fallback: bool = True
+    # ... only when either image has fewer keypoints than this. A pair rich in keypoints none of
+    # which match is not one picture, and the dense alignment was most of the cost of verifying
+    # the random pHash candidates a large eval index brings. On the tuning sample
+    # (bench_dedup_quality sample 0) every confirmation the fallback made had <= 235 keypoints.
+    dense_max_keypoints: int = 300
+    # ECC iterations at most (a copy converges in a few; a pair that is not one picture runs to
+    # the cap, so it sets the cost of a rejection). On the tuning sample 15 lost no confirmation
+    # that 50 made; 10 lost one.
+    ecc_iterations: int = 15
     dense_min_ncc: float = 0.9
     dense_min_block_agreement: float = 0.9
     # a pHash candidate this close is strong evidence by itself: its blocks need agree less
@@ -250,7 +262,8 @@ def _refine(query: Features, ref: Features, matrix, rules: VerifyRules):
     warp = cv2.invertAffineTransform(matrix).astype(np.float32)
     try:
         _, warp = cv2.findTransformECC(b, a, warp, cv2.MOTION_AFFINE,
-                                       (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4), None, 1)
+                                       (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, rules.ecc_iterations, 1e-4),
+                                       None, 1)
     except cv2.error:
         return None  # did not converge (flat images)
     refined = cv2.invertAffineTransform(warp)
@@ -366,20 +379,23 @@ def _colour_difference(warped: np.ndarray, ref: np.ndarray, inside: np.ndarray, 
     return float(np.mean(squared > COLOUR_DELTA ** 2))
 
 
-def verify(query: Features, ref: Features, rules: VerifyRules = VerifyRules(),
+def verify(query: Features, ref: Features | None, rules: VerifyRules = VerifyRules(),
            ref_mirrored: Features | None = None, phash_distance: int | None = None) -> Verification:
-    """Check ``query`` (corpus image) against ``ref`` (eval image) and, if given, its mirror.
+    """Check ``query`` (corpus image) against ``ref`` (eval image) and/or its mirror.
 
-    ``phash_distance``: the candidate's pHash distance (to the eval image or its mirror) when
-    pHash proposed it; see :attr:`VerifyRules.near_radius`.
+    Either may be None (not checked that way round), not both. ``phash_distance``: the
+    candidate's pHash distance (to the eval image or its mirror) when pHash proposed it; see
+    :attr:`VerifyRules.near_radius`.
     """
-    undecided = min(len(query), len(ref)) < rules.min_keypoints
+    if ref is None and ref_mirrored is None:
+        raise ValueError("verify needs the eval image, its mirror, or both")
+    undecided = min(len(query), len(ref if ref is not None else ref_mirrored)) < rules.min_keypoints
     best = None
     for mirrored, target in ((False, ref), (True, ref_mirrored)):
         if target is None:
             continue
         matrix, inliers, dense = _align(query, target, rules)
-        if matrix is None and rules.dense_fallback:
+        if matrix is None and rules.dense_fallback and min(len(query), len(target)) < rules.dense_max_keypoints:
             matrix = _dense_align(query, target, rules)
             dense = matrix is not None
         if matrix is None:
@@ -400,8 +416,8 @@ class Verifier:
     """Verifies candidates against eval images read on demand, with their features cached.
 
     ``read_ref(ref) -> bytes`` loads an eval image (``dedup.evalsets.read_ref``); the most recent
-    ``cache_size`` eval images' features (and their mirrors') are kept, so a worker that meets
-    the same popular eval image many times prepares it once.
+    ``cache_size`` eval images' features (and their mirrors', made when first needed) are kept,
+    so a worker that meets the same popular eval image many times prepares it once.
     """
 
     def __init__(self, rules: VerifyRules = VerifyRules(), read_ref: Callable[[str], bytes] | None = None,
@@ -409,23 +425,26 @@ class Verifier:
         if read_ref is None:
             from dedup.evalsets import read_ref
         self.rules, self.read_ref, self.cache_size = rules, read_ref, cache_size
-        self._cache: OrderedDict[str, tuple[Features, Features]] = OrderedDict()
+        self._cache: OrderedDict[str, list[Features | None]] = OrderedDict()  # [features, mirror or None]
 
-    def _eval_features(self, ref: str) -> tuple[Features, Features]:
+    def _eval_features(self, ref: str, mirror: bool) -> tuple[Features, Features | None]:
         if ref in self._cache:
             self._cache.move_to_end(ref)
-            return self._cache[ref]
-        features = Features.from_bytes(self.read_ref(ref))
-        pair = (features, features.mirrored())
-        self._cache[ref] = pair
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return pair
+        else:
+            self._cache[ref] = [Features.from_bytes(self.read_ref(ref)), None]
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        pair = self._cache[ref]
+        if mirror and pair[1] is None:
+            pair[1] = pair[0].mirrored()
+        return pair[0], pair[1] if mirror else None
 
-    def check(self, corpus: Features | bytes, eval_ref: str, phash_distance: int | None = None) -> Verification:
+    def check(self, corpus: Features | bytes, eval_ref: str, phash_distance: int | None = None,
+              ways: tuple[bool, bool] = (True, True)) -> Verification:
+        """``ways``: (as it is, mirrored): which way round the eval image is compared."""
         query = corpus if isinstance(corpus, Features) else Features.from_bytes(corpus)
-        ref, ref_mirror = self._eval_features(eval_ref)
-        return verify(query, ref, self.rules, ref_mirror, phash_distance)
+        ref, ref_mirror = self._eval_features(eval_ref, ways[1])
+        return verify(query, ref if ways[0] else None, self.rules, ref_mirror, phash_distance)
 
     @staticmethod
     def corpus_features(data: bytes) -> Features | None:
@@ -435,13 +454,14 @@ class Verifier:
         except Exception:  # noqa: BLE001 - any decoder failure: the caller treats it as undecided
             return None
 
-    def try_check(self, corpus: Features | None, eval_ref: str, phash_distance: int | None = None) -> Verification | None:
+    def try_check(self, corpus: Features | None, eval_ref: str, phash_distance: int | None = None,
+                  ways: tuple[bool, bool] = (True, True)) -> Verification | None:
         """:meth:`check`, or None when either image cannot be read now: no verdict, so the
         proposing signal's stands (callers flag the pair as undecided)."""
         if corpus is None:
             return None
         try:
-            return self.check(corpus, eval_ref, phash_distance)
+            return self.check(corpus, eval_ref, phash_distance, ways)
         except (OSError, KeyError, ValueError):
             return None
 

@@ -79,7 +79,8 @@ def expected_matches(corpus_bytes, edits, splits, radius=8):
 def expected_rejections(root, corpus_bytes, edits, splits, radius=8):
     """The rule with verification: the pHash candidates (``expected_matches``' distances, nearest
     first, ties by split and key as ``Match`` sorts, at most ``max_candidates``) are verified in
-    turn and the first one confirmed is the match. Returns {corpus key: (split, eval key)}."""
+    turn, each the way(s) round whose hash is within the radius (as it is, mirrored), and the
+    first one confirmed is the match. Returns {corpus key: (split, eval key)}."""
     verifier = Verifier()
     found = {}
     for i, data in enumerate(corpus_bytes):
@@ -87,11 +88,12 @@ def expected_rejections(root, corpus_bytes, edits, splits, radius=8):
         candidates = []
         for (split, name), (_, eval_data) in edits.items():
             theirs, mirror = hash_image_bytes(eval_data, DEFAULT_SETTINGS)
+            ways = (hamming(ours, theirs) <= radius, hamming(ours, mirror) <= radius)
             distance = min(hamming(ours, theirs), hamming(ours, mirror))
             if split in splits and distance <= radius:
-                candidates.append((distance, split, f"things/{name}.jpg"))
-        for _, split, key in sorted(candidates)[:EvalDedupRules().max_candidates]:
-            if Verifier.decide(verifier.check(data, str(root / "eval" / split / key))):
+                candidates.append((distance, split, f"things/{name}.jpg", ways))
+        for _, split, key, ways in sorted(candidates)[:EvalDedupRules().max_candidates]:
+            if Verifier.decide(verifier.check(data, str(root / "eval" / split / key), ways=ways)):
                 found[f"s{i}"] = (split, key)
                 break
     return found

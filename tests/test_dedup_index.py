@@ -10,13 +10,14 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from dedup import evalsets
 from dedup.evalsets import (CaptionsFile, EmptyEvalSet, EvalSet, ImageFolder, Split, WebDatasetShards)
 from dedup.index import EvalIndex, Match, build_index, eval_duplicate_fields
-from dedup.phash import HashSettings, HashSettingsMismatch, hash_image_bytes
+from dedup.phash import DEFAULT_SETTINGS, HashSettings, HashSettingsMismatch, hash_image_bytes
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +175,14 @@ def test_demo_sets_are_registered(demo_data):
     assert 0.15 < len(test) / 10_000 < 0.25
     emoji = evalsets.get("emoji")
     assert {i.label for i in emoji.items("test")} >= {"Flags", "Smileys & Emotion"}
+
+
+def test_ways_says_which_hash_is_within_the_radius():
+    """The rule: as it is when the corpus pHash is within the radius of the eval image's pHash,
+    mirrored when within the radius of its mirror's; both, or neither."""
+    index = EvalIndex(DEFAULT_SETTINGS, [("s", "test", "test")], np.zeros(1, np.int32), ["k"],
+                      np.array([0], np.uint64), np.array([0xFF], np.uint64))
+    assert index.ways(0b1, 0, 1) == (True, False)      # 1 bit from the pHash, 7 from the mirror
+    assert index.ways(0x7F, 0, 1) == (False, True)     # 7 bits from the pHash, 1 from the mirror
+    assert index.ways(0x0F, 0, 4) == (True, True)      # 4 from each
+    assert index.ways(0x0F, 0, 3) == (False, False)

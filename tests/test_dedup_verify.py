@@ -261,6 +261,41 @@ def test_mirror_is_found_only_through_the_mirrored_eval_image(originals):
     assert direct.confirmed and not direct.mirrored
 
 
+def test_a_pair_can_be_checked_one_way_round_only(originals):
+    ref, ref_mirror = _eval(originals["chelsea"])
+    mirrored = _corpus(originals["chelsea"], "mirror")
+    only_mirror = verify(mirrored, None, VerifyRules(), ref_mirror)
+    assert only_mirror.confirmed and only_mirror.mirrored
+    assert not verify(mirrored, ref, VerifyRules(), None).confirmed
+    with pytest.raises(ValueError, match="both"):
+        verify(mirrored, None, VerifyRules(), None)
+
+
+def _pill() -> Image.Image:
+    """A gradient pill button on white: smooth, a handful of keypoints."""
+    width, height = 240, 120
+    ramp = np.tile(np.linspace(40, 220, width, dtype=np.float32), (height, 1))
+    fill = Image.fromarray(np.stack([ramp, ramp * 0.6 + 60, 255 - ramp], -1).astype(np.uint8))
+    mask = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(mask).rounded_rectangle((4, 4, width - 5, height - 5), 50, fill=255)
+    out = Image.new("RGB", (width, height), "white")
+    out.paste(fill, mask=mask)
+    return out
+
+
+def test_dense_fallback_runs_only_below_the_keypoint_bound():
+    ref = Features.from_bytes(png_bytes(_pill()))
+    query = Features.from_bytes(_jpeg(_pill(), 50))
+    fewest = min(len(ref), len(query))
+    assert fewest < VerifyRules().dense_max_keypoints
+    found = verify(query, ref, VerifyRules(), None)
+    # no keypoint transform: only the dense alignment confirms it
+    assert found.confirmed and found.dense and found.inliers < VerifyRules().min_inliers, found
+    # "fewer keypoints than dense_max_keypoints": at the bound itself the fallback does not run
+    assert verify(query, ref, VerifyRules(dense_max_keypoints=fewest + 1), None).confirmed
+    assert not verify(query, ref, VerifyRules(dense_max_keypoints=fewest), None).confirmed
+
+
 @pytest.mark.parametrize("name", ["astronaut", "chelsea"])
 def test_rotation_beyond_the_bound_is_not_confirmed(name):
     image = photo(name)
@@ -348,6 +383,13 @@ def test_verifier_caches_eval_features(originals, tmp_path):
     for name in ("chelsea", "coffee", "chelsea"):
         small.check(crop, refs[name])
     assert reads == [refs["chelsea"], refs["coffee"], refs["chelsea"]]
+    # checked one way round, the other way's features are not made; asked for later, they are
+    one_way = Verifier(read_ref=read_ref)
+    mirrored = shard_bytes(ImageOps.mirror(photo("chelsea")))
+    assert not one_way.check(mirrored, refs["chelsea"], ways=(True, False)).confirmed
+    assert one_way._cache[refs["chelsea"]][1] is None
+    found = one_way.check(mirrored, refs["chelsea"], ways=(False, True))
+    assert found.confirmed and found.mirrored
 
 
 # ---- hostile input -----------------------------------------------------------------------------
