@@ -83,6 +83,7 @@ from curation.eval_match import EvalMatcher  # noqa: E402
 from dedup.evalsets import EvalItem, EvalSet, Listing, Split  # noqa: E402
 from dedup.index import build_index  # noqa: E402
 from dedup.phash import hash_image_bytes  # noqa: E402
+from dedup.verify import Verifier, VerifyRules  # noqa: E402
 from infra.contract import KEPT, empty_pair  # noqa: E402
 from tests.images import on_white, shard_bytes  # noqa: E402
 
@@ -247,7 +248,67 @@ def copies(pool: list[tuple[str, Path]], count: int, skip: int = 0) -> tuple[lis
     return originals, out
 
 
-def run_size(pool, originals, size, clean, edited, work: Path) -> dict:
+def before_matcher(rules: EvalDedupRules) -> EvalMatcher:
+    """Curation's matcher as it was before verification was made cheaper (for the side-by-side
+    cost ratio): both ways round for every candidate, the dense fallback for every pair without
+    a keypoint transform, ECC up to 50 iterations."""
+    matcher = EvalMatcher(rules)
+    matcher.verifier = Verifier(VerifyRules(dense_max_keypoints=2 ** 31, ecc_iterations=50))
+    matcher.index.ways = lambda phash, image, radius: (True, True)
+    return matcher
+
+
+def measure(matchers: list[EvalMatcher], clean, edited) -> list[dict]:
+    """Recall per edit, false removals and ms per image (hash / search / verify) of each matcher.
+
+    Each image goes through every matcher in turn, so that their timings share the machine's
+    load (this machine is shared: a ratio of two runs made minutes apart would be noise)."""
+    radius = matchers[0].rules.radius
+    timings = [{"hash": 0.0, "search": 0.0, "verify": 0.0} for _ in matchers]
+
+    def judge(key, data):
+        out = []
+        for matcher, timing in zip(matchers, timings):
+            t0 = time.perf_counter()
+            phash, _ = hash_image_bytes(data)
+            t1 = time.perf_counter()
+            proposed = matcher.index.match(phash, radius)
+            t2 = time.perf_counter()
+            record = matcher(empty_pair(key=key, phash=phash, status=KEPT), data)
+            t3 = time.perf_counter()
+            timing["hash"] += t1 - t0
+            timing["search"] += t2 - t1
+            timing["verify"] += max(0.0, (t3 - t2) - (t2 - t1))  # the matcher searches again, then verifies
+            out.append((proposed, record))
+        return out
+
+    results = [{"clean_images": len(clean), "removed_clean": [], "proposed_clean": 0, "recall": {}} for _ in matchers]
+    for key, data in clean:
+        for result, (proposed, record) in zip(results, judge(key, data)):
+            result["proposed_clean"] += bool(proposed)
+            if record["status"] != KEPT:
+                result["removed_clean"].append({"clean": key, "eval": record["eval_key"], "detail": record["detail"]})
+    for result, timing in zip(results, timings):
+        result["ms_per_clean_image"] = {k: 1000 * v / len(clean) for k, v in timing.items()}
+        timing.update(dict.fromkeys(timing, 0.0))
+    for original, edit, data in edited:
+        for result, (proposed, record) in zip(results, judge(f"{original}~{edit}", data)):
+            r = result["recall"].setdefault(edit, {"copies": 0, "removed": 0, "own_original": 0, "phash_alone": 0})
+            r["copies"] += 1
+            r["phash_alone"] += bool(proposed)
+            r["removed"] += record["status"] != KEPT
+            r["own_original"] += record["status"] != KEPT and record["eval_key"] == original
+    for result, timing in zip(results, timings):
+        result["ms_per_copy"] = {k: 1000 * v / len(edited) for k, v in timing.items()}
+        for r in result["recall"].values():
+            for k in ("removed", "own_original", "phash_alone"):
+                r[k] = r[k] / r["copies"]
+        result["false_removal_rate"] = len(result["removed_clean"]) / len(clean)
+        result["phash_alone_false_removal_rate"] = result.pop("proposed_clean") / len(clean)
+    return results
+
+
+def run_size(pool, originals, size, clean, edited, work: Path, before: bool) -> dict:
     forced = set(originals)
     members = [kp for kp in pool if kp[0] in forced]
     members += [kp for kp in pool if kp[0] not in forced][:size - len(members)]
@@ -256,48 +317,12 @@ def run_size(pool, originals, size, clean, edited, work: Path) -> dict:
     build_index([EvalSet("pool", (Split("test", Listing(tuple(EvalItem(k, str(p)) for k, p in members))),))],
                 index_dir)
     build_s = time.perf_counter() - started
-    matcher = EvalMatcher(EvalDedupRules(index=str(index_dir), mode="train+test"))
-    radius = matcher.rules.radius
-    timing = {"hash": 0.0, "search": 0.0, "verify": 0.0}
-
-    def judge(key, data):
-        t0 = time.perf_counter()
-        phash, _ = hash_image_bytes(data)
-        t1 = time.perf_counter()
-        proposed = matcher.index.match(phash, radius)
-        t2 = time.perf_counter()
-        record = matcher(empty_pair(key=key, phash=phash, status=KEPT), data)
-        t3 = time.perf_counter()
-        timing["hash"] += t1 - t0
-        timing["search"] += t2 - t1
-        timing["verify"] += max(0.0, (t3 - t2) - (t2 - t1))  # the matcher searches again, then verifies
-        return proposed, record
-
-    removed_clean, proposed_clean = [], 0
-    for key, data in clean:
-        proposed, record = judge(key, data)
-        proposed_clean += bool(proposed)
-        if record["status"] != KEPT:
-            removed_clean.append({"clean": key, "eval": record["eval_key"], "detail": record["detail"]})
-    clean_timing = {k: 1000 * v / len(clean) for k, v in timing.items()}
-    timing.update(dict.fromkeys(timing, 0.0))
-    recall: dict[str, dict] = {}
-    for original, edit, data in edited:
-        proposed, record = judge(f"{original}~{edit}", data)
-        r = recall.setdefault(edit, {"copies": 0, "removed": 0, "own_original": 0, "phash_alone": 0})
-        r["copies"] += 1
-        r["phash_alone"] += bool(proposed)
-        r["removed"] += record["status"] != KEPT
-        r["own_original"] += record["status"] != KEPT and record["eval_key"] == original
-    copy_timing = {k: 1000 * v / len(edited) for k, v in timing.items()}
-    for r in recall.values():
-        for k in ("removed", "own_original", "phash_alone"):
-            r[k] = r[k] / r["copies"]
-    return {"index_images": len(members), "build_s": round(build_s, 1), "clean_images": len(clean),
-            "false_removal_rate": len(removed_clean) / len(clean),
-            "phash_alone_false_removal_rate": proposed_clean / len(clean),
-            "removed_clean": removed_clean, "recall": recall,
-            "ms_per_clean_image": clean_timing, "ms_per_copy": copy_timing}
+    rules = EvalDedupRules(index=str(index_dir), mode="train+test")
+    measured = measure([EvalMatcher(rules)] + ([before_matcher(rules)] if before else []), clean, edited)
+    out = {"index_images": len(members), "build_s": round(build_s, 1), **measured[0]}
+    if before:
+        out["before"] = measured[1]
+    return out
 
 
 def trim_uniform_border(image: Image.Image, tolerance: int = 24, share: float = 0.98, passes: int = 2):
@@ -399,6 +424,8 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=2, choices=sorted(HELD_OUT),
                         help="which held-out split: clean packages and originals (see HELD_OUT)")
     parser.add_argument("--trim-idea", action="store_true", help="measure the border-trim idea (candidates only)")
+    parser.add_argument("--before", action="store_true",
+                        help="also run the matcher as it was before verification got cheaper, side by side")
     parser.add_argument("--out", default=None, help="results file (default bench/results/dedup_scale[_trim].json)")
     args = parser.parse_args()
     args.out = args.out or str(ROOT / "bench" / "results" / f"dedup_scale{'_trim' if args.trim_idea else ''}.json")
@@ -428,17 +455,25 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
-            r = run_size(pool, originals, size, clean, edited, Path(tmp))
+            r = run_size(pool, originals, size, clean, edited, Path(tmp), args.before)
             results.append(r)
-            c, e = r["ms_per_clean_image"], r["ms_per_copy"]
-            print(f"\nindex {r['index_images']:,} eval images (built in {r['build_s']} s): false removals "
-                  f"{len(r['removed_clean'])}/{r['clean_images']} = {r['false_removal_rate']:.2e} per clean image "
-                  f"(pHash alone {r['phash_alone_false_removal_rate']:.2e})")
-            print(f"  ms per clean image: hash {c['hash']:.2f}, search {c['search']:.3f}, verify {c['verify']:.2f}; "
-                  f"per copy: hash {e['hash']:.2f}, search {e['search']:.3f}, verify {e['verify']:.2f}")
-            print(f"  {'edit':18s} {'removed':>8s} {'own orig.':>9s} {'pHash alone':>11s}")
+            print(f"\nindex {r['index_images']:,} eval images (built in {r['build_s']} s)")
+            for name, m in (("deployed", r), ("before", r.get("before"))):
+                if m is None:
+                    continue
+                c, e = m["ms_per_clean_image"], m["ms_per_copy"]
+                print(f"  {name}: false removals {len(m['removed_clean'])}/{m['clean_images']} = "
+                      f"{m['false_removal_rate']:.2e} per clean image (pHash alone {m['phash_alone_false_removal_rate']:.2e})")
+                print(f"    ms per clean image: hash {c['hash']:.2f}, search {c['search']:.3f}, verify {c['verify']:.2f}; "
+                      f"per copy: hash {e['hash']:.2f}, search {e['search']:.3f}, verify {e['verify']:.2f}")
+            if "before" in r:
+                ratio = r["before"]["ms_per_clean_image"]["verify"] / max(r["ms_per_clean_image"]["verify"], 1e-9)
+                print(f"  verification per clean image: before / deployed = {ratio:.2f}x (measured side by side)")
+            print(f"  {'edit':18s} {'removed':>8s} {'own orig.':>9s} {'pHash alone':>11s}"
+                  + (f" {'before':>8s}" if "before" in r else ""))
             for edit, v in r["recall"].items():
-                print(f"  {edit:18s} {v['removed']:8.3f} {v['own_original']:9.3f} {v['phash_alone']:11.3f}")
+                print(f"  {edit:18s} {v['removed']:8.3f} {v['own_original']:9.3f} {v['phash_alone']:11.3f}"
+                      + (f" {r['before']['recall'][edit]['removed']:8.3f}" if "before" in r else ""))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"held_out": args.held_out, "clean_packages": clean_packages, "first_original": skip,
