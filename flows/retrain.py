@@ -180,13 +180,14 @@ def retrain_lit(
     if planned.image_locked:
         embed_task(str(shard_dir), cache, image_tower, fit)
     progress.advance("embed")
-    exclude = []
+    exclude, flags = [], None
     index = corpus_eval_index(corpus_dir)
     if planned.image_locked and eval_check and index is not None:
         fitted = "" if planned.image_fit == "crop" else f"-pad{''.join(f'{c:02x}' for c in planned.image_fill)}"
         flags_dir = models_dir / "eval-flags" / (f"{image_tower.replace(':', '_').replace('/', '_')}{fitted}-"
                                                  f"{_corpus_digest(corpus_dir)[:12]}")
-        exclude = [flag_task(str(corpus_dir), cache, str(index), str(flags_dir), image_tower, fit)["flags"]]
+        flags = flag_task(str(corpus_dir), cache, str(index), str(flags_dir), image_tower, fit)
+        exclude = [flags["flags"]]
     progress.advance("eval-flags")
 
     fields = planned.model_dump(mode="json", exclude={"out"}) | {
@@ -205,8 +206,20 @@ def retrain_lit(
     summary = (run_dir / "eval" / "summary.md")
     create_markdown_artifact(
         markdown=(summary.read_text() if summary.exists() else "") +
-        f"\n\n## Publish\n\n{'published as latest' if decision['published'] else 'not published'}: {decision['reason']}\n",
-        key="retrain-lit-summary", description="evaluation and publish decision")
+        f"\n\n## Publish\n\n{'published as latest' if decision['published'] else 'not published'}: {decision['reason']}\n"
+        + _eval_check_markdown(shard_dir, flags),
+        key="retrain-lit-summary", description="evaluation, publish decision, eval de-dup")
     get_run_logger().info("run %s: %s", run_dir, decision["reason"])
     return {"run": str(run_dir), "metrics": str(run_dir / "eval" / "metrics.json"), "decision": decision,
-            "corpus": str(corpus_dir)}
+            "corpus": str(corpus_dir), "eval_candidates": flags["candidates_file"] if flags else None}
+
+
+def _eval_check_markdown(shard_dir: Path, flags: dict | None) -> str:
+    """What the embedding check skipped, and the audit that shows it beside curation's removals."""
+    if flags is None:
+        return "\n\n## Eval de-dup (embedding check)\n\nnot run: no locked image tower, no eval index, or eval_check off\n"
+    command = (f"prefect deployment run 'dedup-report/audit' -p corpus={shard_dir} "
+               f"-p embedding_candidates={flags['candidates_file']}")
+    return (f"\n\n## Eval de-dup (embedding check)\n\n{flags['flagged']} of {flags['candidates']} candidate pairs "
+            f"flagged and left out of training: `{flags['flags']}`. To see them in the audit report with "
+            f"curation's removals:\n\n```\n{command}\n```\n")

@@ -81,6 +81,11 @@ def test_retrain_deployment_trains_evaluates_and_publishes(stack, work):
     flags = json.loads(flags_json.read_text())
     assert flags["eval_images"] > 0 and flags["candidates"] >= flags["flagged"]
     assert pd.read_parquet(flags_json.parent / "eval_flags.parquet")["key"].nunique() == flags["flagged"]
+    # the run's summary names the candidates file and the audit that joins it to curation's removals
+    (summary,) = api(stack, "/artifacts/filter", {"artifacts": {"key": {"any_": ["retrain-lit-summary"]}}})
+    candidates = flags_json.parent / "eval_candidates.parquet"
+    assert candidates.exists() and f"-p embedding_candidates={candidates}" in summary["data"]
+    assert f"{flags['flagged']} of {flags['candidates']} candidate pairs" in summary["data"]
     assert latest["metrics"]["sets"].keys() == metrics["sets"].keys() == {"mnist"}
     # the same job again finds its finished run: nothing new to publish, and the history says so
     assert stack.run_deployment("retrain-lit/nightly", params, timeout_s=600) == 0
