@@ -1,7 +1,7 @@
 """Eval de-duplication as the eval index grows: recall per edit, clean images wrongly removed,
 and cost per corpus image, at index sizes of about 1k, 10k and 100k eval images.
 
-    .venv/bin/python bench/bench_dedup_scale.py [--sizes 1000,10000,all] [--clean 3000] [--originals 150] [--held-out 2]
+    .venv/bin/python bench/bench_dedup_scale.py [--sizes 1000,10000,all] [--clean 3000] [--originals 150] [--held-out 2] [--before]
 
 The method measured is curation's, as deployed: ``curation.eval_match.EvalMatcher`` with the
 default rules (pHash and mirror pHash within radius 8 propose, ``dedup.verify`` confirms the
@@ -37,6 +37,10 @@ ones the issue asks for: the same picture at another size and encoding (``resize
 a caption bar under it (``caption_bar``), borders of several colours (``border_white``,
 ``border_grey``, ``border_black``), a crop then resized back (``crop_10_resize``) and a small
 rotation plus crop (``rotate_3_crop_5``).
+
+``--before`` also runs curation's matcher as it was before verification got cheaper (both ways
+round, the dense fallback for every pair, 50 ECC iterations), image by image beside the
+deployed one, and prints the verification cost ratio.
 
 Figures per index size: recall per edit (a copy removed; and removed *for its own original*),
 the false-removal rate (clean images removed / clean images; each removal listed by name in
