@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from dedup.evalsets import EmptyEvalSet, EvalSet
 from dedup.modes import MODES, removes
-from dedup.phash import DEFAULT_SETTINGS, HashSettings, check_same_settings, hash_many_bytes
+from dedup.phash import DEFAULT_SETTINGS, HashSettings, check_same_settings, hamming, hash_many_bytes
 from dedup.search import HammingIndex
 from infra.contract import EVAL_INDEX_FORMAT, EvalIndexManifest, ManifestError
 from infra.files import replacing
@@ -255,8 +255,7 @@ class EvalIndex:
     def ways(self, phash: int, image: int, radius: int) -> tuple[bool, bool]:
         """(as it is, mirrored): whether ``phash`` is within ``radius`` of the eval image's pHash,
         and of its mirror's; which way round verification compares the pair (dedup.verify)."""
-        return ((int(self.phash[image]) ^ int(phash)).bit_count() <= radius,
-                (int(self.mirror[image]) ^ int(phash)).bit_count() <= radius)
+        return hamming(self.phash[image], phash) <= radius, hamming(self.mirror[image], phash) <= radius
 
     def describe(self, image: int) -> tuple[str, str, str]:
         set_name, split, _ = self.splits[self.image_split[image]]
