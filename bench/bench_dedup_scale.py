@@ -67,7 +67,6 @@ import json
 import re
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -87,7 +86,7 @@ from curation.eval_match import EvalMatcher  # noqa: E402
 from dedup.evalsets import EvalItem, EvalSet, Listing, Split  # noqa: E402
 from dedup.index import build_index  # noqa: E402
 from dedup.phash import hash_image_bytes  # noqa: E402
-from dedup.verify import Verifier, VerifyRules  # noqa: E402
+from dedup.verify import Verifier  # noqa: E402
 from infra.contract import KEPT, empty_pair  # noqa: E402
 from tests.images import on_white, shard_bytes  # noqa: E402
 
@@ -253,12 +252,11 @@ def copies(pool: list[tuple[str, Path]], count: int, skip: int = 0) -> tuple[lis
 
 
 def before_matcher(rules: EvalDedupRules) -> EvalMatcher:
-    """Curation's matcher as it was before verification was made cheaper (for the side-by-side
-    cost ratio): both ways round for every candidate, the dense fallback for every pair without
-    a keypoint transform, ECC up to 50 iterations."""
+    """Curation's matcher as it was before the eval images' keypoints were stored in the index
+    (for the side-by-side cost ratio): SIFT runs on both images of every pair (the eval image's
+    features cached per worker, as before). Its decisions must be the deployed one's."""
     matcher = EvalMatcher(rules)
-    matcher.verifier = Verifier(VerifyRules(dense_max_keypoints=2 ** 31, ecc_iterations=50))
-    matcher.index.ways = lambda phash, image, radius: (True, True)
+    matcher.verifier = Verifier(matcher.verifier.rules)
     return matcher
 
 
@@ -286,9 +284,12 @@ def measure(matchers: list[EvalMatcher], clean, edited) -> list[dict]:
             out.append((proposed, record))
         return out
 
-    results = [{"clean_images": len(clean), "removed_clean": [], "proposed_clean": 0, "recall": {}} for _ in matchers]
+    results = [{"clean_images": len(clean), "removed_clean": [], "proposed_clean": 0, "recall": {},
+                "decisions_unlike_first": 0} for _ in matchers]
     for key, data in clean:
-        for result, (proposed, record) in zip(results, judge(key, data)):
+        judged = judge(key, data)
+        for result, (proposed, record) in zip(results, judged):
+            result["decisions_unlike_first"] += record != judged[0][1]
             result["proposed_clean"] += bool(proposed)
             if record["status"] != KEPT:
                 result["removed_clean"].append({"clean": key, "eval": record["eval_key"], "detail": record["detail"]})
@@ -296,7 +297,9 @@ def measure(matchers: list[EvalMatcher], clean, edited) -> list[dict]:
         result["ms_per_clean_image"] = {k: 1000 * v / len(clean) for k, v in timing.items()}
         timing.update(dict.fromkeys(timing, 0.0))
     for original, edit, data in edited:
-        for result, (proposed, record) in zip(results, judge(f"{original}~{edit}", data)):
+        judged = judge(f"{original}~{edit}", data)
+        for result, (proposed, record) in zip(results, judged):
+            result["decisions_unlike_first"] += record != judged[0][1]
             r = result["recall"].setdefault(edit, {"copies": 0, "removed": 0, "own_original": 0, "phash_alone": 0})
             r["copies"] += 1
             r["phash_alone"] += bool(proposed)
@@ -312,14 +315,15 @@ def measure(matchers: list[EvalMatcher], clean, edited) -> list[dict]:
     return results
 
 
-def run_size(pool, originals, size, clean, edited, work: Path, before: bool) -> dict:
+def run_size(pool, originals, size, clean, edited, work: Path, before: bool, workers: int) -> dict:
     forced = set(originals)
     members = [kp for kp in pool if kp[0] in forced]
     members += [kp for kp in pool if kp[0] not in forced][:size - len(members)]
-    index_dir = work / f"index-{len(members)}"
+    # kept between runs: build_index re-uses a folder whose splits (and keypoints) are unchanged
+    index_dir = work / f"index-{len(members)}-{hashlib.sha256(repr(members).encode()).hexdigest()[:12]}"
     started = time.perf_counter()
     build_index([EvalSet("pool", (Split("test", Listing(tuple(EvalItem(k, str(p)) for k, p in members))),))],
-                index_dir)
+                index_dir, workers=workers)
     build_s = time.perf_counter() - started
     rules = EvalDedupRules(index=str(index_dir), mode="train+test")
     measured = measure([EvalMatcher(rules)] + ([before_matcher(rules)] if before else []), clean, edited)
@@ -429,7 +433,8 @@ def main() -> None:
                         help="which held-out split: clean packages and originals (see HELD_OUT)")
     parser.add_argument("--trim-idea", action="store_true", help="measure the border-trim idea (candidates only)")
     parser.add_argument("--before", action="store_true",
-                        help="also run the matcher as it was before verification got cheaper, side by side")
+                        help="also run the matcher as it was before the eval keypoints were stored, side by side")
+    parser.add_argument("--workers", type=int, default=2, help="processes computing the index's keypoints")
     parser.add_argument("--out", default=None, help="results file (default bench/results/dedup_scale[_trim].json)")
     args = parser.parse_args()
     args.out = args.out or str(ROOT / "bench" / "results" / f"dedup_scale{'_trim' if args.trim_idea else ''}.json")
@@ -457,27 +462,28 @@ def main() -> None:
         print(f"results: {args.out}")
         return
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for size in sizes:
-            r = run_size(pool, originals, size, clean, edited, Path(tmp), args.before)
-            results.append(r)
-            print(f"\nindex {r['index_images']:,} eval images (built in {r['build_s']} s)")
-            for name, m in (("deployed", r), ("before", r.get("before"))):
-                if m is None:
-                    continue
-                c, e = m["ms_per_clean_image"], m["ms_per_copy"]
-                print(f"  {name}: false removals {len(m['removed_clean'])}/{m['clean_images']} = "
-                      f"{m['false_removal_rate']:.2e} per clean image (pHash alone {m['phash_alone_false_removal_rate']:.2e})")
-                print(f"    ms per clean image: hash {c['hash']:.2f}, search {c['search']:.3f}, verify {c['verify']:.2f}; "
-                      f"per copy: hash {e['hash']:.2f}, search {e['search']:.3f}, verify {e['verify']:.2f}")
-            if "before" in r:
-                ratio = r["before"]["ms_per_clean_image"]["verify"] / max(r["ms_per_clean_image"]["verify"], 1e-9)
-                print(f"  verification per clean image: before / deployed = {ratio:.2f}x (measured side by side)")
-            print(f"  {'edit':18s} {'removed':>8s} {'own orig.':>9s} {'pHash alone':>11s}"
-                  + (f" {'before':>8s}" if "before" in r else ""))
-            for edit, v in r["recall"].items():
-                print(f"  {edit:18s} {v['removed']:8.3f} {v['own_original']:9.3f} {v['phash_alone']:11.3f}"
-                      + (f" {r['before']['recall'][edit]['removed']:8.3f}" if "before" in r else ""))
+    work = ROOT / ".cache" / "bench" / "dedup_scale"
+    for size in sizes:
+        r = run_size(pool, originals, size, clean, edited, work, args.before, args.workers)
+        results.append(r)
+        print(f"\nindex {r['index_images']:,} eval images (built or re-used in {r['build_s']} s)")
+        for name, m in (("deployed", r), ("before", r.get("before"))):
+            if m is None:
+                continue
+            c, e = m["ms_per_clean_image"], m["ms_per_copy"]
+            print(f"  {name}: false removals {len(m['removed_clean'])}/{m['clean_images']} = "
+                  f"{m['false_removal_rate']:.2e} per clean image (pHash alone {m['phash_alone_false_removal_rate']:.2e})")
+            print(f"    ms per clean image: hash {c['hash']:.2f}, search {c['search']:.3f}, verify {c['verify']:.2f}; "
+                  f"per copy: hash {e['hash']:.2f}, search {e['search']:.3f}, verify {e['verify']:.2f}")
+        if "before" in r:
+            ratio = r["before"]["ms_per_clean_image"]["verify"] / max(r["ms_per_clean_image"]["verify"], 1e-9)
+            print(f"  verification per clean image: before / deployed = {ratio:.2f}x (measured side by side); "
+                  f"images decided differently: {r['before']['decisions_unlike_first']}")
+        print(f"  {'edit':18s} {'removed':>8s} {'own orig.':>9s} {'pHash alone':>11s}"
+              + (f" {'before':>8s}" if "before" in r else ""))
+        for edit, v in r["recall"].items():
+            print(f"  {edit:18s} {v['removed']:8.3f} {v['own_original']:9.3f} {v['phash_alone']:11.3f}"
+                  + (f" {r['before']['recall'][edit]['removed']:8.3f}" if "before" in r else ""))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"held_out": args.held_out, "clean_packages": clean_packages, "first_original": skip,

@@ -8,9 +8,9 @@ distinct clip-art at distance 0, so it only proposes.
 
 The eval index is loaded once per worker from its folder rather than shipped as a pickled
 side input: every worker reads the same files and builds the search tables where they are
-used. Memory: the index (two 64-bit hashes per eval image, plus its search tables) and the
-eval images' features, cached per worker as candidates come up: bounded by the eval sets,
-not by the corpus.
+used. Memory: the index (two 64-bit hashes per eval image, plus its search tables), its stored
+keypoints (memory-mapped, :mod:`dedup.feature_store`) and the eval images' features, cached per
+worker as candidates come up: bounded by the eval sets, not by the corpus.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ class EvalMatcher:
         self.index = EvalIndex.load(rules.index, rules.mode)
         self.verifier = None
         if rules.verify:
+            from dedup.feature_store import FeatureStore
             from dedup.verify import Verifier
 
-            self.verifier = Verifier()
+            self.verifier = Verifier(stored=FeatureStore(rules.index))
 
     @staticmethod
     def wanted(rules: EvalDedupRules) -> bool:

@@ -8,10 +8,14 @@ On disk, a folder::
     index.json                      settings, and per set/split: role, source, content digest,
                                     image count, unreadable images (key + error)
     splits/SET__SPLIT.parquet       key, ref, label, caption, sha256, phash, mirror, error
+    features/SET__SPLIT.*           every image's verification keypoints (dedup.feature_store)
 
 A split is re-hashed only when its *content digest* changed: sha256 over the hash settings and
 every item's key, label, caption and image bytes. Reading bytes is cheap next to decoding and
 resizing them, so an unchanged split costs one read pass and no decode.
+
+Memory while building: one split's image bytes at a time (hashing batches them); the keypoints
+are streamed to disk.
 
 Modes select which splits count (LiT's ablation, Table 5): ``none`` (nothing matches),
 ``test`` (splits whose role is ``test``) and ``train+test`` (all splits, LiT's default).
@@ -85,7 +89,8 @@ def _digest(settings: HashSettings, items) -> str:
     return h.hexdigest()
 
 
-def _hash_split(items, settings: HashSettings) -> pa.Table:
+def _hash_split(items, settings: HashSettings) -> tuple[pa.Table, list[bytes | Exception]]:
+    """The split's table, and its images' bytes (or read errors) in row order."""
     rows, blobs = [], []
     for item, data in _read_all(items):
         rows.append({"key": item.key, "ref": item.ref, "label": item.label, "caption": item.caption,
@@ -103,13 +108,24 @@ def _hash_split(items, settings: HashSettings) -> pa.Table:
             row.update(phash=None, mirror=None, error=f"undecodable: {type(result).__name__}: {result}")
         else:
             row.update(phash=result[0], mirror=result[1], error=None)
-    return pa.Table.from_pylist(rows, schema=SPLIT_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=SPLIT_SCHEMA), blobs
 
 
 def build_index(evalsets: Iterable[EvalSet], out: str | Path, settings: HashSettings = DEFAULT_SETTINGS,
-                log: Callable[[str], None] = lambda message: None) -> BuildReport:
-    """Hash every image of every split into ``out`` (re-using splits whose content is unchanged)."""
+                log: Callable[[str], None] = lambda message: None, features: bool = True,
+                workers: int = 1) -> BuildReport:
+    """Hash every image of every split into ``out`` (re-using splits whose content is unchanged).
+
+    ``features``: also store every image's verification keypoints (:mod:`dedup.feature_store`;
+    about 20 ms an image, on ``workers`` processes), so verification runs SIFT on corpus images
+    only. A split whose keypoints are missing or were made under another
+    :func:`dedup.verify.features_id` gets them again without being re-hashed.
+    """
+    from dedup import feature_store
+    from dedup.verify import features_id
+
     out = Path(out)
+    current_features = features_id() if features else None
     old = {}
     if (out / EvalIndexManifest.FILE).exists():
         try:
@@ -120,7 +136,8 @@ def build_index(evalsets: Iterable[EvalSet], out: str | Path, settings: HashSett
             old = {}  # other settings: nothing can be reused
     (out / "splits").mkdir(parents=True, exist_ok=True)
     report = BuildReport(out)
-    manifest = {"format": EVAL_INDEX_FORMAT, "settings": settings.to_dict(), "settings_id": settings.id, "sets": {}}
+    manifest = {"format": EVAL_INDEX_FORMAT, "settings": settings.to_dict(), "settings_id": settings.id, "sets": {},
+                "features_id": current_features}
     evalsets = list(evalsets)
     if not evalsets:
         raise EmptyEvalSet("no eval sets to index")
@@ -131,16 +148,25 @@ def build_index(evalsets: Iterable[EvalSet], out: str | Path, settings: HashSett
             digest = _digest(settings, items)
             file = _split_file(evalset.name, split.name)
             previous = old.get("sets", {}).get(evalset.name, {}).get("splits", {}).get(split.name)
+            stem = feature_store.stem_for(file) if features else None
             if previous and previous["digest"] == digest and (out / file).exists():
                 table = pq.read_table(out / file)
                 report.reused.append((evalset.name, split.name))
                 log(f"{evalset.name}/{split.name}: unchanged ({len(items)} images), not re-indexed")
+                if stem and not (old.get("features_id") == current_features and previous.get("features") == stem
+                                 and feature_store.present(out, stem)):
+                    keypoints = feature_store.write_split(out, stem, (d for _, d in _read_all(items)), workers)
+                    log(f"{evalset.name}/{split.name}: stored {keypoints} verification keypoints")
             else:
-                table = _hash_split(items, settings)
+                table, blobs = _hash_split(items, settings)
                 with replacing(out / file) as tmp:
                     pq.write_table(table, tmp)
+                if stem:
+                    keypoints = feature_store.write_split(out, stem, blobs, workers)
+                del blobs
                 report.reindexed.append((evalset.name, split.name))
-                log(f"{evalset.name}/{split.name}: indexed {len(items)} images")
+                log(f"{evalset.name}/{split.name}: indexed {len(items)} images"
+                    + (f", {keypoints} verification keypoints" if stem else ""))
             errors = [{"key": k, "error": e} for k, e in zip(table["key"].to_pylist(), table["error"].to_pylist()) if e]
             if len(errors) == len(items):
                 raise EmptyEvalSet(f"eval set {evalset.name!r} split {split.name!r}: none of its "
@@ -148,12 +174,16 @@ def build_index(evalsets: Iterable[EvalSet], out: str | Path, settings: HashSett
             report.unreadable[f"{evalset.name}/{split.name}"] = errors
             entry["splits"][split.name] = {
                 "role": split.role, "source": split.source.describe(), "digest": digest, "file": file,
-                "images": len(items), "hashed": len(items) - len(errors), "unreadable": errors,
+                "images": len(items), "hashed": len(items) - len(errors), "unreadable": errors, "features": stem,
             }
-    # splits no longer asked for are removed from the folder
+    # splits (and keypoints) no longer asked for are removed from the folder
     keep = {s["file"] for e in manifest["sets"].values() for s in e["splits"].values()}
+    keep |= {s["features"] for e in manifest["sets"].values() for s in e["splits"].values() if s["features"]}
     for stale in (out / "splits").glob("*.parquet"):
         if f"splits/{stale.name}" not in keep:
+            stale.unlink()
+    for stale in (out / "features").glob("*") if (out / "features").is_dir() else ():
+        if feature_store.stem_of(stale) not in keep:
             stale.unlink()
     EvalIndexManifest.parse(manifest, where=str(out / EvalIndexManifest.FILE)).write(out)
     return report

@@ -46,16 +46,17 @@ def _eval_metadata(index_dir: Path, manifest: EvalIndexManifest) -> pd.DataFrame
 
 
 def _verify_phash_matches(matches: pd.DataFrame, eval_refs: list[str], ways: list[tuple[bool, bool]],
-                          verify: bool, verifier) -> pd.DataFrame:
+                          verify: bool, verifier, index_dir: Path) -> pd.DataFrame:
     """Add confirmed / undecided / verification / flagged to the pHash matches.
 
     ``ways``: per match, which way round to compare it (as curation does: EvalIndex.ways)."""
     if not verify:
         return matches.assign(confirmed=False, undecided=False, verification="not verified", flagged=True)
     from dedup.evalsets import read_ref
+    from dedup.feature_store import FeatureStore
     from dedup.verify import Verifier
 
-    verifier = verifier or Verifier()
+    verifier = verifier or Verifier(stored=FeatureStore(index_dir))
     features = {}
     verdicts = []
     for corpus_ref, eval_ref, distance, way in zip(matches["corpus_ref"], eval_refs, matches["distance"], ways):
@@ -100,7 +101,7 @@ def build_report(corpus: Corpus, index_dir: str | Path, out: str | Path, radius:
     })
     matches = _verify_phash_matches(matches, [full.refs[int(i)] for i in image],
                                     [full.ways(corpus.phash[c], int(i), radius) for c, i in zip(q, image)],
-                                    verify, verifier)
+                                    verify, verifier, index_dir)
     if embedding_matches is not None and len(embedding_matches):
         emb = embedding_matches.copy()
         lookup = {k: i for i, k in enumerate(corpus.keys)}

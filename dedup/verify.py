@@ -153,40 +153,64 @@ class Verification:
                 f"blocks {self.block_agreement:.2f}, colour differs on {self.colour_diff:.0%}")
 
 
+def features_id() -> str:
+    """What the keypoints of :class:`Features` depend on: a stored copy made under another id
+    (another side, SIFT setting or OpenCV build) is not used (``dedup.feature_store``)."""
+    import cv2
+
+    return f"sift-side{SIDE}-n{SIFT_FEATURES}-c{SIFT_CONTRAST}-faint{SIFT_FAINT_CONTRAST}-few{FEW_KEYPOINTS}-cv{cv2.__version__}"
+
+
 class Features:
-    """One image prepared for verification: RGB at :data:`SIDE`, SIFT keypoints and descriptors."""
+    """One image prepared for verification: RGB at :data:`SIDE`, SIFT keypoints and descriptors.
+
+    ``keypoints``: (points, descriptors) as :meth:`arrays` gave them for this same image (an eval
+    image's, stored at index build); SIFT, most of the cost of preparing an image, is then skipped.
+    """
 
     __slots__ = ("rgb", "points", "descriptors", "colour")
 
-    def __init__(self, image):
+    def __init__(self, image, keypoints: tuple[np.ndarray, np.ndarray] | None = None):
         import cv2
 
         rgb = np.asarray(image.convert("RGB"))
         scale = SIDE / max(rgb.shape[:2])
         size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
         self.rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
-        grey = cv2.cvtColor(self.rgb, cv2.COLOR_RGB2GRAY)
-        keypoints, descriptors = _sift().detectAndCompute(grey, None)
-        if len(keypoints) < FEW_KEYPOINTS:
-            # smooth graphics (gradients, pill buttons) yield a handful at the usual contrast
-            # threshold: look again for fainter ones rather than give up on the image
-            keypoints, descriptors = _sift(faint=True).detectAndCompute(grey, None)
-        # x, y, orientation (degrees), size per keypoint
-        self.points = np.float32([(k.pt[0], k.pt[1], k.angle, k.size) for k in keypoints]).reshape(-1, 4)
-        self.descriptors = descriptors
+        if keypoints is not None:
+            points, descriptors = keypoints
+            self.points = np.asarray(points, np.float32).reshape(-1, 4)
+            self.descriptors = np.asarray(descriptors, np.float32).reshape(-1, 128) if len(self.points) else None
+        else:
+            grey = cv2.cvtColor(self.rgb, cv2.COLOR_RGB2GRAY)
+            found, descriptors = _sift().detectAndCompute(grey, None)
+            if len(found) < FEW_KEYPOINTS:
+                # smooth graphics (gradients, pill buttons) yield a handful at the usual contrast
+                # threshold: look again for fainter ones rather than give up on the image
+                found, descriptors = _sift(faint=True).detectAndCompute(grey, None)
+            # x, y, orientation (degrees), size per keypoint
+            self.points = np.float32([(k.pt[0], k.pt[1], k.angle, k.size) for k in found]).reshape(-1, 4)
+            self.descriptors = descriptors
         wide = self.rgb.astype(np.int16)
         self.colour = bool(max(np.abs(wide[..., 0] - wide[..., 1]).max(),
                                np.abs(wide[..., 1] - wide[..., 2]).max()) > 12)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Features":
+    def from_bytes(cls, data: bytes, keypoints: tuple[np.ndarray, np.ndarray] | None = None) -> "Features":
         from PIL import Image
 
         from dedup.phash import flatten_on_white
 
         with Image.open(io.BytesIO(data)) as image:
             image.draft("RGB", (SIDE, SIDE))  # reduced JPEG decode: we never need more than SIDE
-            return cls(flatten_on_white(image))  # Features converts the rest to RGB
+            return cls(flatten_on_white(image), keypoints)  # Features converts the rest to RGB
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(points float32 (n, 4), descriptors uint8 (n, 128)): what a store keeps, losslessly
+        (OpenCV's SIFT descriptors are whole numbers in 0..255, held as float32)."""
+        if self.descriptors is None or not len(self.points):
+            return np.zeros((0, 4), np.float32), np.zeros((0, 128), np.uint8)
+        return self.points, self.descriptors.astype(np.uint8)
 
     def mirrored(self) -> "Features":
         from PIL import Image, ImageOps
@@ -198,6 +222,9 @@ class Features:
 
 
 _SIFT: dict[bool, object] = {}
+SIFT_FEATURES = 800          # keypoints kept at most (the strongest)
+SIFT_CONTRAST = 0.02         # OpenCV's contrastThreshold
+SIFT_FAINT_CONTRAST = 0.002  # ... when an image has fewer than FEW_KEYPOINTS at SIFT_CONTRAST
 
 
 def _sift(faint: bool = False):
@@ -205,7 +232,8 @@ def _sift(faint: bool = False):
         import cv2
 
         cv2.setNumThreads(1)  # parallelism comes from Beam workers, not OpenCV threads
-        _SIFT[faint] = cv2.SIFT_create(nfeatures=800, contrastThreshold=0.002 if faint else 0.02)
+        _SIFT[faint] = cv2.SIFT_create(nfeatures=SIFT_FEATURES,
+                                       contrastThreshold=SIFT_FAINT_CONTRAST if faint else SIFT_CONTRAST)
     return _SIFT[faint]
 
 
@@ -419,20 +447,24 @@ class Verifier:
     ``read_ref(ref) -> bytes`` loads an eval image (``dedup.evalsets.read_ref``); the most recent
     ``cache_size`` eval images' features (and their mirrors', made when first needed) are kept,
     so a worker that meets the same popular eval image many times prepares it once.
+    ``stored(ref) -> (points, descriptors) | None``: the eval image's keypoints as computed at
+    index build (:class:`dedup.feature_store.FeatureStore`), so that SIFT runs on the corpus
+    image only; the decision is the same, since they are the same keypoints.
     """
 
     def __init__(self, rules: VerifyRules = VerifyRules(), read_ref: Callable[[str], bytes] | None = None,
-                 cache_size: int = 512):
+                 cache_size: int = 512, stored: Callable[[str], tuple[np.ndarray, np.ndarray] | None] | None = None):
         if read_ref is None:
             from dedup.evalsets import read_ref
-        self.rules, self.read_ref, self.cache_size = rules, read_ref, cache_size
+        self.rules, self.read_ref, self.cache_size, self.stored = rules, read_ref, cache_size, stored
         self._cache: OrderedDict[str, list[Features | None]] = OrderedDict()  # [features, mirror or None]
 
     def _eval_features(self, ref: str, mirror: bool) -> tuple[Features, Features | None]:
         if ref in self._cache:
             self._cache.move_to_end(ref)
         else:
-            self._cache[ref] = [Features.from_bytes(self.read_ref(ref)), None]
+            keypoints = self.stored(ref) if self.stored is not None else None
+            self._cache[ref] = [Features.from_bytes(self.read_ref(ref), keypoints), None]
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         pair = self._cache[ref]

@@ -22,7 +22,8 @@ def _index(args: argparse.Namespace) -> int:
 
     chosen = evalsets.select(args.sets.split(",") if args.sets else None, args.evalsets)
     settings = HashSettings(jpeg_draft=args.jpeg_draft or None)
-    report = build_index(chosen, args.out or _default_index(), settings, log=print)
+    report = build_index(chosen, args.out or _default_index(), settings, log=print,
+                         features=not args.no_keypoints, workers=args.workers)
     unreadable = {k: len(v) for k, v in report.unreadable.items() if v}
     print(json.dumps({"index": str(report.path), "settings": settings.id,
                       "reindexed": [f"{a}/{b}" for a, b in report.reindexed],
@@ -67,8 +68,9 @@ def add_commands(subparsers) -> None:
     dedup = subparsers.add_parser("dedup", help="de-duplicate a corpus against evaluation sets (index, report)")
     sub = dedup.add_subparsers(dest="dedup_command", required=True, metavar="ACTION")
     p = sub.add_parser("index", help="hash every image of every split of the eval sets into an index",
-                       description="Hash (pHash + mirror pHash) every image of every split of the eval sets. "
-                       "Splits whose content is unchanged are not re-hashed; unreadable images are listed.")
+                       description="Hash (pHash + mirror pHash) every image of every split of the eval sets, "
+                       "and store its verification keypoints. Splits whose content is unchanged are not "
+                       "re-hashed; unreadable images are listed.")
     add_evalsets_flag(p)
     p.add_argument("--sets", help="comma-separated eval set names (default: every set of the --evalsets files, "
                    "or the demo sets mnist, emoji, clipart)")
@@ -76,6 +78,11 @@ def add_commands(subparsers) -> None:
     p.add_argument("--jpeg-draft", type=int, default=64,
                    help="reduced JPEG decode: shorter side >= this many px (0 = full decode; default 64). "
                    "Must be the corpus's setting")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes computing the verification keypoints (about 20 ms an image; default 1)")
+    p.add_argument("--no-keypoints", action="store_true",
+                   help="store no verification keypoints: verification then runs SIFT on both images of "
+                   "every candidate pair (slower; the decisions are the same)")
     p.set_defaults(func=_index)
     r = sub.add_parser("report", help="match a corpus against the index; write report.json, matches.parquet, report.html",
                        description="Match the corpus's shards against the eval index and write the audit report.")

@@ -384,6 +384,7 @@ class IndexedSplit(_Model):
     images: int
     hashed: int
     unreadable: list[UnreadableImage]
+    features: str | None = None       # features/SET__SPLIT: its images' verification keypoints (dedup.feature_store)
 
 
 class IndexedSet(_Model):
@@ -399,6 +400,7 @@ class EvalIndexManifest(Manifest):
     settings: dict[str, Any]          # dedup.phash.HashSettings
     settings_id: str
     sets: dict[str, IndexedSet]
+    features_id: str | None = None    # dedup.verify.features_id the keypoints were made under (None: none stored)
 
     @model_validator(mode="before")
     @classmethod

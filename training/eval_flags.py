@@ -75,6 +75,7 @@ def flag_corpus(corpus: str | Path, cache_root: str | Path, index_dir: str | Pat
                 image_tower: str = "efficientnet-lite0", mode: str = "train+test", top_k: int = 3,
                 min_cosine: float = 0.5, image_fit: str = "crop", image_fill=(255, 255, 255)) -> dict:
     from dedup.embedding import eval_embedding_index
+    from dedup.feature_store import FeatureStore
     from dedup.verify import Verifier
     from training.embed_cache import open_cache
 
@@ -84,7 +85,7 @@ def flag_corpus(corpus: str | Path, cache_root: str | Path, index_dir: str | Pat
     embed = tower_embedder(image_tower, image_fit, image_fill)
     cache = open_cache(cache_root, embed.tower)
     index = eval_embedding_index(embed, index_dir, mode)
-    verifier = Verifier()
+    verifier = Verifier(stored=FeatureStore(index_dir))
     candidates = flag_cached_corpus(cache, shards, index, verifier, top_k, min_cosine)
     flagged = candidates[candidates["flagged"]].drop(columns=["eval_image"])
     flagged_keys = set(flagged["key"])
