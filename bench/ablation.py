@@ -51,7 +51,8 @@ def prepare_data(work: Path, workers: int) -> Path:
         log(f"ingest: {report['downloaded']} of {report['rows_in']} downloaded, failed {report['failed']}")
     index_dir = work / "evalindex"
     log(f"eval index: {evalsets.names()}")
-    build_index([evalsets.get(n) for n in evalsets.names()], index_dir, log=log)
+    # no stored keypoints: the demo corpus is no larger than the eval sets, so they would not pay
+    build_index([evalsets.get(n) for n in evalsets.names()], index_dir, log=log, features=False)
     curated = work / "curated"
     if not (curated / "corpus.json").exists():
         config = load_config("lit-relaxed", ["image.min_side=48", f'eval_dedup.index="{index_dir}"',

@@ -183,7 +183,8 @@ def heldout_exclusions(work: Path, curated: Path, toml: Path) -> Path:
     out = work / "heldout" / f"exclude-{curated.name}.parquet"
     if out.exists():
         return out
-    build_index([make() for make in declared_sets(toml).values()], work / "heldout" / "index", log=log)
+    # pHash only (no verification here): stored keypoints would not be read
+    build_index([make() for make in declared_sets(toml).values()], work / "heldout" / "index", log=log, features=False)
     index = EvalIndex.load(work / "heldout" / "index")
     keys = []
     for manifest in sorted((curated / "shards").glob("*.parquet")):

@@ -52,7 +52,8 @@ def ingest_task(run_dir: str, url_list: str | None, config: IngestConfig, demo_p
 
 
 @task(name="eval-index", cache_policy=NO_CACHE)
-def index_task(run_dir: str, eval_sets: list[str] | None, evalset_files: list[str] | None = None) -> dict:
+def index_task(run_dir: str, eval_sets: list[str] | None, evalset_files: list[str] | None = None,
+               keypoints: bool = True, workers: int = 1) -> dict:
     from dedup import evalsets
     from dedup.index import build_index
 
@@ -62,11 +63,12 @@ def index_task(run_dir: str, eval_sets: list[str] | None, evalset_files: list[st
     names = [s.name for s in chosen]
     # the files' bytes are part of the stage's inputs: an edited declaration re-runs it
     declared = {f: file_sha256(f) for f in files}
-    stage = Stage(Path(run_dir), "eval-index", out, {"eval_sets": names, "evalset_files": declared}, {})
+    stage = Stage(Path(run_dir), "eval-index", out,
+                  {"eval_sets": names, "evalset_files": declared, "keypoints": keypoints}, {})
 
     def work() -> dict:
         # content-versioned: an unchanged eval set is not re-hashed even when this stage re-runs
-        report = build_index(chosen, out)
+        report = build_index(chosen, out, features=keypoints, workers=workers)
         return {"path": str(report.path), "sets": names,
                 "unreadable": {k: len(v) for k, v in report.unreadable.items()}}
 
@@ -139,6 +141,7 @@ def build_corpus(
     evalset_files: list[str] | None = None,
     dedup_mode: EvalMode = "train+test",
     dedup_radius: int = 8,
+    eval_keypoints: bool = True,
     curate_workers: int = 2,
     beam_args: list[str] | None = None,
 ) -> dict:
@@ -148,7 +151,10 @@ def build_corpus(
     ``ingest_options`` are ``litflow ingest``'s options (:class:`curation.ingest_config.IngestConfig`:
     a form in Prefect's UI); the curation rules are either ``curation``
     (:class:`curation.config.CurationConfig`, whole: a form too) or ``curation_config`` (a rules
-    file) and ``preset``; ``overrides`` apply over either; ``evalset_files`` eval sets declared in files."""
+    file) and ``preset``; ``overrides`` apply over either; ``evalset_files`` eval sets declared in files.
+    ``eval_keypoints``: store the eval images' verification keypoints in the index (about 20 ms an
+    eval image, once, on ``curate_workers`` processes), so that verification runs SIFT on corpus
+    images only: worth it whenever the corpus is larger than the eval sets."""
     out = Path(output) if output else default_work_dir() / "demo"
     run_dir = str(out)
     progress = FlowProgress(["ingest", "eval-index", "curate", "dedup-report"], key="build-corpus-progress")
@@ -158,7 +164,7 @@ def build_corpus(
     progress.advance("ingest")
     create_markdown_artifact(markdown=ingest_markdown(ingested), key="build-corpus-ingest", description="ingestion")
 
-    index = index_task(run_dir, eval_sets, evalset_files)
+    index = index_task(run_dir, eval_sets, evalset_files, eval_keypoints, curate_workers)
     progress.advance("eval-index")
     for assignment in (f'eval_dedup.index="{index["path"]}"', f'eval_dedup.mode="{dedup_mode}"',
                        f"eval_dedup.radius={dedup_radius}"):

@@ -25,18 +25,19 @@ def _markdown(report: dict) -> str:
 @flow(name="dedup-report", log_prints=True)
 def dedup_report(corpus: str | None = None, output: str | None = None, eval_sets: list[str] | None = None,
                  evalset_files: list[str] | None = None, radius: int = 8, mode: str = "train+test",
-                 embedding_candidates: str | None = None) -> dict:
+                 embedding_candidates: str | None = None, eval_keypoints: bool = True) -> dict:
     """Match ``corpus`` (webdataset shards, curated or raw) against the eval sets; write the audit.
 
     ``embedding_candidates``: the embedding check's ``eval_candidates.parquet`` (``litflow dedup
     flag``, or the nightly retrain's eval check), joined into the report with its verdicts, so
-    the report lists every removal: curation's pHash ones and the ones training drops."""
+    the report lists every removal: curation's pHash ones and the ones training drops.
+    ``eval_keypoints``: as build-corpus's (store the eval images' verification keypoints)."""
     corpus_dir = Path(corpus) if corpus else default_work_dir() / "demo" / "ingest" / "shards"
     if not corpus_dir.exists():
         raise FileNotFoundError(f"corpus {corpus_dir} does not exist (run build-corpus first, or pass corpus=...)")
     out = Path(output) if output else default_work_dir() / "audit"
     progress = FlowProgress(["eval-index", "dedup-report"], key="dedup-report-progress")
-    index = index_task(str(out), eval_sets, evalset_files)
+    index = index_task(str(out), eval_sets, evalset_files, eval_keypoints)
     progress.advance("eval-index")
     report = report_task(str(out), str(corpus_dir), index["path"], str(out / "report"), radius, mode,
                          {"eval-index": index["digest"], "corpus": str(corpus_dir)}, embedding_candidates)

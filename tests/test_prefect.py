@@ -153,7 +153,7 @@ FLOW_SCRIPT = textwrap.dedent("""
         from flows.build_corpus import build_corpus
         from flows.serve import DEMO_CURATION
         result = build_corpus(output=sys.argv[1], demo_per_source=20, demo_port=int(sys.argv[2]),
-                              curation_config=str(DEMO_CURATION))
+                              curation_config=str(DEMO_CURATION), eval_keypoints=False)
         print("RESULT " + json.dumps(result))
 """)
 
