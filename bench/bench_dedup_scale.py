@@ -95,9 +95,12 @@ FILLER_PACKAGES = ("moka-icon-theme", "faenza-icon-theme", "mate-icon-theme", "g
                    "freeciv-data", "lincity-ng-data", "pingus-data", "flare-game")
 # held-out splits: (clean corpus packages, first original). Split 1 was looked at while the
 # verification's cost cuts were built (its false removals were read one by one), so its
-# figures are no longer held out; split 2 (other packages, the next originals) was run once.
+# figures are no longer held out; split 2 (other packages, the next originals) was run once
+# before the structure floor (VerifyRules.min_blocks_without_inliers), whose false removal it
+# showed; split 3 was first run after the floor was fixed.
 HELD_OUT = {1: (("oxygen-icon-theme", "endless-sky-data", "supertux-data"), 0),
-            2: (("naev-data", "megaglest-data", "tuxpaint-stamps-default"), 150)}
+            2: (("naev-data", "megaglest-data", "tuxpaint-stamps-default"), 150),
+            3: (("frozen-bubble-data", "extremetuxracer-data", "neverball-data", "pioneers-data", "solarwolf"), 300)}
 CLEAN_PACKAGES = tuple(name for packages, _ in HELD_OUT.values() for name in packages)
 CACHE = ROOT / ".cache" / "bench" / "debian"
 RASTER = re.compile(r"\.(png|jpe?g)$", re.I)

@@ -296,6 +296,36 @@ def test_dense_fallback_runs_only_below_the_keypoint_bound():
     assert not verify(query, ref, VerifyRules(dense_max_keypoints=fewest), None).confirmed
 
 
+def _textured_blocks(features: Features) -> int:
+    """The rule's count over the whole frame: 16-px blocks whose (3x3 blurred) grey levels vary by >= 6."""
+    import cv2
+
+    from dedup.verify import BLOCK, MIN_BLOCK_STD
+
+    grey = cv2.GaussianBlur(cv2.cvtColor(features.rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), (3, 3), 0)
+    height, width = grey.shape
+    return sum(grey[y:y + BLOCK, x:x + BLOCK].std() >= MIN_BLOCK_STD
+               for y in range(0, height - BLOCK + 1, BLOCK) for x in range(0, width - BLOCK + 1, BLOCK))
+
+
+def test_a_confirmation_without_inliers_needs_enough_textured_blocks():
+    ref = Features.from_bytes(png_bytes(_pill()))
+    query = Features.from_bytes(_jpeg(_pill(), 50))
+    found = verify(query, ref, VerifyRules(min_blocks_without_inliers=0), None)
+    assert found.confirmed and found.dense and found.inliers < VerifyRules().min_inliers, found
+    # the count is the eval image's textured blocks inside the overlap: at most the whole frame's
+    assert 0 < found.blocks <= _textured_blocks(ref)
+    assert found.blocks >= VerifyRules().min_blocks_without_inliers  # the default keeps this copy
+    assert verify(query, ref, VerifyRules(min_blocks_without_inliers=found.blocks), None).confirmed
+    assert not verify(query, ref, VerifyRules(min_blocks_without_inliers=found.blocks + 1), None).confirmed
+    # a copy confirmed by keypoint inliers does not need it
+    image = photo("chelsea")
+    ref, mirror = _eval(png_bytes(image))
+    strict = VerifyRules(min_blocks_without_inliers=10 ** 6)
+    kept = verify(Features.from_bytes(shard_bytes(image)), ref, strict, mirror)
+    assert kept.confirmed and kept.inliers >= strict.min_inliers
+
+
 @pytest.mark.parametrize("name", ["astronaut", "chelsea"])
 def test_rotation_beyond_the_bound_is_not_confirmed(name):
     image = photo(name)
