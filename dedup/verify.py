@@ -180,7 +180,7 @@ class Features:
     image's, stored at index build); SIFT, most of the cost of preparing an image, is then skipped.
     """
 
-    __slots__ = ("rgb", "points", "descriptors", "colour")
+    __slots__ = ("rgb", "points", "descriptors", "colour", "_textured")
 
     def __init__(self, image, keypoints: tuple[np.ndarray, np.ndarray] | None = None):
         import cv2
@@ -206,6 +206,17 @@ class Features:
         wide = self.rgb.astype(np.int16)
         self.colour = bool(max(np.abs(wide[..., 0] - wide[..., 1]).max(),
                                np.abs(wide[..., 1] - wide[..., 2]).max()) > 12)
+        self._textured = None
+
+    def textured(self) -> np.ndarray:
+        """Per 16-px block (rows x columns, from the top left): is it textured (grey levels vary
+        by :data:`MIN_BLOCK_STD`)? As an eval image, only those blocks count in the agreement."""
+        if self._textured is None:
+            grey = _grey(self.rgb)
+            rows, cols = grey.shape[0] // BLOCK, grey.shape[1] // BLOCK
+            self._textured = np.array([[grey[r * BLOCK:(r + 1) * BLOCK, c * BLOCK:(c + 1) * BLOCK].std() >= MIN_BLOCK_STD
+                                        for c in range(cols)] for r in range(rows)], bool).reshape(rows, cols)
+        return self._textured
 
     @classmethod
     def from_bytes(cls, data: bytes, keypoints: tuple[np.ndarray, np.ndarray] | None = None) -> "Features":
@@ -317,6 +328,12 @@ def _refine(query: Features, ref: Features, matrix, rules: VerifyRules):
     return refined if abs(rotation) <= rules.max_rotation else None
 
 
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), (3, 3), 0)
+
+
 def _correlation(x: np.ndarray, y: np.ndarray) -> float:
     x = x - x.mean()
     y = y - y.mean()
@@ -339,20 +356,17 @@ def _compare(query: Features, ref: Features, matrix, max_gain: float) -> tuple[f
     gain = _brightness_gain(warped, ref.rgb, inside, max_gain)
     target = ref.rgb if gain == 1.0 else np.clip(ref.rgb * np.float32(gain) + 0.5, 0, 255).astype(np.uint8)
 
-    def grey(rgb):
-        return cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), (3, 3), 0)
-
-    a, b = grey(warped), grey(target)
-    original = b if gain == 1.0 else grey(ref.rgb)  # which blocks are textured: the eval image as it is
+    a, b = _grey(warped), _grey(target)
+    textured = ref.textured()  # which blocks are textured: the eval image as it is
     ncc = _correlation(a[inside], b[inside])
     blocks = []
     for y0 in range(0, height - BLOCK + 1, BLOCK):
         for x0 in range(0, width - BLOCK + 1, BLOCK):
             if not inside[y0:y0 + BLOCK, x0:x0 + BLOCK].all():
                 continue
-            pa, pb = a[y0:y0 + BLOCK, x0:x0 + BLOCK], b[y0:y0 + BLOCK, x0:x0 + BLOCK]
-            if original[y0:y0 + BLOCK, x0:x0 + BLOCK].std() < MIN_BLOCK_STD:
+            if not textured[y0 // BLOCK, x0 // BLOCK]:
                 continue  # flat in the eval image: what the corpus image adds there (a border, a caption) is no evidence
+            pa, pb = a[y0:y0 + BLOCK, x0:x0 + BLOCK], b[y0:y0 + BLOCK, x0:x0 + BLOCK]
             if gain != 1.0 and pb.std() < MIN_BLOCK_STD / 2:
                 continue  # washed out by the brightening: no evidence either way
             blocks.append(_correlation(pa, pb))
@@ -437,7 +451,12 @@ def verify(query: Features, ref: Features | None, rules: VerifyRules = VerifyRul
         if target is None:
             continue
         matrix, inliers, dense = _align(query, target, rules)
-        if matrix is None and rules.dense_fallback and min(len(query), len(target)) < rules.dense_max_keypoints:
+        # a dense-only confirmation needs min_blocks_without_inliers textured blocks in the overlap:
+        # an eval image with fewer in its whole frame cannot get one, so it is not aligned densely
+        # (the same decision, without the ECC run that was a third of a clean image's cost)
+        can_rest_on_pixels = int(target.textured().sum()) >= rules.min_blocks_without_inliers
+        if (matrix is None and rules.dense_fallback and can_rest_on_pixels
+                and min(len(query), len(target)) < rules.dense_max_keypoints):
             matrix = _dense_align(query, target, rules)
             dense = matrix is not None
         if matrix is None:

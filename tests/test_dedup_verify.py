@@ -318,6 +318,12 @@ def test_a_confirmation_without_inliers_needs_enough_textured_blocks():
     assert found.blocks >= VerifyRules().min_blocks_without_inliers  # the default keeps this copy
     assert verify(query, ref, VerifyRules(min_blocks_without_inliers=found.blocks), None).confirmed
     assert not verify(query, ref, VerifyRules(min_blocks_without_inliers=found.blocks + 1), None).confirmed
+    # an eval image with fewer textured blocks in its whole frame than the floor is not even
+    # aligned densely (it could not be confirmed that way); at the floor it is
+    whole = _textured_blocks(ref)
+    assert int(ref.textured().sum()) == whole
+    assert verify(query, ref, VerifyRules(min_blocks_without_inliers=whole), None).dense
+    assert not verify(query, ref, VerifyRules(min_blocks_without_inliers=whole + 1), None).dense
     # a copy confirmed by keypoint inliers does not need it
     image = photo("chelsea")
     ref, mirror = _eval(png_bytes(image))
