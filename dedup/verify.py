@@ -162,7 +162,7 @@ class Verification:
         how = f"{self.inliers} inliers" + (", ECC-aligned" if self.dense else "")
         how += f", brightened x{self.gain:.2f}" if self.gain != 1.0 else ""
         return (f"{verdict}: {how}{' (mirror)' if self.mirrored else ''}, ncc {self.ncc:.2f}, "
-                f"blocks {self.block_agreement:.2f}, colour differs on {self.colour_diff:.0%}")
+                f"blocks {self.block_agreement:.2f} of {self.blocks} textured, colour differs on {self.colour_diff:.0%}")
 
 
 def features_id() -> str:

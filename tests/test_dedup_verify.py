@@ -315,6 +315,7 @@ def test_a_confirmation_without_inliers_needs_enough_textured_blocks():
     assert found.confirmed and found.dense and found.inliers < VerifyRules().min_inliers, found
     # the count is the eval image's textured blocks inside the overlap: at most the whole frame's
     assert 0 < found.blocks <= _textured_blocks(ref)
+    assert f"of {found.blocks} textured" in found.summary()  # the audit report shows what it rested on
     assert found.blocks >= VerifyRules().min_blocks_without_inliers  # the default keeps this copy
     assert verify(query, ref, VerifyRules(min_blocks_without_inliers=found.blocks), None).confirmed
     assert not verify(query, ref, VerifyRules(min_blocks_without_inliers=found.blocks + 1), None).confirmed
