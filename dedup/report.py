@@ -46,17 +46,15 @@ def _eval_metadata(index_dir: Path, manifest: EvalIndexManifest) -> pd.DataFrame
 
 
 def _verify_phash_matches(matches: pd.DataFrame, eval_refs: list[str], ways: list[tuple[bool, bool]],
-                          verify: bool, verifier, index_dir: Path) -> pd.DataFrame:
+                          verify: bool, verifier) -> pd.DataFrame:
     """Add confirmed / undecided / verification / flagged to the pHash matches.
 
     ``ways``: per match, which way round to compare it (as curation does: EvalIndex.ways)."""
     if not verify:
         return matches.assign(confirmed=False, undecided=False, verification="not verified", flagged=True)
     from dedup.evalsets import read_ref
-    from dedup.feature_store import FeatureStore
     from dedup.verify import Verifier
 
-    verifier = verifier or Verifier(stored=FeatureStore(index_dir))
     features = {}
     verdicts = []
     for corpus_ref, eval_ref, distance, way in zip(matches["corpus_ref"], eval_refs, matches["distance"], ways):
@@ -74,11 +72,7 @@ def _verify_phash_matches(matches: pd.DataFrame, eval_refs: list[str], ways: lis
 
 
 def _verify_rules(verify: bool, verifier) -> dict | None:
-    if not verify:
-        return None
-    from dedup.verify import VerifyRules
-
-    return (verifier.rules if verifier is not None else VerifyRules()).to_dict()
+    return verifier.rules.to_dict() if verify else None
 
 
 def build_report(corpus: Corpus, index_dir: str | Path, out: str | Path, radius: int = 8,
@@ -88,6 +82,11 @@ def build_report(corpus: Corpus, index_dir: str | Path, out: str | Path, radius:
     index_dir, out = Path(index_dir), Path(out)
     full = EvalIndex.load(index_dir, mode="train+test")
     full.check_settings(corpus.settings)  # hashes made another way cannot be compared
+    if verify and verifier is None:
+        from dedup.feature_store import FeatureStore
+        from dedup.verify import Verifier
+
+        verifier = Verifier(stored=FeatureStore(index_dir))  # the eval keypoints the index stores, if any
     removed_splits = {(s, sp) for s, sp, role in full.splits if removes(mode, role)}
     q, image, dist, signal = full.match_many(corpus.phash, radius)
     where = [full.describe(int(i)) for i in image]
@@ -101,7 +100,7 @@ def build_report(corpus: Corpus, index_dir: str | Path, out: str | Path, radius:
     })
     matches = _verify_phash_matches(matches, [full.refs[int(i)] for i in image],
                                     [full.ways(corpus.phash[c], int(i), radius) for c, i in zip(q, image)],
-                                    verify, verifier, index_dir)
+                                    verify, verifier)
     if embedding_matches is not None and len(embedding_matches):
         emb = embedding_matches.copy()
         lookup = {k: i for i, k in enumerate(corpus.keys)}
