@@ -37,18 +37,29 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def prepare_data(work: Path, workers: int) -> Path:
+def prepare_data(work: Path, workers: int, caption_rule: str | None = None) -> Path:
+    """The curated demo corpus in ``work`` (made once); ``caption_rule`` as ``litflow demo-data
+    fetch --caption-rule`` (None: the catalogue's). A work folder keeps the rule it was ingested with."""
+    import pandas as pd
+
     from curation.config import load_config
     from curation.curate import curate
     from curation.demo import ingest_demo
+    from curation.demo_data import DEFAULT_CAPTION_RULE
     from dedup import evalsets
     from dedup.index import build_index
 
     ingest_dir = work / "ingest"
     if not (ingest_dir / "ingest.json").exists():
-        log("ingest: all demo images")
-        report = ingest_demo(ingest_dir, per_source=None)
+        log(f"ingest: all demo images, captions by {caption_rule or 'the catalogue'}")
+        report = ingest_demo(ingest_dir, per_source=None, caption_rule=caption_rule)
         log(f"ingest: {report['downloaded']} of {report['rows_in']} downloaded, failed {report['failed']}")
+    urls = pd.read_parquet(ingest_dir / "demo_urls.parquet")
+    # a URL list from before the caption rules has no column: it was title+description
+    had = urls["caption_rule"].iloc[0] if "caption_rule" in urls else "title+description"
+    if had != (caption_rule or DEFAULT_CAPTION_RULE):
+        raise SystemExit(f"{work}: ingested with captions by {had}, not {caption_rule or DEFAULT_CAPTION_RULE}; "
+                         "use another --work folder")
     index_dir = work / "evalindex"
     log(f"eval index: {evalsets.names()}")
     # no stored keypoints: the demo corpus is no larger than the eval sets, so they would not pay

@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from ablation import log, prepare_data  # noqa: E402
+from curation.demo_data import CAPTION_RULES, DEFAULT_CAPTION_RULE  # noqa: E402
 from bench_dedup_scale import licence, package  # noqa: E402
 
 THEMES = ("gnome-icon-theme", "mate-icon-theme", "elementary-xfce-icon-theme", "faenza-icon-theme",
@@ -196,13 +197,15 @@ def heldout_exclusions(work: Path, curated: Path, toml: Path) -> Path:
     return out
 
 
-def corpus(work: Path, name: str, toml: Path, workers: int) -> tuple[Path, Path, Path]:
+def corpus(work: Path, name: str, toml: Path, args) -> tuple[Path, Path, Path]:
     """(curated folder, embedding cache, held-out exclusions) of corpus ``name``, made once."""
     from training.embed_cache import embed_shards
     from training.image_towers import build_image_tower
     from training.shard_inputs import resolve_shards
 
-    curated = prepare_data(work, workers) if name == "curated" else prepare_uncurated(work, workers)
+    curated = prepare_data(work, args.workers, args.captions)
+    if name != "curated":
+        curated = prepare_uncurated(work, args.workers)
     cache = work / ("emb" if name == "curated" else f"emb-{name}")
     exclude = heldout_exclusions(work, curated, toml)
     embed_shards(build_image_tower("efficientnet-lite0"), resolve_shards([curated / "shards"]), cache)
@@ -214,7 +217,7 @@ def train_variant(name: str, seed: int, work: Path, toml: Path, args) -> Path:
 
     out = work / "runs" / f"{name}-seed{seed}-s{args.steps}-b{args.batch_size}"
     overrides = dict(VARIANTS[name])
-    curated, cache, exclude = corpus(work, overrides.pop("corpus", "curated"), toml, args.workers)
+    curated, cache, exclude = corpus(work, overrides.pop("corpus", "curated"), toml, args)
     config = TrainConfig(shards=[str(curated / "shards")], out=str(out), cache=str(cache),
                          batch_size=args.batch_size, steps=args.steps, lr=args.lr, warmup=args.warmup, seed=seed,
                          exclude=[str(exclude)], device="cpu", **overrides)
@@ -296,9 +299,11 @@ def main() -> int:
     parser.add_argument("--all-seeds", action="store_true")
     parser.add_argument("--eval-limit", type=int, default=400, help="tuning-split test images per set")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--captions", choices=CAPTION_RULES, help="training captions of openclipart (default: the "
+                        f"catalogue's, {DEFAULT_CAPTION_RULE}); a --work folder keeps the rule it was made with")
     args = parser.parse_args()
     work = Path(args.work)
-    prepare_data(work, args.workers)
+    prepare_data(work, args.workers, args.captions)
     toml = heldout_sets(work)
     log("held-out icons: " + "; ".join(f"{t} ({', '.join(licence(t)['licences'])})" for t in THEMES))
     seeds = [int(s) for s in args.seeds.split(",")]

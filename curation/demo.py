@@ -17,8 +17,10 @@ LOOPBACK = "127.0.0.1"
 
 
 def ingest_demo(out_dir: str | Path, per_source: int | None = 200, config: IngestConfig | None = None,
-                cache: str | Path | None = None, port: int = 0) -> dict:
+                cache: str | Path | None = None, port: int = 0, caption_rule: str | None = None) -> dict:
     """Ingest ``per_source`` images of each demo source (None: all ~10,000) into ``out_dir``.
+
+    ``caption_rule``: one of :data:`curation.demo_data.CAPTION_RULES` (None: the catalogue's).
 
     ``port`` 0 takes a free port; a fixed port keeps the URLs (recorded in every sample) the
     same from run to run, which a resumed run needs to reproduce an uninterrupted one."""
@@ -29,5 +31,5 @@ def ingest_demo(out_dir: str | Path, per_source: int | None = 200, config: Inges
     config = config.model_copy(update={"allow": tuple(sorted({*config.allow, LOOPBACK})), "host_requests_per_s": 0,
                                        "host_connections": max(config.host_connections, config.threads)})
     with serve_folder(data.cache, host=LOOPBACK, port=port) as base_url:
-        url_list = write_url_list(data.catalogue, base_url, out_dir / "demo_urls.parquet", per_source)
+        url_list = write_url_list(data.catalogue, base_url, out_dir / "demo_urls.parquet", per_source, caption_rule)
         return ingest(url_list, out_dir, config)

