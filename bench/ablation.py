@@ -45,7 +45,7 @@ def prepare_data(work: Path, workers: int, caption_rule: str | None = None) -> P
     from curation.config import load_config
     from curation.curate import curate
     from curation.demo import ingest_demo
-    from curation.demo_data import DEFAULT_CAPTION_RULE
+    from curation.demo_captions import DEFAULT_CAPTION_RULE
     from dedup import evalsets
     from dedup.index import build_index
 

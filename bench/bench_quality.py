@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from ablation import log, prepare_data  # noqa: E402
-from curation.demo_data import CAPTION_RULES, DEFAULT_CAPTION_RULE  # noqa: E402
+from curation.demo_captions import CAPTION_RULES, DEFAULT_CAPTION_RULE  # noqa: E402
 from bench_dedup_scale import licence, package  # noqa: E402
 
 THEMES = ("gnome-icon-theme", "mate-icon-theme", "elementary-xfce-icon-theme", "faenza-icon-theme",

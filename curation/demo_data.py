@@ -4,8 +4,8 @@ Sources (nothing here is invented; licences are recorded per row):
 
 * ``openclipart`` — Debian ``openclipart-png`` + ``openclipart-svg`` (public domain). The
   caption is built from the SVG's ``dc:title``, ``dc:description`` and keywords
-  (``dc:subject``) by one of :data:`CAPTION_RULES` (below); the catalogue keeps all three, the
-  category folder, whether the description is boilerplate, and which rule made ``caption``.
+  (``dc:subject``) by a rule of :mod:`curation.demo_captions`; the catalogue keeps all three,
+  the category folder, whether the description is boilerplate, and which rule made ``caption``.
   Some PNGs exceed 200 M pixels: real decompression bombs, kept on purpose.
 * ``emoji`` — npm ``emoji-datasource-google`` (package MIT; the Noto emoji images are
   Apache-2.0): 64 px PNGs, caption = the emoji's name, category kept.
@@ -16,20 +16,6 @@ Sources (nothing here is invented; licences are recorded per row):
 
 Fetching is idempotent: a source whose marker file exists is not fetched again.
 URL lists point at a static HTTP server (:mod:`curation.file_server`) that serves the cache.
-
-Caption rules (openclipart; an emoji's caption is its name under every rule):
-
-* ``title+description`` — the title, then the description when it is not the title again. What
-  the demo has always used, and what the ``clipart`` eval set's captions are (kept fixed, so
-  that retrieval figures stay comparable across training-caption rules).
-* ``title+keywords`` — the title, the description only when it is not boilerplate, then the
-  keywords ("School Hallway. education, building, study"). A description is boilerplate when
-  more than :data:`BOILERPLATE_SHARED` drawings share it (whitespace and case folded): "eps
-  converted from http://aiga.org" ×243, an author's e-mail address ×127. 10 is the threshold
-  ALIGN's own text-frequency rule uses. Keywords drop openclipart's ``unsorted`` placeholder,
-  repeats, words the title already has and the export's Perl references ("HASH(0x89b1318)",
-  and a bare "hash" on 1,924 icon-theme drawings), which also blank a description; ``_`` reads
-  as a space.
 
 Memory: the catalogue (about 10,000 rows) in one frame.
 """
@@ -46,7 +32,6 @@ import tarfile
 import tempfile
 import warnings
 import xml.etree.ElementTree as ET
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -56,6 +41,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from PIL import Image
 
+from curation.demo_captions import DEFAULT_CAPTION_RULE, EVAL_CAPTION_RULE, caption_of, mark_boilerplate
 from infra.paths import default_cache_dir
 from infra.files import replacing
 
@@ -157,49 +143,8 @@ def _svg_metadata(svg_path: Path) -> tuple[str, str, list[str]]:
     return title, description, keywords
 
 
-CAPTION_RULES = ("title+description", "title+keywords")
-DEFAULT_CAPTION_RULE = "title+description"
-EVAL_CAPTION_RULE = "title+description"  # the clipart eval set's captions: fixed, see the module docstring
-BOILERPLATE_SHARED = 10  # a description shared by more drawings than this is boilerplate
 CATALOGUE_COLUMNS = ("path", "caption", "caption_rule", "source", "license", "category", "keywords", "title",
                      "description", "description_boilerplate")
-
-
-# openclipart's export wrote some Perl references instead of their text ("HASH(0x89b1318)"), and
-# 1,924 icon-theme drawings carry a bare "hash" keyword left from the same bug: not words
-_PERL_REFERENCE = re.compile(r"(?i)(hash|array)(\(0x[0-9a-f]+\))?")
-
-
-def _folded(text: str) -> str:
-    return " ".join(text.split()).lower()
-
-
-def caption_of(row: dict, rule: str) -> str:
-    """The caption of one catalogue row (title, description, description_boilerplate, keywords)
-    under ``rule``; a row without a title (emoji) keeps its ``caption``."""
-    if rule not in CAPTION_RULES:
-        raise ValueError(f"caption rule {rule!r}: not one of {', '.join(CAPTION_RULES)}")
-    title = " ".join(str(row.get("title") or "").split())
-    if not title:
-        return row["caption"]
-    description = " ".join(str(row.get("description") or "").split())
-    if rule == "title+keywords" and _PERL_REFERENCE.fullmatch(description):
-        description = ""
-    parts = [title]
-    if description and description.lower() != title.lower():
-        if rule == "title+description" or not row.get("description_boilerplate"):
-            parts.append(description)
-    if rule == "title+keywords":
-        seen = set(_folded(title).split())
-        words = []
-        for keyword in str(row.get("keywords") or "").split(","):
-            keyword = " ".join(keyword.replace("_", " ").split())
-            if keyword and keyword.lower() not in seen and not _PERL_REFERENCE.fullmatch(keyword):
-                seen.add(keyword.lower())
-                words.append(keyword)
-        if words:
-            parts.append(", ".join(words))
-    return ". ".join(parts)
 
 
 def openclipart_rows(root: Path) -> list[dict]:
@@ -220,10 +165,7 @@ def openclipart_rows(root: Path) -> list[dict]:
                 "description": " ".join(description.split()),
             }
         )
-    shared = Counter(_folded(row["description"]) for row in rows)
-    for row in rows:
-        row["description_boilerplate"] = bool(row["description"]) and shared[_folded(row["description"])] > BOILERPLATE_SHARED
-    return rows
+    return mark_boilerplate(rows)
 
 
 def emoji_rows(root: Path) -> list[dict]:

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after resuming, download again only the rows whose latest failure is transient (timeout, "
                    "connection error, 5xx, 429, deadline, DNS, unfinished shard), into new shards beside the others; "
                    "every row is still counted once, by its latest attempt")
-    from curation.demo_data import CAPTION_RULES, DEFAULT_CAPTION_RULE
+    from curation.demo_captions import CAPTION_RULES, DEFAULT_CAPTION_RULE
     from curation.ingest_config import IngestConfig
     from flows.config_flags import add_model_flags
 

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from curation.demo_data import (BOILERPLATE_SHARED, DEFAULT_CAPTION_RULE, EVAL_CAPTION_RULE, LICENSES, caption_of,
-                                openclipart_rows, write_url_list)
+from curation.demo_captions import BOILERPLATE_SHARED, DEFAULT_CAPTION_RULE, EVAL_CAPTION_RULE, caption_of
+from curation.demo_data import LICENSES, openclipart_rows, write_url_list
 
 
 def test_catalogue_has_both_sources_with_licences_and_captions(demo_data):
