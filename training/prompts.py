@@ -126,6 +126,7 @@ _SHIPPED = (
     PromptSet("imagenet80", "en", IMAGENET_TEMPLATES),
     PromptSet("generic", "en", ("a photo of a {}.", "a drawing of a {}.", "an image of {}.", "a picture of {}.",
                                 "{}.")),
+    PromptSet("bare", "en", ("{}",)),  # the class name alone: the no-prompt baseline of prompt studies
     PromptSet("generic-de", "de", ("ein Foto von {}.", "eine Zeichnung von {}.", "ein Bild von {}.", "{}.")),
     PromptSet("generic-fr", "fr", ("une photo de {}.", "un dessin de {}.", "une image de {}.", "{}.")),
     PromptSet("generic-es", "es", ("una foto de {}.", "un dibujo de {}.", "una imagen de {}.", "{}.")),
