@@ -86,6 +86,9 @@ VARIANTS = {
     "LL": {"mode": "LL"},
     "Lu": {"mode": "Lu"},
     "LU-tower-lr-uncurated": {"lr_mults": [[r"text\.model\..*", 0.05]], "corpus": "uncurated"},
+    # the demo's shards hold contiguous runs of the path-sorted URL list (category folders), so a
+    # 1,000-pair buffer mixes about two shards: this one holds the whole corpus
+    "LU-tower-lr-buffer-10k": {"lr_mults": [[r"text\.model\..*", 0.05]], "shuffle_buffer": 10_000},
     "Uu": {"mode": "Uu", "micro_batch": 32},
     "uu": {"mode": "uu", "micro_batch": 32},
 }
