@@ -89,6 +89,8 @@ VARIANTS = {
     # the demo's shards hold contiguous runs of the path-sorted URL list (category folders), so a
     # 1,000-pair buffer mixes about two shards: this one holds the whole corpus
     "LU-tower-lr-buffer-10k": {"lr_mults": [[r"text\.model\..*", 0.05]], "shuffle_buffer": 10_000},
+    # LiT's temperature starts at 10 and is learned in log space; in 220 steps it moves little
+    "LU-tower-lr-temp-30": {"lr_mults": [[r"text\.model\..*", 0.05]], "temperature_init": 30.0},
     "Uu": {"mode": "Uu", "micro_batch": 32},
     "uu": {"mode": "uu", "micro_batch": 32},
 }

@@ -168,3 +168,22 @@ def test_text_lr_mult_applies_to_a_pretrained_text_tower_being_fine_tuned(tmp_pa
         config = TrainConfig(mode=mode, **base)
         assert config.text_lr_rules == [] and "text_lr_mult" not in config.identity(1, None)
     assert TrainConfig(mode="LU", **dict(base, text_lr_mult=1.0)).text_lr_rules == []
+
+
+def test_temperature_init_starts_the_learned_temperature_and_names_the_run(tmp_path):
+    from training.model import LiTModel
+    from training.text_towers import build_text_tower, train_tokenizer
+
+    base = dict(shards=["x"], out=str(tmp_path), cache="c")
+    default = TrainConfig(**base)
+    assert default.temperature_init == 10.0 and "temperature_init" not in default.identity(1, None)
+    warm = TrainConfig(temperature_init=30.0, **base)
+    assert warm.identity(1, None)["temperature_init"] == 30.0
+    assert {k: v for k, v in warm.identity(1, None).items() if k != "temperature_init"} == default.identity(1, None)
+    with pytest.raises(ValueError, match="temperature_init"):
+        TrainConfig(temperature_init=0.0, **base)
+    tokenizer = train_tokenizer(["a red apple", "a blue car"] * 5, 100, tmp_path / "tokenizer.json")
+    text = build_text_tower(TextSpec(name="scratch", width=16, depth=1, heads=2), tokenizer)
+    for init in (10.0, 30.0):
+        model = LiTModel(text, 8, temperature_init=init)
+        assert torch.isclose(model.temperature(), torch.tensor(init)), init

@@ -49,6 +49,8 @@ from pydantic import (
 
 from infra.config_files import problems, read_toml
 
+TEMPERATURE_INIT = 10.0  # big_vision / LiT: t = exp(log 10) at the start, learned in log space
+
 DEFAULT_MAX_TOKENS = 16  # LiT truncates captions to 16 tokens
 # LiT's letters, image tower then text tower: L locked pretrained, U unlocked pretrained, u scratch
 Mode = Literal["LU", "Lu", "LL", "UU", "Uu", "UL", "uU", "uu", "uL"]
@@ -128,6 +130,9 @@ class TrainConfig(BaseModel):
                                        "1e-4 otherwise")
     warmup: int = Field(100, ge=0, description="linear warm-up steps, then cosine decay to zero")
     clip: float = Field(1.0, gt=0, description="gradient norm clipping")
+    temperature_init: float = Field(
+        TEMPERATURE_INIT, gt=0, description="the learned temperature t (logits = t x cosine) at step 0, learned in "
+        "log space; LiT/big_vision start at 10, CLIP at 1/0.07")
     seed: int = Field(0, description="seed of initialisation, shuffling and tokenizer training")
     shuffle_buffer: int = Field(1000, gt=0, description="pairs held for shuffling, per reader")
     workers: int = Field(0, ge=0, description="data loader workers per rank")
@@ -245,6 +250,8 @@ class TrainConfig(BaseModel):
         ident["tokenizer_sha256"] = tokenizer_sha
         if self.freeze:
             ident["freeze"] = list(self.freeze)
+        if self.temperature_init != TEMPERATURE_INIT:  # runs at the default keep their earlier identity
+            ident["temperature_init"] = self.temperature_init
         if self.micro_batch is not None:  # changes batch-norm statistics (Uu), so it is part of the run
             ident["micro_batch"] = self.micro_batch
         if self.image_fit != "crop":

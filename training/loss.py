@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-TEMPERATURE_INIT = 10.0  # big_vision / LiT: t = exp(log 10) at the start, learned in log space
+from training.config import TEMPERATURE_INIT
 
 
 class LogTemperature(nn.Module):

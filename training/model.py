@@ -15,6 +15,7 @@ import re
 import torch
 from torch import nn
 
+from training.config import TEMPERATURE_INIT
 from training.loss import LogTemperature
 from training.text_towers import TextTower
 
@@ -34,7 +35,7 @@ def compile_patterns(patterns: list[str], what: str) -> list[re.Pattern]:
 class LiTModel(nn.Module):
     def __init__(self, text: TextTower, image_dim: int, image_tower: nn.Module | None = None,
                  image_locked: bool = True, embed_dim: int | None = None, image_head: bool = False,
-                 text_head: bool = True, text_locked: bool = False):
+                 text_head: bool = True, text_locked: bool = False, temperature_init: float = TEMPERATURE_INIT):
         super().__init__()
         out_dim = embed_dim or image_dim
         self.text = text
@@ -46,7 +47,7 @@ class LiTModel(nn.Module):
             tower.eval()
         self.image_head = nn.Linear(image_dim, out_dim) if image_head or out_dim != image_dim else nn.Identity()
         self.text_head = nn.Linear(text.dim, out_dim) if text_head or out_dim != text.dim else nn.Identity()
-        self.temperature = LogTemperature()
+        self.temperature = LogTemperature(temperature_init)
 
     def _locked_towers(self) -> list[nn.Module]:
         return [tower for tower, locked in ((self.image, self.image_locked), (self.text, self.text_locked))

@@ -147,7 +147,8 @@ def build_model(config: TrainConfig, tokenizer: Path | None, device: torch.devic
     text = build_text_tower(config.text, tokenizer)
     model = LiTModel(text, image_dim, image_module, image_locked=config.image_locked,
                      text_locked=config.text_locked, embed_dim=config.embed_dim,
-                     image_head=config.image_head, text_head=config.text_head).to(device)
+                     image_head=config.image_head, text_head=config.text_head,
+                     temperature_init=config.temperature_init).to(device)
     freeze(model, config.freeze)
     return BuiltModel(model, tower, preprocess, cache)
 
