@@ -26,7 +26,11 @@ baseline used; ``LU-text-lr-0.2`` the same at 0.2 × lr), ``LL`` (MiniLM locked,
 text tower with linear heads"), ``Lu`` (a scratch text tower: LiT's Table 2 row),
 ``LU-tower-lr-uncurated`` (baseline B, "a fine-tuned tower with no curation": the same recipe
 on the ingested demo pairs with every image and text rule switched off, eval de-dup kept so no
-eval image leaks in; its own corpus, cache and held-out exclusions). ``Uu``/``uu``
+eval image leaks in; its own corpus, cache and held-out exclusions), and two of #16's
+candidates on top of the default recipe: ``LU-tower-lr-buffer-10k`` (a shuffle buffer over the
+whole corpus) and ``LU-tower-lr-temp-30`` (the temperature starting at 30, not 10). ``--captions``
+trains on other demo captions (:mod:`curation.demo_captions`; give it its own ``--work``), and
+``--prompt-sets`` compares prompt sets on the runs already made (:func:`prompt_study`). ``Uu``/``uu``
 are left out by default: on this 2-core CPU the image tower trains at about 8 pairs/s, so the
 budget would take hours.
 
