@@ -46,7 +46,7 @@ def caption_of(row: dict, rule: str) -> str:
         raise ValueError(f"caption rule {rule!r}: not one of {', '.join(CAPTION_RULES)}")
     title = " ".join(str(row.get("title") or "").split())
     if not title:
-        return row["caption"]
+        return row.get("caption") or ""
     description = " ".join(str(row.get("description") or "").split())
     if rule == "title+keywords" and _PERL_REFERENCE.fullmatch(description):
         description = ""

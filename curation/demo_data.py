@@ -316,7 +316,7 @@ def write_url_list(
 
     ``per_source`` keeps that many rows of each source, chosen by a hash of the path so that
     the sample is the same on every machine and every run. ``caption_rule`` (one of
-    :data:`CAPTION_RULES`) rebuilds the captions by that rule; None keeps the catalogue's.
+    :data:`curation.demo_captions.CAPTION_RULES`) rebuilds the captions by that rule; None keeps the catalogue's.
     """
     frame = pd.read_parquet(catalogue)
     if caption_rule is not None:
