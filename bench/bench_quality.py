@@ -28,7 +28,8 @@ text tower with linear heads"), ``Lu`` (a scratch text tower: LiT's Table 2 row)
 on the ingested demo pairs with every image and text rule switched off, eval de-dup kept so no
 eval image leaks in; its own corpus, cache and held-out exclusions), and two of #16's
 candidates on top of the default recipe: ``LU-tower-lr-buffer-10k`` (a shuffle buffer over the
-whole corpus) and ``LU-tower-lr-temp-30`` (the temperature starting at 30, not 10). ``--captions``
+whole corpus), ``LU-tower-lr-temp-30`` (the temperature starting at 30, not 10) and
+``LU-tower-lr-image-head`` (the linear head on the image side, into MiniLM's 384-d space). ``--captions``
 trains on other demo captions (:mod:`curation.demo_captions`; give it its own ``--work``), and
 ``--prompt-sets`` compares prompt sets on the runs already made (:func:`prompt_study`). ``Uu``/``uu``
 are left out by default: on this 2-core CPU the image tower trains at about 8 pairs/s, so the
@@ -95,6 +96,10 @@ VARIANTS = {
     "LU-tower-lr-buffer-10k": {"lr_mults": [[r"text\.model\..*", 0.05]], "shuffle_buffer": 10_000},
     # LiT's temperature starts at 10 and is learned in log space; in 220 steps it moves little
     "LU-tower-lr-temp-30": {"lr_mults": [[r"text\.model\..*", 0.05]], "temperature_init": 30.0},
+    # the head on the image side instead: MiniLM's own 384-d space is kept (no random text head at
+    # step 0), and the locked image features are projected into it
+    "LU-tower-lr-image-head": {"lr_mults": [[r"text\.model\..*", 0.05]], "text_head": False, "image_head": True,
+                               "embed_dim": 384},
     "Uu": {"mode": "Uu", "micro_batch": 32},
     "uu": {"mode": "uu", "micro_batch": 32},
 }
