@@ -33,13 +33,14 @@ import tarfile
 from collections import Counter, defaultdict
 from typing import Iterable, Iterator, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 
 from curation import storage
 from curation.checks import VALIDITY, attribute, examine, image_bytes, output_image, tag_languages
 from curation.config import CurationConfig
 from curation.shards import read_shard, shard_bytes
-from curation.text import unigrams_and_bigrams
+from curation.text import gram_id, unigrams_and_bigrams
 from dedup.intra import drop_detail
 from infra.contract import KEPT, PAIR_SCHEMA, REJECTED
 from infra.contract import CurationReason as R
@@ -140,10 +141,15 @@ def facts_at(shard: int, path: str, out_dir: str, indices) -> list[Fact]:
 
 
 def _findings_by_reason(findings: Iterable[Finding]) -> dict[str, dict]:
-    """{reason: {value: detail}}: a shard's findings indexed once, looked up per record."""
+    """{reason: {value: detail}}: a shard's findings indexed once, looked up per record. A
+    rare-token finding's value is a packed array of gram ids (curation.corpus_rules): each
+    id becomes a value of its own."""
     by_reason: dict[str, dict] = defaultdict(dict)
     for finding in findings:
-        by_reason[finding.reason][finding.value] = finding.detail
+        if finding.reason == R.TEXT_RARE_TOKENS.value:
+            by_reason[finding.reason].update(dict.fromkeys(np.frombuffer(finding.value, dtype="<u8").tolist(), ""))
+        else:
+            by_reason[finding.reason][finding.value] = finding.detail
     return by_reason
 
 
@@ -159,7 +165,7 @@ def _corpus_failures(record: dict, by_reason: dict[str, dict], rare_k: int | Non
         failures[R.TEXT_TOO_COMMON.value] = by_reason[R.TEXT_TOO_COMMON.value][text_id]
     rare_grams = by_reason[R.TEXT_RARE_TOKENS.value]
     if rare_grams and record["gram_text"] is not None:
-        rare = sorted(g for g in unigrams_and_bigrams(record["gram_text"].split(" ")) if g in rare_grams)
+        rare = sorted(g for g in unigrams_and_bigrams(record["gram_text"].split(" ")) if gram_id(g) in rare_grams)
         if rare:
             failures[R.TEXT_RARE_TOKENS.value] = f"outside the top {rare_k}: {rare[:3]}"
     return failures

@@ -17,6 +17,8 @@ The same tokens, case-folded, feed the corpus-wide unigram/bigram counts.
 
 from __future__ import annotations
 
+import hashlib
+
 import html
 import math
 import unicodedata
@@ -104,3 +106,8 @@ def unigrams_and_bigrams(tokens: list[str]) -> set[str]:
     grams = set(tokens)
     grams.update(f"{a} {b}" for a, b in zip(tokens, tokens[1:]))
     return grams
+
+
+def gram_id(gram: str) -> int:
+    """A gram's 64-bit id (blake2b of its UTF-8): what the rare-token rule counts and names."""
+    return int.from_bytes(hashlib.blake2b(gram.encode("utf-8"), digest_size=8).digest(), "little")

@@ -5,6 +5,7 @@ raw shards that change between passes."""
 from __future__ import annotations
 
 import io
+from collections import Counter
 import json
 import random
 import tarfile
@@ -55,6 +56,101 @@ def test_frequent_set_is_the_largest_df_closed_set_within_k(seed):
         lower = [d for d in df.values() if d < floor]
         if lower:
             assert sum(1 for d in df.values() if d >= max(lower)) > k
+
+
+def _corpus_findings(facts_by_shard, config, buckets, tmp_path):
+    """CorpusRules' findings ({(shard, reason): values}) and df threshold, on the FnApiRunner,
+    with every table spread over ``buckets`` buckets."""
+    from curation.corpus_rules import CorpusRules
+
+    rules = CorpusRules(config, None, str(tmp_path / "out"))
+    rules.buckets = dict.fromkeys(rules.buckets, buckets)
+    path = tmp_path / f"found-{buckets}.json"
+
+    def save(pairs, stats):
+        found = {}
+        for shard, (reason, value, _) in pairs:
+            found.setdefault(f"{shard} {reason}", []).append(value.hex() if isinstance(value, bytes) else value)
+        path.write_text(json.dumps({"found": found, "threshold": stats["rare_tokens_threshold_df"]}))
+
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        rules.shard_paths = p | "paths" >> beam.Create([(s, f"{s:05d}.tar") for s in facts_by_shard])
+        out = p | beam.Create(list(facts_by_shard.values())) | rules
+        _ = (out["findings"] | beam.combiners.ToList()
+             | beam.Map(save, beam.pvalue.AsSingleton(out["stats"])))
+    result = json.loads(path.read_text())
+    found = {}
+    for shard_reason, values in result["found"].items():
+        shard, reason = shard_reason.split(" ")
+        if reason == "text_rare_tokens":  # packed 8-byte gram ids
+            values = [int.from_bytes(bytes.fromhex(v)[i:i + 8], "little") for v in values
+                      for i in range(0, len(v) // 2, 8)]
+        found[(int(shard), reason)] = sorted(values, key=str)
+    return found, result["threshold"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_corpus_rules_packed_in_buckets_equal_the_rules_whatever_the_bucket_count(seed, tmp_path):
+    """Each table travels packed per (bucket, shard); the findings are the rules' own, computed
+    here from the facts, with 1 bucket (everything together), a few, or one per value: later
+    copies of a key are duplicate_key and do not count; an image on > 3 counted pairs, a text on
+    > 2 counted images, and grams with 0 < df < T (frequent_threshold at K) are found in every
+    shard holding them in a valid pair."""
+    from curation.shard_passes import FACTS_SCHEMA, Fact, facts_path, value_id
+    from curation.storage import write_parquet
+    from curation.text import gram_id, unigrams_and_bigrams
+
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(60)]
+    facts_by_shard, out = {}, str(tmp_path / "out")
+    seen_keys = []
+    for shard in range(6):
+        facts, rows = [], []
+        for index in range(30):
+            key = rng.choice(seen_keys) if seen_keys and rng.random() < 0.08 else f"k{shard}-{index}"
+            seen_keys.append(key)
+            tokens = [words[min(int(rng.paretovariate(1.0)) - 1, 59)] for _ in range(rng.randint(1, 6))]
+            valid = rng.random() > 0.1
+            text = rng.choice(["a cat", "a dog", "a bird", " ".join(tokens)])
+            # "a bird" is only ever on two pictures: at the images-per-text limit, not over it
+            sha = f"bird{rng.randint(0, 1)}" if text == "a bird" else f"sha{rng.randint(0, 40)}"
+            facts.append(Fact(key, shard, index, valid, value_id(sha), value_id(text), " ".join(tokens)))
+            rows.append({"key": key, "index": index, "sha256": sha, "text_key": text, "gram_text": " ".join(tokens),
+                         "failures": "[]" if valid else '["decode_error"]'})
+        facts_by_shard[shard] = facts
+        write_parquet(facts_path(out, f"{shard:05d}.tar"), rows, FACTS_SCHEMA)
+    k = 12
+    config = load_config("align", [f"text.rare_tokens_top_k={k}", "image.max_texts_per_image=3",
+                                   "text.max_images_per_text=2"])
+
+    expected: dict = {}
+    first: dict[str, tuple[int, int]] = {}
+    for fact in sorted((f for fs in facts_by_shard.values() for f in fs), key=lambda f: (f.shard, f.index)):
+        if fact.key in first:
+            expected.setdefault((fact.shard, "duplicate_key"), []).append(fact.index)
+        else:
+            first[fact.key] = (fact.shard, fact.index)
+    counted = [f for fs in facts_by_shard.values() for f in fs if f.valid and first[f.key] == (f.shard, f.index)]
+    valid = [f for fs in facts_by_shard.values() for f in fs if f.valid]
+    texts_per_image, images_per_text, df = Counter(f.image_id for f in counted), {}, Counter()
+    for f in counted:
+        images_per_text.setdefault(f.text_id, set()).add(f.image_id)
+        df.update(unigrams_and_bigrams(f.gram_text.split(" ")))
+    threshold = frequent_threshold(Counter(df.values()), k)
+    for f in valid:
+        if texts_per_image[f.image_id] > 3:
+            expected.setdefault((f.shard, "image_too_many_texts"), set()).add(f.image_id.hex())
+        if len(images_per_text.get(f.text_id, ())) > 2:
+            expected.setdefault((f.shard, "text_too_common"), set()).add(f.text_id.hex())
+        for g in unigrams_and_bigrams(f.gram_text.split(" ")):
+            if 0 < df[g] < threshold:
+                expected.setdefault((f.shard, "text_rare_tokens"), set()).add(gram_id(g))
+    expected = {where: sorted(values, key=str) for where, values in expected.items()}
+    reasons = {reason for _, reason in expected}
+    assert 3 in texts_per_image.values() and 2 in map(len, images_per_text.values())  # both limits met exactly
+    assert reasons == {"duplicate_key", "image_too_many_texts", "text_too_common", "text_rare_tokens"}
+    for buckets in (1, 3, 4096):
+        assert _corpus_findings(facts_by_shard, config, buckets, tmp_path) == (expected, threshold)
 
 
 # ---- multi-index hashing: two hashes within the radius share a block ----------------------
