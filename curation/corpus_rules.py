@@ -45,8 +45,10 @@ The rules, each a GroupByKey on the bucket:
 
 Memory: a worker holds one raw shard's tables, or one bucket's group. The bucket count
 (:func:`bucket_count`) is at least 64 and grows with the raw shards so that a group stays
-near 2^20 rows (16–40 bytes each) whatever the corpus size; the elements crossing a shuffle
-are at most (raw shards × buckets), and their bytes are the rows' bytes. Runners that stream
+near 2^20 rows (16–40 bytes each) whatever the corpus size — for raw shards of about 1,000
+pairs (litflow's ingest default); with img2dataset's 10,000 a group is up to 10× that, still
+a bounded ~0.4 GB at most. The elements crossing a shuffle are at most (raw shards ×
+buckets), and their bytes are the rows' bytes. Runners that stream
 group values (Dataflow, Flink, Spark) never hold a group whole. Side inputs are scalars only:
 the number of valid pairs (for K) and T.
 """
