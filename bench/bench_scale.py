@@ -28,7 +28,7 @@ The floor, per size, in this process on the first ``--floor-samples`` samples of
 shards: reading the tar (``curation.shards.read_shard``), then Pillow decode + pHash two ways —
 *reference*: full decode + ``imagehash.phash`` (what ``bench/bench_curate.py`` calls the
 floor), and *project*: what ``curation.checks.examine`` runs (reduced JPEG decode under the
-hash settings' draft, then ``dedup.phash.phash64``, or ``hash_image_bytes`` for what cannot be
+hash settings' draft, then ``dedup.phash.phash64``, or ``phash_image_bytes`` for what cannot be
 drafted). Printed: stage records/s/core / floor records/s/core for each (the issue's goal is
 on the reference), and the same ratio per CPU second.
 
@@ -142,7 +142,7 @@ def floor(raw: Path, limit: int) -> dict:
     from curation.config import load_config
     from curation.decode import ImageRejected, decode_image
     from curation.shards import list_shards, read_shard
-    from dedup.phash import DEFAULT_SETTINGS, hash_image_bytes, phash64
+    from dedup.phash import DEFAULT_SETTINGS, phash64, phash_image_bytes
 
     max_pixels = load_config("align").decode.max_pixels
 
@@ -166,7 +166,7 @@ def floor(raw: Path, limit: int) -> dict:
             decoded = decode_image(data, max_pixels, draft=DEFAULT_SETTINGS.jpeg_draft)
         except ImageRejected:
             return
-        phash64(decoded.image) if decoded.reduced else hash_image_bytes(data, DEFAULT_SETTINGS)
+        phash64(decoded.image) if decoded.reduced else phash_image_bytes(data, DEFAULT_SETTINGS)
 
     out = {}
     for name, work in (("tar_read", None), ("reference_decode_imagehash", reference), ("project_decode_phash", project)):

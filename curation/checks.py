@@ -18,7 +18,7 @@ from curation.decode import ImageRejected, decode_image, encode_jpeg
 from curation.language import tag_many
 from curation.text import TextRejected, normalise, unigrams, unigrams_and_bigrams
 from dedup.evalsets import image_member
-from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS, hash_image_bytes, phash64
+from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS, phash64, phash_image_bytes
 from infra.contract import KEPT, REJECTED, CurationReason as R, empty_pair
 
 # the order in which rules are attributed: structure, validity, image, text, language, eval
@@ -111,10 +111,10 @@ def examine(raw: dict, shard: str, index: int, config: CurationConfig) -> Candid
         if decoded.converted:
             candidate.image = encode_jpeg(image, config.decode.jpeg_quality)
             candidate.reencoded = True
-            record["phash"] = hash_image_bytes(candidate.image, HASH_SETTINGS)[0]
+            record["phash"] = phash_image_bytes(candidate.image, HASH_SETTINGS)
         else:
             candidate.image = data
-            record["phash"] = phash64(image) if decoded.reduced else hash_image_bytes(data, HASH_SETTINGS)[0]
+            record["phash"] = phash64(image) if decoded.reduced else phash_image_bytes(data, HASH_SETTINGS)
         short, long = sorted((record["original_width"], record["original_height"]))
         rules = config.image
         if rules.min_side_enabled and short <= rules.min_side:

@@ -45,6 +45,22 @@ def test_phash64_equals_imagehash_bit_for_bit(real_images):
     assert phash64_batch(real_images).tolist() == expected
 
 
+def test_threshold_is_imagehash_median_rule_with_ties():
+    """bit = coefficient > np.median of the 64 (imagehash's rule), MSB first — also when many
+    coefficients tie at the median, as on flat or two-tone images."""
+    from dedup.phash import _threshold
+
+    rng = np.random.default_rng(0)
+    blocks = [rng.normal(size=(200, 64)) * 50,
+              np.round(rng.normal(size=(200, 64)) * 2),          # many ties
+              np.where(rng.random((200, 64)) < 0.5, 0.0, 3.0),    # two values only
+              np.zeros((1, 64))]
+    for coefficients in blocks:
+        bits = coefficients > np.median(coefficients, axis=1, keepdims=True)
+        expected = [int("".join("1" if b else "0" for b in row), 2) for row in bits]
+        assert _threshold(coefficients).tolist() == expected
+
+
 def test_bit_order_is_imagehash_hex_order():
     # a left-bright / right-dark image: the DC term (bit 0 of the 8x8, the MSB) is above median
     image = Image.fromarray(np.tile(np.linspace(255, 0, 64), (64, 1)).astype(np.uint8))
