@@ -32,6 +32,7 @@ from functools import lru_cache
 import numpy as np
 from langdetect import DetectorFactory, detector_factory
 from langdetect.detector import Detector
+from langdetect.utils.ngram import NGram
 
 N_TRIAL = 7
 ALPHA_DEFAULT = Detector.ALPHA_DEFAULT
@@ -42,6 +43,8 @@ BASE_FREQ = Detector.BASE_FREQ
 PROB_THRESHOLD = Detector.PROB_THRESHOLD
 _TWOPI = 2.0 * math.pi
 _SEQUENTIAL_SUM = sys.version_info < (3, 12)
+_LOOKAHEAD = 16
+_AHEAD = np.arange(_LOOKAHEAD)
 
 
 def factory():
@@ -78,7 +81,44 @@ def ngrams_of(text: str, fac) -> list[str]:
     detector = fac.create()
     detector.append(text)
     detector.cleaning_text()
-    return detector._extract_ngrams()
+    return _extract_ngrams(detector.text, fac.word_lang_prob_map)
+
+
+_NORMALISED: dict[str, str] = {}  # bounded by the characters there are
+
+
+def _extract_ngrams(text: str, profiles: dict) -> list[str]:
+    """``Detector._extract_ngrams`` with ``NGram.add_char`` inlined, step for step, and its
+    per-character ``NGram.normalize`` (a pure function of the character) looked up once per
+    character: that normalisation was about half of the extraction's cost."""
+    result: list[str] = []
+    grams, capital = " ", False
+    for raw in text:
+        ch = _NORMALISED.get(raw)
+        if ch is None:
+            ch = _NORMALISED[raw] = NGram.normalize(raw)
+        last = grams[-1]
+        if last == " ":
+            grams, capital = " ", False
+            if ch == " ":
+                continue  # add_char returns; the lone " " gives no gram
+        elif len(grams) >= NGram.N_GRAM:
+            grams = grams[1:]
+        grams += ch
+        if ch.isupper():
+            if last.isupper():
+                capital = True
+        else:
+            capital = False
+        if capital:
+            continue
+        for n in range(1, NGram.N_GRAM + 1):
+            if len(grams) < n:
+                break
+            gram = grams[-n:]
+            if gram != " " and gram in profiles:
+                result.append(gram)
+    return result
 
 
 def detect_batch(texts: list[str]) -> list[tuple[str, float] | None]:
@@ -132,17 +172,24 @@ def detect_batch(texts: list[str]) -> list[tuple[str, float] | None]:
         start_trial(r)
     active = np.arange(b)
     while len(active):
-        # choice(ngrams): getrandbits(k) until below n
-        stream.ensure(int(pos[active].max()) + 64)
-        pick = stream.values[pos[active]] >> shift[active]
-        pos[active] += 1
-        rejected = np.flatnonzero(pick >= count[active].astype(np.uint64))
-        while len(rejected):
-            rows_r = active[rejected]
-            stream.ensure(int(pos[rows_r].max()) + 1)
-            pick[rejected] = stream.values[pos[rows_r]] >> shift[rows_r]
-            pos[rows_r] += 1
-            rejected = rejected[pick[rejected] >= count[rows_r].astype(np.uint64)]
+        # choice(ngrams): getrandbits(k) until below n. The next _LOOKAHEAD outputs of every
+        # row are tried at once and each row takes its first accepted one (the same one the
+        # one-at-a-time loop would reach); a row with none accepted there (p <= 2^-16) goes on alone.
+        start = pos[active]
+        stream.ensure(int(start.max()) + _LOOKAHEAD + 1)
+        tried = stream.values[start[:, None] + _AHEAD] >> shift[active, None]
+        accepted = tried < count[active, None].astype(np.uint64)
+        first = accepted.argmax(axis=1)
+        pick = tried[np.arange(len(active)), first]
+        pos[active] = start + first + 1
+        for i in np.flatnonzero(~accepted[np.arange(len(active)), first]):
+            r = active[i]
+            p = int(start[i]) + _LOOKAHEAD
+            stream.ensure(p + 1)
+            while (value := int(stream.values[p]) >> int(shift[r])) >= int(count[r]):
+                p += 1
+                stream.ensure(p + 1)
+            pick[i], pos[r] = value, p + 1
         gid = flat[offset[active] + pick.astype(np.int64)]
         prob[active] *= weight[active, None] + table[gid]
 
@@ -150,9 +197,7 @@ def detect_batch(texts: list[str]) -> list[tuple[str, float] | None]:
         if len(checking):
             block = prob[checking]
             if _SEQUENTIAL_SUM:
-                total = np.zeros(len(checking))
-                for j in range(n_lang):
-                    total = total + block[:, j]
+                total = np.add.accumulate(block, axis=1)[:, -1]  # left to right, like sum() on 3.11
             else:
                 total = np.array([sum(row) for row in block.tolist()])
             block = block / total[:, None]

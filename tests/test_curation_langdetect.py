@@ -30,6 +30,23 @@ def test_identical_to_langdetect_on_udhr_and_demo_captions(demo_data):
     assert len({e[0] for e in expected if e}) > 40  # many languages really exercised
 
 
+def test_ngram_extraction_is_langdetects_own(demo_data):
+    """The n-grams (and so the random draws over them) are langdetect's, gram for gram: capital
+    words, repeated spaces, punctuation, Romanian comma-below letters, CJK, Arabic, Latin-1."""
+    from curation.langdetect_batch import ngrams_of
+
+    udhr = udhr_texts(demo_data.udhr_dir)
+    texts = udhr["title"].tolist() + udhr["article1"].tolist() + [
+        "NASA and the ESA", "a  b   c", "ȘTIINȚĂ și țară", "Ça, c'est l'été!", "東京タワーの夜景",
+        "مرحبا بالعالم", "ÀÉÎ õü ß", "x", " ", "", "The USA's GDP—rising…", "mIxEd CaSe WoRdS"]
+    fac = factory()
+    for text in texts:
+        detector = fac.create()
+        detector.append(text)
+        detector.cleaning_text()
+        assert ngrams_of(text, fac) == detector._extract_ngrams(), text[:40]
+
+
 def test_order_and_batch_size_do_not_matter(demo_data):
     texts = udhr_texts(demo_data.udhr_dir)["title"].tolist()[:120]
     whole = detect_batch(texts)
