@@ -170,30 +170,35 @@ def detect_batch(texts: list[str]) -> list[tuple[str, float] | None]:
 
     for r in range(b):
         start_trial(r)
-    active = np.arange(b)
-    while len(active):
+    # The state arrays hold the rows still running, in a fixed order; a row that ends its last
+    # trial is moved out (its answer kept in `final`), so every step works on whole arrays
+    # rather than gathering and scattering the running rows.
+    final = np.zeros((b, n_lang))
+    row_of = np.arange(b)                      # the batch row each state row is
+    count_u = count.astype(np.uint64)
+    while len(row_of):
+        n = len(row_of)
+        every = np.arange(n)
         # choice(ngrams): getrandbits(k) until below n. The next _LOOKAHEAD outputs of every
         # row are tried at once and each row takes its first accepted one (the same one the
         # one-at-a-time loop would reach); a row with none accepted there (p <= 2^-16) goes on alone.
-        start = pos[active]
+        start = pos.copy()
         stream.ensure(int(start.max()) + _LOOKAHEAD + 1)
-        tried = stream.values[start[:, None] + _AHEAD] >> shift[active, None]
-        accepted = tried < count[active, None].astype(np.uint64)
+        tried = stream.values[start[:, None] + _AHEAD] >> shift[:, None]
+        accepted = tried < count_u[:, None]
         first = accepted.argmax(axis=1)
-        pick = tried[np.arange(len(active)), first]
-        pos[active] = start + first + 1
-        for i in np.flatnonzero(~accepted[np.arange(len(active)), first]):
-            r = active[i]
-            p = int(start[i]) + _LOOKAHEAD
+        pick = tried[every, first]
+        pos += first + 1
+        for r in np.flatnonzero(~accepted[every, first]):
+            p = int(start[r]) + _LOOKAHEAD
             stream.ensure(p + 1)
             while (value := int(stream.values[p]) >> int(shift[r])) >= int(count[r]):
                 p += 1
                 stream.ensure(p + 1)
-            pick[i], pos[r] = value, p + 1
-        gid = flat[offset[active] + pick.astype(np.int64)]
-        prob[active] *= weight[active, None] + table[gid]
+            pick[r], pos[r] = value, p + 1
+        prob *= weight[:, None] + table[flat[offset + pick.astype(np.int64)]]
 
-        checking = active[step[active] % 5 == 0]
+        checking = np.flatnonzero(step % 5 == 0)
         if len(checking):
             block = prob[checking]
             if _SEQUENTIAL_SUM:
@@ -206,7 +211,7 @@ def detect_batch(texts: list[str]) -> list[tuple[str, float] | None]:
             done = checking[(maxp > CONV_THRESHOLD) | (step[checking] >= ITERATION_LIMIT)]
         else:
             done = checking
-        step[active] += 1
+        step += 1
         if len(done):
             langprob[done] += prob[done] / N_TRIAL
             trial[done] += 1
@@ -215,10 +220,16 @@ def detect_batch(texts: list[str]) -> list[tuple[str, float] | None]:
                     prob[r] = init
                     step[r] = 0
                     start_trial(int(r))
-            active = active[trial[active] < N_TRIAL]
+            ended = trial >= N_TRIAL
+            if ended.any():
+                final[row_of[ended]] = langprob[ended]
+                running = ~ended
+                row_of, pos, trial, step, weight, prob, langprob, shift, count, count_u, offset = (
+                    a[running] for a in (row_of, pos, trial, step, weight, prob, langprob, shift, count, count_u, offset))
+                gauss_next = [g for g, keep in zip(gauss_next, running.tolist()) if keep]
 
     for r, t in enumerate(rows):
-        probs = langprob[r]
+        probs = final[r]
         best, best_p = None, None
         for lang, p in zip(langlist, probs.tolist()):
             if p > PROB_THRESHOLD and (best_p is None or p > best_p):
