@@ -144,10 +144,16 @@ def _runs(*columns, group: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     return order, np.flatnonzero(np.r_[True, change]) if len(order) else np.zeros(0, dtype=np.int64)
 
 
-def _run_slices(order: np.ndarray, starts: np.ndarray):
-    """The row numbers of each run, in order."""
-    for lo, hi in zip(starts, np.r_[starts[1:], len(order)]):
-        yield order[lo:hi]
+def _run_slices(order: np.ndarray, starts: np.ndarray, wanted=None):
+    """The row numbers of each run (of the runs where ``wanted``, a mask over runs, is true)."""
+    ends = np.r_[starts[1:], len(order)]
+    picked = np.flatnonzero(wanted) if wanted is not None else range(len(starts))
+    for run in picked:
+        yield order[starts[run]:ends[run]]
+
+
+def _run_lengths(order: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    return np.diff(np.r_[starts, len(order)])
 
 
 def _holding(rows: np.ndarray) -> list[int]:
@@ -211,7 +217,7 @@ def _copies(bucket_group):
     """(shard, index, valid) of every later copy of a key."""
     rows = _unpack(bucket_group, KEY_ROW)
     order, starts = _runs(rows["lo"], rows["hi"], rows["shard"], rows["index"], group=2)
-    for copies in _run_slices(order, starts):
+    for copies in _run_slices(order, starts, _run_lengths(order, starts) > 1):
         for i in copies[1:]:  # the first copy (earliest shard, then index) is kept
             yield int(rows["shard"][i]), int(rows["index"][i]), bool(rows["valid"][i])
 
@@ -247,23 +253,23 @@ class _UncountedFacts(beam.DoFn):
 
 def _too_many_texts(bucket_group, limit: int):
     rows = _unpack(bucket_group, IMAGE_ROW)
-    for run in _run_slices(*_runs(rows["lo"], rows["hi"])):
+    order, starts = _runs(rows["lo"], rows["hi"])
+    totals = np.add.reduceat(rows["count"][order].astype(np.int64), starts) if len(rows) else np.zeros(0, np.int64)
+    for run in _run_slices(order, starts, totals > limit):
         image = rows[run]
         total = int(image["count"].sum())
-        if total > limit:
-            for shard in _holding(image):
-                yield shard, (R.IMAGE_TOO_MANY_TEXTS.value, _id_bytes(image["lo"][0], image["hi"][0]),
-                              f"image has {total} alt-texts > {limit}")
+        for shard in _holding(image):
+            yield shard, (R.IMAGE_TOO_MANY_TEXTS.value, _id_bytes(image["lo"][0], image["hi"][0]),
+                          f"image has {total} alt-texts > {limit}")
 
 
 def _too_common(bucket_group, limit: int):
     """Per text of the bucket (all its rows are here), the content hashes with a positive count."""
     rows = _unpack(bucket_group, PAIR_ROW)
     order, starts = _runs(rows["lo"], rows["hi"], rows["image_lo"], rows["image_hi"], group=2)
-    for run in _run_slices(order, starts):
+    # a text with no more rows than the limit has no more images either
+    for run in _run_slices(order, starts, _run_lengths(order, starts) > limit):
         text = rows[run]
-        if len(text) <= limit:  # fewer rows than the limit: fewer images too
-            continue
         pair_order, pair_starts = _runs(text["image_lo"], text["image_hi"])
         counts = np.add.reduceat(text["count"][pair_order].astype(np.int64), pair_starts)
         images = int((counts > 0).sum())
