@@ -17,9 +17,16 @@ langdetect on thousands of real captions (demo corpus + UDHR in ~500 languages):
   ``getrandbits(k) >> (32 - k)`` with rejection, exactly as CPython's ``_randbelow``;
   ``gauss`` is CPython's Box–Muller with its cached second value;
 * elementwise ``*``, ``+`` and ``/`` on float64 arrays round exactly like Python floats;
-* the one reduction, ``sum(prob)``, is done in Python's order: a sequential column loop on
-  CPython 3.11 (plain left-to-right addition); on 3.12+ ``sum`` compensates rounding, so
-  there the builtin is called per row.
+* the one reduction, ``sum(prob)``, is done in Python's order: ``np.add.accumulate`` along
+  the row on CPython 3.11 (a running, plain left-to-right addition, unlike ``np.sum``'s
+  pairwise one); on 3.12+ ``sum`` compensates rounding, so there the builtin is called per row.
+
+Langdetect's n-gram extraction is also redone here (``_extract_ngrams``), step for step, only
+with each character's normalisation looked up once; the test compares it gram for gram.
+
+Memory: one batch's state, (captions × 55) float64 arrays and the batch's distinct n-grams'
+profile rows, plus the shared random stream (grown on demand) and a table of normalised
+characters (bounded by Unicode).
 """
 
 from __future__ import annotations
