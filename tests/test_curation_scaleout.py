@@ -5,6 +5,7 @@ raw shards that change between passes."""
 from __future__ import annotations
 
 import io
+import os
 from collections import Counter
 import json
 import random
@@ -311,3 +312,19 @@ def test_a_later_copy_of_a_key_does_not_count_toward_the_image_limit(tmp_path):
     assert reasons == {"00000/a": "image_too_many_texts", "00000/b": "image_too_many_texts",
                        "00000/c": "image_too_many_texts", "00001/c": "duplicate_key"}
     assert "image has 3 alt-texts > 2" in set(rejected["detail"])
+
+
+# ---- the local runner's processes use two malloc arenas, unless the user chose -------------
+
+def test_local_runner_asks_for_two_malloc_arenas_unless_the_user_chose(monkeypatch):
+    from curation.pipeline import pipeline_options
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    pipeline_options(2)
+    assert os.environ["MALLOC_ARENA_MAX"] == "2"          # the worker processes inherit it
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    pipeline_options(2)
+    assert os.environ["MALLOC_ARENA_MAX"] == "4"
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    pipeline_options(2, ["--runner=DataflowRunner"])      # another runner: its workers are not ours
+    assert "MALLOC_ARENA_MAX" not in os.environ
