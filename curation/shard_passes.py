@@ -39,8 +39,9 @@ import pyarrow as pa
 from curation import storage
 from curation.checks import VALIDITY, attribute, examine, image_bytes, output_image, tag_languages
 from curation.config import CurationConfig
-from curation.shards import read_shard, shard_bytes
+from curation.shards import OFFSETS, read_member_at, read_shard, shard_bytes
 from curation.text import gram_id, unigrams_and_bigrams
+from dedup.evalsets import image_member
 from dedup.intra import drop_detail
 from infra.contract import KEPT, PAIR_SCHEMA, REJECTED
 from infra.contract import CurationReason as R
@@ -49,7 +50,8 @@ WORK_DIR = "_work"
 COUNTS_DIR = "_counts"
 FACTS_SCHEMA = pa.schema(list(PAIR_SCHEMA) + [
     pa.field("index", pa.int64()), pa.field("failures", pa.string()), pa.field("reencoded", pa.bool_()),
-    pa.field("text_key", pa.string()), pa.field("gram_text", pa.string())])
+    pa.field("text_key", pa.string()), pa.field("gram_text", pa.string()),
+    pa.field("image_offset", pa.int64()), pa.field("image_size", pa.int64())])  # where the image's bytes are in the raw tar
 
 
 class RawShardChanged(RuntimeError):
@@ -102,7 +104,7 @@ def _raw_samples(path: str) -> Iterator[tuple[int, dict]]:
     index = -1
     try:
         with storage.open_read(path) as handle:
-            for index, raw in enumerate(read_shard(path, fileobj=handle)):
+            for index, raw in enumerate(read_shard(path, fileobj=handle, offsets=True)):
                 yield index, raw
     except (tarfile.TarError, OSError, EOFError, ValueError) as err:
         yield index + 1, {"__key__": f"{name}@{index + 1}",
@@ -122,9 +124,11 @@ def examine_shard(shard: int, path: str, out_dir: str, config: CurationConfig) -
         # text_key is " ".join(tokens) when the caption has tokens: the grams are rebuilt from it
         fact = Fact(candidate.record["key"], shard, index, candidate.valid, value_id(candidate.record["sha256"]),
                     value_id(candidate.text_key), candidate.text_key if candidate.grams else None)
+        offset, size = raw.get(OFFSETS, {}).get(image_member(raw), (None, None))
         rows.append({**candidate.record, "index": index, "reencoded": candidate.reencoded,
                      "failures": json.dumps(candidate.failures, sort_keys=True),
-                     "text_key": candidate.text_key, "gram_text": fact.gram_text})
+                     "text_key": candidate.text_key, "gram_text": fact.gram_text,
+                     "image_offset": offset, "image_size": size})
         facts.append(fact)
     storage.write_parquet(facts_path(out_dir, path), rows, FACTS_SCHEMA)
     return facts
@@ -171,6 +175,34 @@ def _corpus_failures(record: dict, by_reason: dict[str, dict], rare_k: int | Non
     return failures
 
 
+def _images_at(path: str, records: list[dict]) -> dict[int, bytes] | None:
+    """The kept images read straight at the offsets examining recorded (one header and the
+    data each, no other header parsed); None when any is not where the facts say, or was not
+    located (a compressed tar): then the caller reads the tar as a stream, and that read
+    decides whether the shard changed."""
+    if any(r["image_offset"] is None for r in records):
+        return None
+    found: dict[int, bytes] = {}
+    try:
+        with storage.open_read(path) as handle:
+            for r in sorted(records, key=lambda r: r["image_offset"]):
+                data = read_member_at(handle, r["image_offset"], r["image_size"], r["key"])
+                if data is None:
+                    return None
+                found[r["index"]] = data
+    except OSError:
+        return None
+    return found
+
+
+def _images_of(path: str, records: list[dict]) -> dict[int, bytes]:
+    """The raw image bytes of ``records`` (facts or decided rows), by index."""
+    if not records:
+        return {}
+    found = _images_at(path, records)
+    return found if found is not None else _images_by_index(path, {r["index"]: r["key"] for r in records})
+
+
 def _images_by_index(path: str, wanted: dict[int, str]) -> dict[int, bytes]:
     """The raw image bytes at the ``wanted`` positions ({index: key}), read in one stream
     that stops after the last one (so a tar broken further on is not read into)."""
@@ -212,8 +244,7 @@ def decide_shard(path: str, out_dir: str, findings: Iterable[Finding], rare_k: i
         decided.append(attribute(fact, failures))
     decided = tag_languages(decided, config)
     if eval_matcher is not None:
-        kept = {r["index"]: r["key"] for r in decided if r["status"] == KEPT and r["phash"] is not None}
-        images = _images_by_index(path, kept)
+        images = _images_of(path, [r for r in decided if r["status"] == KEPT and r["phash"] is not None])
         decided = [eval_matcher(r, images[r["index"]]) if r["index"] in images else r for r in decided]
     return decided
 
@@ -264,7 +295,7 @@ def write_shard_outputs(path: str, out_dir: str, decided: list[dict], config: Cu
     # raw shard (img2dataset's threads finish in any order) give the same bytes
     rejected = [_contract(r) for r in sorted((r for r in decided if r["status"] != KEPT),
                                              key=lambda r: (r["key"] or "", r["index"]))]
-    images = _images_by_index(path, {r["index"]: r["key"] for r in kept})
+    images = _images_of(path, kept)
     shard_size = config.output.shard_size
     shards = []
     for chunk, name in enumerate(curated_names(stem, len(kept), shard_size)):

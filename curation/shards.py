@@ -65,17 +65,24 @@ def write_shard(directory: str | Path, name: str, samples: Iterable[tuple[dict, 
     return tar_path
 
 
-def read_shard(tar_path: str | Path, fileobj=None) -> Iterator[dict[str, bytes]]:
+OFFSETS = "__offsets__"
+
+
+def read_shard(tar_path: str | Path, fileobj=None, offsets: bool = False) -> Iterator[dict[str, bytes]]:
     """Yield samples as {"__key__": key, ext: bytes, ...}, grouping members by key in order.
 
     Reads ``fileobj`` (an open binary stream, e.g. from Beam's FileSystems) when given, else
     ``tar_path``, as a stream: one sample's bytes in memory at a time. Tolerates what raw
     shards can contain: a key with only some of its files, and a key that appears again
-    later (yielded again, for the caller to reject as a duplicate).
+    later (yielded again, for the caller to reject as a duplicate). With ``offsets`` and an
+    uncompressed ``fileobj``, each sample also has ``OFFSETS``: {ext: (byte offset of the
+    member's data in the file, size)}, so a later pass can read one member without parsing
+    the headers before it (:func:`read_member_at`).
     """
-    current: dict[str, bytes] | None = None
+    current: dict | None = None
     opened = tarfile.open(fileobj=fileobj, mode="r|*") if fileobj is not None else tarfile.open(tar_path)
     with opened as tar:
+        located = offsets and getattr(tar.fileobj, "comptype", None) == "tar"  # offsets are file offsets
         for member in tar:
             if not member.isfile():
                 continue
@@ -84,10 +91,29 @@ def read_shard(tar_path: str | Path, fileobj=None) -> Iterator[dict[str, bytes]]
             if current is None or current["__key__"] != key or ext in current:
                 if current is not None:
                     yield current  # before reading on: a sample is whole once the next one begins
-                current = {"__key__": key}
+                current = {"__key__": key, OFFSETS: {}} if located else {"__key__": key}
             current[ext] = tar.extractfile(member).read()
+            if located:
+                current[OFFSETS][ext] = (member.offset_data, member.size)
     if current is not None:
         yield current
+
+
+def read_member_at(handle, offset: int, size: int, key: str) -> bytes | None:
+    """The ``size`` bytes at ``offset`` of an open, seekable tar — when the header just before
+    them names a member of sample ``key`` with that size; else None (the caller falls back to
+    reading the tar as a stream). Reads one 512-byte header and the data, nothing else."""
+    try:
+        handle.seek(offset - tarfile.BLOCKSIZE)
+        block = handle.read(tarfile.BLOCKSIZE + size)
+        if len(block) != tarfile.BLOCKSIZE + size:
+            return None
+        info = tarfile.TarInfo.frombuf(block[:tarfile.BLOCKSIZE], tarfile.ENCODING, "surrogateescape")
+    except (OSError, ValueError, tarfile.TarError):
+        return None
+    if info.size != size or os.path.basename(info.name).partition(".")[0] != key:
+        return None
+    return block[tarfile.BLOCKSIZE:]
 
 
 def list_shards(directory: str | Path) -> list[Path]:

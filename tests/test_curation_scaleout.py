@@ -261,15 +261,47 @@ def test_a_raw_shard_changed_after_examining_fails_naming_it(tmp_path, change):
         raw.unlink()
     elif change == "other samples":
         _raw_shard(raw, 2)
-        with tarfile.open(raw, "a") as tar:  # a third sample under another key
+        with tarfile.open(raw, "a") as tar:  # a third sample under another key, where s2.jpg was
             info = tarfile.TarInfo("x9.txt")
-            info.size = 1
-            tar.addfile(info, io.BytesIO(b"x"))
+            info.size = 20_000                 # long enough that s2's old offset reads whole
+            tar.addfile(info, io.BytesIO(b"x" * info.size))
     else:
         raw.write_bytes(raw.read_bytes()[:1500])
     with pytest.raises(RawShardChanged, match=str(raw)):
         write_shard_outputs(str(raw), out, decided, config)
     assert not (tmp_path / "out" / "shards").exists() or not list((tmp_path / "out" / "shards").glob("*.tar"))
+
+
+def test_kept_images_are_read_at_their_offsets_and_the_stream_is_the_fallback(tmp_path, monkeypatch):
+    """The write pass reads each kept image at the offset examining recorded (no stream over
+    the tar); when the tar was rewritten so that the offsets moved (here: a pax header before
+    every member) but every position still holds its key, it falls back to the stream and
+    gets the same bytes."""
+    import curation.shard_passes as passes
+
+    config = load_config("lit-relaxed", ["language.enabled=false"])
+    raw = tmp_path / "00000.tar"
+    _raw_shard(raw, 4)
+    out = str(tmp_path / "out")
+    examine_shard(0, str(raw), out, config)
+    decided = decide_shard(str(raw), out, [], None, config)
+    assert all(r["image_offset"] is not None for r in decided)
+    streamed = passes._images_by_index(str(raw), {r["index"]: r["key"] for r in decided})
+    with tarfile.open(raw) as tar:
+        assert streamed == {i: tar.extractfile(f"s{i}.jpg").read() for i in range(4)}
+    stream_reads = []
+    real_stream = passes._images_by_index
+    monkeypatch.setattr(passes, "_images_by_index", lambda *a: stream_reads.append(a) or real_stream(*a))
+    assert passes._images_of(str(raw), decided) == streamed and not stream_reads
+
+    with tarfile.open(raw) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(raw, "w", format=tarfile.PAX_FORMAT) as tar:
+        for member, data in members:
+            member.pax_headers = {"comment": "moved"}
+            tar.addfile(member, io.BytesIO(data))
+    assert passes._images_of(str(raw), decided) == streamed and len(stream_reads) == 1
+    assert write_shard_outputs(str(raw), out, decided, config)["kept"] == 4
 
 
 # ---- statistics count valid first copies: a duplicate key's later copy is taken out again ----
