@@ -13,7 +13,9 @@ only small facts travel between them — never image bytes:
    and matches kept images against the eval index (reading the raw shard again for the
    bytes, only when an index is given).
 3. :func:`write_shard_outputs` applies the corpus-duplicate drops (when asked for), reads the
-   raw shard once more for the kept images' bytes and writes the curated shard(s)
+   kept images' bytes — each at the offset examining recorded in the facts, one tar header
+   checked before it; the whole raw shard as a stream only when something is not where the
+   facts say — and writes the curated shard(s)
    ``shards/STEM[_C].tar`` + ``.parquet``, the rejections ``rejected/STEM.parquet`` and the
    counts ``_counts/STEM.json``. Without corpus de-duplication, passes 2 and 3 run as one.
 
