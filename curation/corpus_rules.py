@@ -61,7 +61,7 @@ import apache_beam as beam
 import numpy as np
 
 from curation.config import CurationConfig
-from curation.shard_passes import facts_at, value_id
+from curation.shard_passes import facts_at, packed_gram_ids, value_id
 from curation.text import gram_id, unigrams_and_bigrams
 from infra.contract import CurationReason as R
 
@@ -118,16 +118,6 @@ def _table(dtype: np.dtype, **columns) -> np.ndarray:
     return rows
 
 
-def _by_bucket(rows: np.ndarray, buckets: int):
-    """(bucket, the rows of that bucket as bytes) for a packed table."""
-    bucket = rows["lo"] % np.uint64(buckets)
-    order = np.argsort(bucket, kind="stable")
-    rows, bucket = rows[order], bucket[order]
-    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]]) if len(rows) else []
-    for lo, hi in zip(starts, np.r_[starts[1:], len(rows)]):
-        yield int(bucket[lo]), rows[lo:hi].tobytes()
-
-
 def _unpack(bucket_group, dtype: np.dtype) -> np.ndarray:
     _, packed = bucket_group
     return np.concatenate([np.frombuffer(p, dtype=dtype) for p in packed])
@@ -154,6 +144,13 @@ def _run_slices(order: np.ndarray, starts: np.ndarray, wanted=None):
 
 def _run_lengths(order: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return np.diff(np.r_[starts, len(order)])
+
+
+def _by_bucket(rows: np.ndarray, buckets: int):
+    """(bucket, the rows of that bucket as bytes) for a packed table."""
+    bucket = rows["lo"] % np.uint64(buckets)
+    for run in _run_slices(*_runs(bucket)):  # rows keep their order within a bucket
+        yield int(bucket[run[0]]), rows[run].tobytes()
 
 
 def _holding(rows: np.ndarray) -> list[int]:
@@ -302,7 +299,7 @@ def _rare(bucket_group, threshold: int):
     held = rows[rare[which] & (rows["shard"] != NO_SHARD) & (rows["count"] > 0)]
     for shard in np.unique(held["shard"]):
         rare_ids = np.unique(held["lo"][held["shard"] == shard])
-        yield int(shard), (R.TEXT_RARE_TOKENS.value, rare_ids.astype("<u8").tobytes(), "")
+        yield int(shard), (R.TEXT_RARE_TOKENS.value, packed_gram_ids(rare_ids), "")
 
 
 class CorpusRules(beam.PTransform):

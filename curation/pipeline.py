@@ -93,6 +93,9 @@ def _write_after_drops(shard_joined, out_dir: str, config: CurationConfig):
     write_shard_outputs(path, out_dir, decided, config)
 
 
+_M_ARENA_MAX = -8  # glibc's malloc.h
+
+
 def _fewer_malloc_arenas() -> None:
     """Two glibc malloc arenas per process instead of up to 8 per core, in this process and
     the runner's worker processes (they inherit the environment).
@@ -110,8 +113,6 @@ def _fewer_malloc_arenas() -> None:
     except (OSError, AttributeError, ValueError):
         pass
 
-
-_M_ARENA_MAX = -8  # glibc's malloc.h
 
 
 def pipeline_options(workers: int = 2, beam_args: list[str] | None = None) -> tuple[PipelineOptions, object]:

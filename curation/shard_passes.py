@@ -67,6 +67,16 @@ def value_id(value: str | None) -> bytes | None:
     return None if value is None else hashlib.blake2b(value.encode("utf-8"), digest_size=16).digest()
 
 
+def packed_gram_ids(ids) -> bytes:
+    """Gram ids (:func:`curation.text.gram_id`) as a rare-token finding carries them."""
+    return np.asarray(ids, dtype="<u8").tobytes()
+
+
+def gram_ids_of(packed: bytes) -> list[int]:
+    """The gram ids of :func:`packed_gram_ids`'s bytes."""
+    return np.frombuffer(packed, dtype="<u8").tolist()
+
+
 class Fact(NamedTuple):
     """What the corpus-wide rules need of one sample (no image, no caption)."""
 
@@ -153,7 +163,7 @@ def _findings_by_reason(findings: Iterable[Finding]) -> dict[str, dict]:
     by_reason: dict[str, dict] = defaultdict(dict)
     for finding in findings:
         if finding.reason == R.TEXT_RARE_TOKENS.value:
-            by_reason[finding.reason].update(dict.fromkeys(np.frombuffer(finding.value, dtype="<u8").tolist(), ""))
+            by_reason[finding.reason].update(dict.fromkeys(gram_ids_of(finding.value), ""))
         else:
             by_reason[finding.reason][finding.value] = finding.detail
     return by_reason
@@ -347,5 +357,5 @@ def shard_counts(stem: str, decided: list[dict], shards: list[dict]) -> dict:
 
 
 __all__ = ["COUNTS_DIR", "FACTS_SCHEMA", "Fact", "RawShardChanged", "Finding", "WORK_DIR", "apply_drops",
-           "curated_names", "decide_shard", "examine_shard", "facts_at", "value_id", "load_decided", "save_decided", "shard_counts",
+           "curated_names", "decide_shard", "examine_shard", "facts_at", "gram_ids_of", "packed_gram_ids", "value_id", "load_decided", "save_decided", "shard_counts",
            "write_shard_outputs"]

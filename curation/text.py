@@ -18,7 +18,6 @@ The same tokens, case-folded, feed the corpus-wide unigram/bigram counts.
 from __future__ import annotations
 
 import hashlib
-
 import html
 import math
 import unicodedata
