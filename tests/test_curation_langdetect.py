@@ -61,3 +61,34 @@ def test_cache_and_undetermined():
     assert first == language.detect_many(["Ein Hund spielt im Garten mit einem Ball"]) and first[0][0] == "de"
     lang, prob = language.tag_many(["grinning face"], min_prob=1.01)[0]
     assert lang == "und" and 0 < prob <= 1  # below min_prob: und, probability kept
+
+
+def test_captions_that_read_past_the_stream_are_rerun_on_a_longer_one(demo_data, monkeypatch):
+    """A caption reads ~2,500 outputs of the shared random stream; one that reads past its end
+    is rerun on a stream four times longer. Starting from 64 outputs forces every caption
+    through that path, several times, and the answers are still langdetect's own."""
+    from curation import langdetect_batch
+
+    texts = udhr_texts(demo_data.udhr_dir)["title"].tolist()[:40] + ["grinning face", "Ein Hund im Garten"]
+    monkeypatch.setattr(langdetect_batch, "_STREAM_START", 64)
+    assert detect_batch(texts) == [langdetect_answer(t) for t in texts]
+
+
+def test_sum_is_pythons_sum():
+    """``_normalize_prob``'s ``sum(prob)`` as CPython computes it: plain left to right on 3.11,
+    Neumaier-compensated on 3.12+ (where [1e16, 1.0, -1e16] sums to 1.0, not 0.0)."""
+    import random
+    import sys
+
+    import numpy as np
+
+    from curation.langdetect_batch import _COMPENSATED_SUM, _python_sum
+
+    rng = random.Random(0)
+    rows = [[rng.random() * 10 ** rng.randint(-300, 0) for _ in range(55)] for _ in range(200)]
+    rows.append([1e16, 1.0, -1e16])
+    for row in rows:
+        assert _python_sum(np.array(row), _COMPENSATED_SUM) == sum(row)
+    assert _COMPENSATED_SUM == (sys.version_info >= (3, 12))
+    assert _python_sum(np.array([1e16, 1.0, -1e16]), False) == 0.0
+    assert _python_sum(np.array([1e16, 1.0, -1e16]), True) == 1.0
