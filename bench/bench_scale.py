@@ -21,6 +21,9 @@ a user runs it (a subprocess, its output in ``OUT.log``). Measured:
 * peak RSS of the process tree, sampled every 0.2 s with psutil (the litflow process, the
   Beam runner's worker processes and anything they start, summed; shared pages count once
   per process, so this is an upper bound), and of its largest single process;
+* peak PSS of the process tree (proportional set size, from ``/proc/PID/smaps_rollup``: a
+  page shared by k processes counts 1/k in each), which is what the tree really occupies —
+  shared libraries loaded by every worker (numba's LLVM: ~100 MB) count once;
 * KB per pair growth of both peaks between consecutive sizes (1 KB = 1,000 bytes);
 * the counts per rejection reason from ``OUT/corpus.json``.
 
@@ -76,7 +79,7 @@ def _tree(root: psutil.Process) -> list[psutil.Process]:
 def run_measured(command: list[str], log_path: Path) -> dict:
     """Run ``command`` (output to ``log_path``): wall and CPU time, and the peak RSS of its
     process tree (sum and largest process, sampled every 0.2 s)."""
-    peak = {"tree": 0, "largest": 0, "processes": 0}
+    peak = {"tree": 0, "largest": 0, "processes": 0, "pss": 0}
     stop = threading.Event()
     started = time.perf_counter()
     with open(log_path, "w") as log:
@@ -88,14 +91,16 @@ def run_measured(command: list[str], log_path: Path) -> dict:
 
     def sample():
         while root is not None and not stop.is_set():
-            total = largest = count = 0
+            total = largest = count = pss = 0
             for p in _tree(root):
                 try:
                     rss = p.memory_info().rss
+                    pss += p.memory_full_info().pss
                 except psutil.Error:
                     continue
                 total, largest, count = total + rss, max(largest, rss), count + 1
             peak["tree"], peak["largest"] = max(peak["tree"], total), max(peak["largest"], largest)
+            peak["pss"] = max(peak["pss"], pss)
             peak["processes"] = max(peak["processes"], count)
             stop.wait(SAMPLE_EVERY_S)
 
@@ -110,7 +115,8 @@ def run_measured(command: list[str], log_path: Path) -> dict:
         tail = log_path.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}); {log_path}:\n{tail}")
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_tree_bytes": peak["tree"],
-            "peak_process_bytes": peak["largest"], "max_processes": peak["processes"]}
+            "peak_process_bytes": peak["largest"], "peak_tree_pss_bytes": peak["pss"],
+            "max_processes": peak["processes"]}
 
 
 def curate(raw: Path, preset: str, workers: int, sets: list[str], keep: bool) -> dict:
@@ -195,21 +201,23 @@ def _growth(runs: list[dict]) -> None:
             if pairs > 0:
                 r["kb_per_pair_growth_tree"] = (r["peak_tree_bytes"] - previous["peak_tree_bytes"]) / pairs / 1e3
                 r["kb_per_pair_growth_process"] = (r["peak_process_bytes"] - previous["peak_process_bytes"]) / pairs / 1e3
+                r["kb_per_pair_growth_pss"] = (r["peak_tree_pss_bytes"] - previous["peak_tree_pss_bytes"]) / pairs / 1e3
                 r["growth_from_pairs"] = previous["pairs"]
 
 
 def _print_table(runs: list[dict]) -> None:
     header = (f"{'pairs':>9} {'preset':<12}{'W':>2}{'wall s':>8}{'rec/s/core':>11}{'rec/cpu-s':>10}{'tree GB':>9}"
-              f"{'max proc GB':>12}{'KB/pair tree':>13}{'KB/pair proc':>13}{'/ref floor':>11}{'/proj floor':>12}"
+              f"{'PSS GB':>8}{'max proc GB':>12}{'KB/pair tree':>13}{'KB/pair PSS':>12}{'KB/pair proc':>13}{'/ref floor':>11}{'/proj floor':>12}"
               f"{'/ref (cpu)':>11}{'kept':>9}")
     print("\n" + header)
     print("-" * len(header))
     for r in sorted(runs, key=lambda r: (r["preset"], r["workers"], r["pairs"])):
         tree = f"{r['kb_per_pair_growth_tree']:.2f}" if "kb_per_pair_growth_tree" in r else ""
         proc = f"{r['kb_per_pair_growth_process']:.2f}" if "kb_per_pair_growth_process" in r else ""
+        pss = f"{r['kb_per_pair_growth_pss']:.2f}" if "kb_per_pair_growth_pss" in r else ""
         print(f"{r['pairs']:>9,} {r['preset']:<12}{r['workers']:>2}{r['wall_s']:>8.1f}{r['records_per_s_per_core']:>11.0f}"
-              f"{r['records_per_cpu_s']:>10.0f}{r['peak_tree_bytes'] / 1e9:>9.2f}{r['peak_process_bytes'] / 1e9:>12.2f}"
-              f"{tree:>13}{proc:>13}{r['ratio_reference_floor']:>11.2f}{r['ratio_project_floor']:>12.2f}"
+              f"{r['records_per_cpu_s']:>10.0f}{r['peak_tree_bytes'] / 1e9:>9.2f}"
+              f"{r['peak_tree_pss_bytes'] / 1e9:>8.2f}{r['peak_process_bytes'] / 1e9:>12.2f}{tree:>13}{pss:>12}{proc:>13}{r['ratio_reference_floor']:>11.2f}{r['ratio_project_floor']:>12.2f}"
               f"{r['ratio_reference_floor_cpu']:>11.2f}{r['kept']:>9,}")
 
 
@@ -252,7 +260,7 @@ def main() -> int:
                  ratio_reference_floor_cpu=r["records_per_cpu_s"] / f["reference_decode_imagehash"]["records_per_cpu_s"])
         runs.append(r)
         print(f"{n:>9,} {preset:<12} W={workers} wall {r['wall_s']:7.1f} s  {r['records_per_s_per_core']:6.0f} rec/s/core  "
-              f"tree {r['peak_tree_bytes'] / 1e9:5.2f} GB (largest {r['peak_process_bytes'] / 1e9:4.2f} GB, "
+              f"tree {r['peak_tree_bytes'] / 1e9:5.2f} GB, PSS {r['peak_tree_pss_bytes'] / 1e9:5.2f} GB (largest {r['peak_process_bytes'] / 1e9:4.2f} GB, "
               f"{r['max_processes']} processes)  / ref floor {r['ratio_reference_floor']:.2f}  kept {r['kept']:,}  "
               f"rejected {dict(sorted(r['rejected'].items()))}", flush=True)
         return r

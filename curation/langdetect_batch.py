@@ -6,11 +6,8 @@ draws per caption. No maintained package gives the same answers faster, and the 
 for langdetect's answers, cheaper. This module keeps everything that decides the answer —
 langdetect's own text cleaning, n-gram extraction, profiles, seed, trial count, alpha, the
 convergence test and the float operations in the same order — and runs the draw loop as one
-numba-compiled function (``_detect_rows``), a line-for-line transcription of
-``Detector._detect_block``. numba is used, not a C extension, because it is a maintained
-package with wheels for every platform we run on and needs no compiler at install time; its
-compiled code is cached on disk (``cache=True``), so a worker process loads it instead of
-compiling it (about 2 s, once per machine).
+numba-compiled function, a line-for-line transcription of ``Detector._detect_block``
+(:mod:`curation.langdetect_kernel`, which says why numba).
 
 Exactness rests on four facts, each checked by ``tests/test_curation_langdetect.py`` against
 langdetect on thousands of real captions (demo corpus + UDHR in ~500 languages):
@@ -45,7 +42,6 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numba
 import numpy as np
 from langdetect import DetectorFactory, detector_factory
 from langdetect.detector import Detector
@@ -141,102 +137,11 @@ def _extract_ngrams(text: str, profiles: dict) -> list[str]:
     return result
 
 
-@numba.njit(cache=True, nogil=True)
-def _python_sum(values, compensated):
-    """``sum(list_of_floats)`` as CPython computes it: left to right from 0, with Neumaier's
-    compensation on 3.12+ (``builtin_sum_impl``: the compensation is added at the end only
-    when it is non-zero and finite)."""
-    total = 0.0
-    c = 0.0
-    for x in values:
-        t = total + x
-        if compensated:
-            if abs(total) >= abs(x):
-                c += (total - t) + x
-            else:
-                c += (x - t) + total
-        total = t
-    if compensated and c != 0.0 and math.isfinite(c):
-        total += c
-    return total
-
-
-@numba.njit(cache=True, nogil=True)
-def _choice(outputs, pos, shift, n):
-    """``random.choice`` over n items from read position ``pos``: ``getrandbits(k)`` (the next
-    output shifted right by 32 - k, k = n's bit length) until it is below n. Returns the index
-    and the new position, or -1 where the stream ends first."""
-    while pos < len(outputs):
-        pick = np.int64(outputs[pos] >> shift)
-        pos += 1
-        if pick < n:
-            return pick, pos
-    return -1, pos
-
-
-@numba.njit(cache=True, nogil=True)
-def _detect_rows(rows, flat, offset, count, shift, table, outputs, z_first, z_second, compensated, probs):
-    """``Detector._detect_block`` for each caption in ``rows``: its n-grams are
-    ``flat[offset[r]:offset[r] + count[r]]`` (rows of ``table``); its langprob goes to
-    ``probs[r]``. Returns, per row, False where the caption would read past the stream's end
-    (its answer is then not written; the caller reruns it on a longer stream)."""
-    n_lang = table.shape[1]
-    init = 1.0 / n_lang
-    done = np.zeros(len(rows), dtype=np.bool_)
-    prob = np.empty(n_lang)
-    langprob = np.empty(n_lang)
-    for k in range(len(rows)):
-        r = rows[k]
-        pos = 0
-        cached, z_cached = False, 0.0
-        langprob[:] = 0.0
-        ok = True
-        for _ in range(N_TRIAL):
-            prob[:] = init
-            # alpha = self.alpha + self.random.gauss(0.0, 1.0) * self.ALPHA_WIDTH
-            if cached:
-                z, cached = z_cached, False
-            elif pos + 4 <= len(outputs):
-                z, z_cached, cached = z_first[pos], z_second[pos], True
-                pos += 4
-            else:
-                ok = False
-                break
-            alpha = ALPHA_DEFAULT + (0.0 + z * 1.0) * ALPHA_WIDTH
-            weight = alpha / BASE_FREQ
-            i = 0
-            while True:
-                pick, pos = _choice(outputs, pos, shift[r], count[r])
-                if pick < 0:
-                    ok = False
-                    break
-                word = flat[offset[r] + pick]
-                for j in range(n_lang):  # _update_lang_prob
-                    prob[j] *= weight + table[word, j]
-                if i % 5 == 0:
-                    sump = _python_sum(prob, compensated)  # _normalize_prob
-                    maxp = 0.0
-                    for j in range(n_lang):
-                        p = prob[j] / sump
-                        if maxp < p:
-                            maxp = p
-                        prob[j] = p
-                    if maxp > CONV_THRESHOLD or i >= ITERATION_LIMIT:
-                        break
-                i += 1
-            if not ok:
-                break
-            for j in range(n_lang):
-                langprob[j] += prob[j] / N_TRIAL
-        if ok:
-            probs[r, :] = langprob
-            done[k] = True
-    return done
-
-
 def detect_batch(texts: list[str]) -> list[tuple[str, float] | None]:
     """(language, probability) of langdetect's top answer per text; None where langdetect
     raises (no usable n-grams) or has no language above its 0.1 threshold."""
+    from curation import langdetect_kernel  # numba (~130 MB of LLVM) loads only where captions are tagged
+
     fac = factory()
     langlist = fac.langlist
     results: list[tuple[str, float] | None] = [None] * len(texts)
@@ -260,7 +165,7 @@ def detect_batch(texts: list[str]) -> list[tuple[str, float] | None]:
     length = _STREAM_START
     while len(todo):
         stream = _stream(length)
-        done = _detect_rows(todo, flat, offset, count, shift, table, stream.outputs, stream.z_first,
+        done = langdetect_kernel.detect_rows(todo, flat, offset, count, shift, table, stream.outputs, stream.z_first,
                             stream.z_second, _COMPENSATED_SUM, probs)
         todo = todo[~done]  # rows that read past the stream's end: rerun on a longer one
         length *= 4

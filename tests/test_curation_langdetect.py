@@ -82,7 +82,8 @@ def test_sum_is_pythons_sum():
 
     import numpy as np
 
-    from curation.langdetect_batch import _COMPENSATED_SUM, _python_sum
+    from curation.langdetect_batch import _COMPENSATED_SUM
+    from curation.langdetect_kernel import python_sum as _python_sum
 
     rng = random.Random(0)
     rows = [[rng.random() * 10 ** rng.randint(-300, 0) for _ in range(55)] for _ in range(200)]
