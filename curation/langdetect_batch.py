@@ -26,18 +26,21 @@ langdetect on thousands of real captions (demo corpus + UDHR in ~500 languages):
   does there, transcribed from CPython's ``builtin_sum_impl``.
 
 Langdetect's n-gram extraction is also redone here (``_extract_ngrams``), step for step, only
-with each character's normalisation looked up once; the test compares it gram for gram.
+with each character's normalisation looked up once and each space-separated chunk's grams
+cached; the test compares it gram for gram.
 
 Memory: one batch's n-gram indices and its distinct n-grams' profile rows (55 float64 each),
 (captions × 55) float64 answers, the shared random stream with its two Gaussian tables
-(64 Ki positions, 1.5 MB, grown on demand for a caption that reads further), and a table of
-normalised characters (bounded by Unicode).
+(64 Ki positions, 1.5 MB, grown on demand for a caption that reads further), a table of
+normalised characters (bounded by Unicode) and the chunk cache (at most 200,000 chunks, a
+few tens of MB for web alt-text; cleared when full).
 """
 
 from __future__ import annotations
 
 import math
 import random
+import re
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
@@ -94,16 +97,65 @@ def _stream(length: int) -> _Stream:
 def ngrams_of(text: str, fac) -> list[str]:
     """langdetect's own preprocessing: append (URL/mail removal, Vietnamese normalisation,
     space folding, length cap), Latin cleaning, n-gram extraction filtered by its profiles."""
-    detector = fac.create()
-    detector.append(text)
-    detector.cleaning_text()
-    return _extract_ngrams(detector.text, fac.word_lang_prob_map)
+    return _extract_ngrams(_cleaned(text, _max_text_length(fac)), fac.word_lang_prob_map)
+
+
+@lru_cache(maxsize=4)
+def _max_text_length(fac) -> int:
+    return fac.create().max_text_length
+
+
+_SPACE_RUNS = re.compile(" +")
+_LATIN = re.compile("[A-z]")           # cleaning_text's 'A' <= ch <= 'z'
+_FROM_U0300 = re.compile("[\u0300-\U0010ffff]")
+
+
+def _cleaned(text: str, max_length: int) -> str:
+    """``Detector.append`` then ``Detector.cleaning_text``, with their per-character Python
+    loops done by regular expressions that keep and drop the same characters:
+
+    * append keeps a character unless it is a space after a space, over the first
+      ``max_length`` characters: runs of spaces folded to one;
+    * cleaning drops the Latin letters (``'A'``–``'z'``) when they are fewer than half the
+      characters from U+0300 up. langdetect means to leave out its "Latin Extended Additional"
+      block there, but compares the block's number with its name, so it never does; neither
+      do we (the test compares the result with langdetect's own on such text)."""
+    text = Detector.URL_RE.sub(" ", text)
+    text = Detector.MAIL_RE.sub(" ", text)
+    text = _SPACE_RUNS.sub(" ", NGram.normalize_vi(text)[:max_length])
+    if 2 * len(_LATIN.findall(text)) < len(_FROM_U0300.findall(text)):
+        text = _LATIN.sub("", text)
+    return text
 
 
 _NORMALISED: dict[str, str] = {}  # bounded by the characters there are
+_CHUNK_GRAMS: dict[str, tuple[str, ...]] = {}
+_CHUNK_LIMIT = 200_000
 
 
 def _extract_ngrams(text: str, profiles: dict) -> list[str]:
+    """``Detector._extract_ngrams``, gram for gram, computed per space-separated chunk and
+    cached (captions repeat their words).
+
+    Why per chunk is exact: a space normalises to a space, and the character after one resets
+    the extractor (``NGram.add_char``: ``grams = " "``, ``capital = False``), which is also
+    its starting state. So the grams of ``"ab cd"`` are those of ``"ab "`` then of ``"cd"``,
+    each extracted from the start."""
+    result: list[str] = []
+    chunks = text.split(" ")
+    for i, chunk in enumerate(chunks):
+        if i < len(chunks) - 1:
+            chunk += " "
+        grams = _CHUNK_GRAMS.get(chunk)
+        if grams is None:
+            if len(_CHUNK_GRAMS) >= _CHUNK_LIMIT:
+                _CHUNK_GRAMS.clear()
+            grams = _CHUNK_GRAMS[chunk] = _extract_from_start(chunk, profiles)
+        result.extend(grams)
+    return result
+
+
+def _extract_from_start(text: str, profiles: dict) -> tuple[str, ...]:
     """``Detector._extract_ngrams`` with ``NGram.add_char`` inlined, step for step, and its
     per-character ``NGram.normalize`` (a pure function of the character) looked up once per
     character: that normalisation was about half of the extraction's cost."""
@@ -134,7 +186,7 @@ def _extract_ngrams(text: str, profiles: dict) -> list[str]:
             gram = grams[-n:]
             if gram != " " and gram in profiles:
                 result.append(gram)
-    return result
+    return tuple(result)
 
 
 def detect_batch(texts: list[str]) -> list[tuple[str, float] | None]:

@@ -38,7 +38,14 @@ def test_ngram_extraction_is_langdetects_own(demo_data):
     udhr = udhr_texts(demo_data.udhr_dir)
     texts = udhr["title"].tolist() + udhr["article1"].tolist() + [
         "NASA and the ESA", "a  b   c", "ȘTIINȚĂ și țară", "Ça, c'est l'été!", "東京タワーの夜景",
-        "مرحبا بالعالم", "ÀÉÎ õü ß", "x", " ", "", "The USA's GDP—rising…", "mIxEd CaSe WoRdS"]
+        "مرحبا بالعالم", "ÀÉÎ õü ß", "x", " ", "", "The USA's GDP—rising…", "mIxEd CaSe WoRdS",
+        # chunks cached: the same word inside, last, and after a capital word
+        "dog dog dog", " leading", "trailing ", "DOG dog Dog dOG", "ab ab", "ab",
+        # append: URLs, mail, Vietnamese, space runs, the 10,000-character cap
+        "see https://example.org/a?b=c and mail x.y@example.com now", "Tiếng Việt có dấu", "a" * 9_999 + "  bc d",
+        # cleaning: Latin letters dropped when under half the characters from U+0300 up
+        # (Latin Extended Additional "ḀḁṫẞỳỸ" counts as non-Latin, as langdetect's own test does)
+        "Москва Moscow столица", "ḀḁṫẞỳỸ ab", "ḀḁṫẞỳỸ abcd", "東京 Tokyo", "[\\]^_` `_^", "ÀÀÀÀ ab"]
     fac = factory()
     for text in texts:
         detector = fac.create()
