@@ -59,7 +59,7 @@ BASE_FREQ = Detector.BASE_FREQ
 PROB_THRESHOLD = Detector.PROB_THRESHOLD
 _TWOPI = 2.0 * math.pi
 _COMPENSATED_SUM = sys.version_info >= (3, 12)  # CPython 3.12 made sum() of floats compensated
-_STREAM_START = 1 << 16  # outputs; a caption reads ~2,500 (7 trials of ~150 draws, some rejected)
+_STREAM_START = 1 << 16  # outputs of the shared stream; grown only for a caption that reads past them
 
 
 def factory():
@@ -217,8 +217,8 @@ def detect_batch(texts: list[str]) -> list[tuple[str, float] | None]:
     length = _STREAM_START
     while len(todo):
         stream = _stream(length)
-        done = langdetect_kernel.detect_rows(todo, flat, offset, count, shift, table, stream.outputs, stream.z_first,
-                            stream.z_second, _COMPENSATED_SUM, probs)
+        done = langdetect_kernel.detect_rows(todo, flat, offset, count, shift, table, stream.outputs,
+                                             stream.z_first, stream.z_second, _COMPENSATED_SUM, probs)
         todo = todo[~done]  # rows that read past the stream's end: rerun on a longer one
         length *= 4
 
