@@ -181,8 +181,8 @@ def evaluate(run: Path, work: Path, toml: Path) -> dict:
 
 def table(results: list[dict], images: int) -> list[str]:
     chance = 1 / images
-    lines = [f"held-out emoji: {images} images, chance R@1 {100 * chance:.2f} %; cells: R@1 i2t / t2i in %, "
-             f"(× chance, mean of the two)",
+    lines = [f"held-out emoji: {images} images, chance R@1 {100 * chance:.2f} %; cells: R@1 i2t / t2i in % "
+             f"(the mean of the two as a multiple of chance, ± its s.d. over seeds)",
              "| variant | seeds | " + " | ".join(LANGS) + " |", "|---|---|" + "---|" * len(LANGS)]
     for name in dict.fromkeys(r["variant"] for r in results):
         runs = [r for r in results if r["variant"] == name]
@@ -190,7 +190,9 @@ def table(results: list[dict], images: int) -> list[str]:
         for lang in LANGS:
             i2t = statistics.mean(r["heldout"][lang]["i2t_R@1"] for r in runs)
             t2i = statistics.mean(r["heldout"][lang]["t2i_R@1"] for r in runs)
-            cells.append(f"{100 * i2t:.1f} / {100 * t2i:.1f} ({(i2t + t2i) / 2 / chance:.0f}×)")
+            times = [(r["heldout"][lang]["i2t_R@1"] + r["heldout"][lang]["t2i_R@1"]) / 2 / chance for r in runs]
+            spread = f" ± {statistics.stdev(times):.0f}" if len(times) > 1 else ""
+            cells.append(f"{100 * i2t:.1f} / {100 * t2i:.1f} ({statistics.mean(times):.0f}×{spread})")
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
     return lines
 
