@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from ablation import log  # noqa: E402
+from curation.demo_data import emoji_rows  # noqa: E402
 
 LANGS = ("en", "de", "fr", "es", "it", "pt", "nl", "pl", "ru", "ja")
 HELD_OUT_BUCKETS = 20  # of 100
@@ -69,14 +70,11 @@ def concepts(cache: Path, emojibase: Path) -> list[dict]:
         for entry in json.loads((emojibase / lang / "data.json").read_text(encoding="utf-8")):
             names.setdefault(entry["hexcode"], {})[lang] = entry["label"]
     rows = []
-    for entry in json.loads((cache / "emoji" / "emoji.json").read_text(encoding="utf-8")):
-        image = Path("emoji") / "img" / "google" / "64" / entry["image"]
-        if not entry.get("has_img_google") or not (cache / image).exists():
-            continue
+    for emoji in emoji_rows(cache / "emoji"):  # the demo's own emoji: those with a Noto image
         # emojibase drops the emoji-presentation selector (FE0F) where emoji-datasource keeps it
-        found = names.get(entry["unified"]) or names.get(entry["unified"].replace("-FE0F", ""))
+        found = names.get(emoji["hexcode"]) or names.get(emoji["hexcode"].replace("-FE0F", ""))
         if found and all(found.get(lang) for lang in LANGS):
-            rows.append({"hexcode": entry["unified"], "image": str(image), "category": entry["category"],
+            rows.append({"hexcode": emoji["hexcode"], "image": emoji["path"], "category": emoji["category"],
                          "names": found})
     return sorted(rows, key=lambda r: r["hexcode"])
 
@@ -108,7 +106,7 @@ def prepare(work: Path, workers: int) -> tuple[Path, Path, Path, int]:
 
     from curation.config import load_config
     from curation.curate import curate
-    from curation.demo import LOOPBACK
+    from curation.demo import LOOPBACK, loopback_config
     from curation.demo_data import LICENSES, NPM_PACKAGES, fetch_all, fetch_npm
     from curation.file_server import serve_folder
     from curation.ingest import IngestConfig, ingest
@@ -128,9 +126,7 @@ def prepare(work: Path, workers: int) -> tuple[Path, Path, Path, int]:
 
     ingest_dir = work / "ingest"
     if not (ingest_dir / "ingest.json").exists():
-        config = IngestConfig()
-        config = config.model_copy(update={"allow": (LOOPBACK,), "host_requests_per_s": 0,
-                                           "host_connections": max(config.host_connections, config.threads)})
+        config = loopback_config(IngestConfig())
         with serve_folder(data.cache, host=LOOPBACK, port=0) as base_url:
             urls = pd.DataFrame([{"url": f"{base_url}/{r['image']}", "caption": r["names"][lang], "source": "emoji",
                                   "license": f"{LICENSES['emoji']}; names: MIT ({NPM_PACKAGES['emojibase']}), "

@@ -267,6 +267,12 @@ def evaluate(run: Path, work: Path, toml: Path, limit: int | None) -> dict:
     return {"tuning": scores(tuning), "heldout": scores(heldout)}
 
 
+def _mean_sd(values: list[float]) -> str:
+    """"mean ± s.d." of a variant's seeds (the mean alone for one seed)."""
+    spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.1f}{spread}"
+
+
 def summary(rows: list[dict]) -> list[str]:
     lines = []
     for split in ("tuning", "heldout"):
@@ -280,9 +286,7 @@ def summary(rows: list[dict]) -> list[str]:
         for variant, runs in by_variant.items():
             cells = []
             for s, k in figures:
-                values = [100 * r[split][s][k] for r in runs]
-                spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
-                cells.append(f"{statistics.mean(values):.1f}{spread}")
+                cells.append(_mean_sd([100 * r[split][s][k] for r in runs]))
             lines.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -377,16 +381,13 @@ def emoji_all_study(rows: list[dict], work: Path, args) -> list[str]:
         table.setdefault(row["variant"], []).append((every, 100 * row["tuning"]["emoji"]["balanced_top1"],
                                                      every + retrieval))
 
-    def cell(values: list[float]) -> str:
-        spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
-        return f"{statistics.mean(values):.1f}{spread}"
-
     lines = ["\nemoji zero-shot on all 1,911 images (tuning split), mean ± s.d. over seeds:",
              "| variant | seeds | emoji balanced top-1, all | the same, ≤ 400 test images | tuning score, all |",
              "|---|---|---|---|---|"]
     for variant, values in sorted(table.items(), key=lambda kv: -statistics.mean(v[2] for v in kv[1])):
         every, old, score = zip(*values)
-        lines.append(f"| {variant} | {len(values)} | {cell(list(every))} | {cell(list(old))} | {cell(list(score))} |")
+        lines.append(f"| {variant} | {len(values)} | {_mean_sd(list(every))} | {_mean_sd(list(old))} | "
+                     f"{_mean_sd(list(score))} |")
     default = table.get("LU-tower-lr")
     if default:
         base = statistics.mean(v[2] for v in default)

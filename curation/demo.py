@@ -16,6 +16,13 @@ from curation.ingest import IngestConfig, ingest
 LOOPBACK = "127.0.0.1"
 
 
+def loopback_config(config: IngestConfig) -> IngestConfig:
+    """``config`` for ingesting from a demo server of our own on loopback: that host allowed,
+    and no politeness limits towards it."""
+    return config.model_copy(update={"allow": tuple(sorted({*config.allow, LOOPBACK})), "host_requests_per_s": 0,
+                                     "host_connections": max(config.host_connections, config.threads)})
+
+
 def ingest_demo(out_dir: str | Path, per_source: int | None = 200, config: IngestConfig | None = None,
                 cache: str | Path | None = None, port: int = 0, caption_rule: str | None = None) -> dict:
     """Ingest ``per_source`` images of each demo source (None: all ~10,000) into ``out_dir``.
@@ -26,10 +33,7 @@ def ingest_demo(out_dir: str | Path, per_source: int | None = 200, config: Inges
     same from run to run, which a resumed run needs to reproduce an uninterrupted one."""
     out_dir = Path(out_dir)
     data = fetch_all(cache)
-    config = config or IngestConfig()
-    # the demo's server is our own, on loopback: no politeness limits towards it
-    config = config.model_copy(update={"allow": tuple(sorted({*config.allow, LOOPBACK})), "host_requests_per_s": 0,
-                                       "host_connections": max(config.host_connections, config.threads)})
+    config = loopback_config(config or IngestConfig())
     with serve_folder(data.cache, host=LOOPBACK, port=port) as base_url:
         url_list = write_url_list(data.catalogue, base_url, out_dir / "demo_urls.parquet", per_source, caption_rule)
         return ingest(url_list, out_dir, config)

@@ -179,6 +179,7 @@ def emoji_rows(root: Path) -> list[dict]:
         name = entry.get("name") or entry["short_name"].replace("_", " ")
         rows.append(
             {
+                "hexcode": entry["unified"],  # not a catalogue column: bench/bench_multilingual.py joins on it
                 "path": f"emoji/img/google/64/{entry['image']}",
                 "caption": name.lower(),
                 "title": "",  # the caption is the name under every rule

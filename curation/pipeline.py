@@ -114,7 +114,6 @@ def _fewer_malloc_arenas() -> None:
         pass
 
 
-
 def pipeline_options(workers: int = 2, beam_args: list[str] | None = None) -> tuple[PipelineOptions, object]:
     """(options, runner): FnApiRunner multi-processing unless ``--runner`` is in beam_args."""
     beam_args = list(beam_args or [])

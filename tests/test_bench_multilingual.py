@@ -23,7 +23,8 @@ def _write(cache: Path, emojibase: Path, codes: list[str], missing_in: dict[str,
         path = cache / "emoji" / "img" / "google" / "64" / image
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (64, 64), "white").save(path)
-        entries.append({"unified": code, "image": image, "has_img_google": True, "category": "Symbols"})
+        entries.append({"unified": code, "image": image, "has_img_google": True, "category": "Symbols",
+                        "name": f"emoji {code}", "sort_order": len(entries)})
     (cache / "emoji" / "emoji.json").write_text(json.dumps(entries))
     for lang in bm.LANGS:
         data = [{"hexcode": code.replace("-FE0F", ""), "label": f"{lang} name of {code}"}
