@@ -7,16 +7,26 @@ pure function of the eval image, so ``litflow dedup index`` computes them with t
 verification reads them instead: SIFT then runs on the corpus image only, and every decision is
 the same (the same keypoints; checked by ``tests/test_dedup_feature_store.py``).
 
-On disk, beside ``splits/SET__SPLIT.parquet``, three files per split, rows in the parquet's order::
+The mirrored eval image's keypoints are stored too. A pHash candidate is checked mirrored when the
+corpus image's pHash is near the eval image's mirror hash, which for a near-symmetric icon is
+as often as not; at 82k eval images SIFT on those mirrors was 31 % of verification time on held-out
+split 1 of ``bench/bench_dedup_scale.py``, more than SIFT on the corpus images. SIFT on a
+mirrored image is not the mirror of SIFT on the image (the pyramid keeps every other pixel,
+counted from the left), so they are computed from the mirrored pixels, as verification would.
+
+On disk, beside ``splits/SET__SPLIT.parquet``, three files per split and way round, rows in the
+parquet's order::
 
     features/SET__SPLIT.points.f32       x, y, orientation, size per keypoint (float32 x 4)
     features/SET__SPLIT.descriptors.u8   SIFT descriptor per keypoint (uint8 x 128, lossless)
     features/SET__SPLIT.offsets.npy      int64, rows + 1: row r's keypoints are [o[r], o[r+1])
+    features/SET__SPLIT.mirror.*         the same three for the mirrored image
 
 ``index.json`` records the file stem per split and :func:`dedup.verify.features_id` (side, SIFT
 settings, OpenCV version); keypoints made under another id are not used, and verification
-computes them as before. Size: about 25 KB per eval image on icon and game-art data
-(179 keypoints on average, 144 bytes each), 2.6 GB at 100k.
+computes them as before; so does a split stored before the mirrors were (it is stored again by
+the next ``litflow dedup index``). Size: about 25 KB per eval image and way round on icon and
+game-art data (179 keypoints on average, 144 bytes each), 5 GB at 100k.
 
 Memory: writing streams (one image's keypoints at a time); reading maps the files, so a worker
 holds the pages of the eval images it meets plus a ref -> row table (bounded by the eval sets,
@@ -26,6 +36,7 @@ mount every worker sees, as it already is for the split tables.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -35,6 +46,9 @@ import pyarrow.parquet as pq
 from infra.files import replacing
 
 POINTS, DESCRIPTORS, OFFSETS = ".points.f32", ".descriptors.u8", ".offsets.npy"
+MIRROR = ".mirror"  # infix of the mirrored image's files
+SUFFIXES = tuple(way + suffix for way in (MIRROR, "") for suffix in (POINTS, DESCRIPTORS, OFFSETS))
+Keypoints = tuple[np.ndarray, np.ndarray]  # (points float32 (n, 4), descriptors uint8 (n, 128))
 
 
 def stem_for(split_file: str) -> str:
@@ -44,25 +58,27 @@ def stem_for(split_file: str) -> str:
 
 def stem_of(path: Path) -> str | None:
     """The stem a file of ``features/`` belongs to (None: not one of ours)."""
-    for suffix in (POINTS, DESCRIPTORS, OFFSETS):
+    for suffix in SUFFIXES:  # mirror's first: ".mirror.points.f32" also ends in ".points.f32"
         if path.name.endswith(suffix):
             return "features/" + path.name.removesuffix(suffix)
     return None
 
 
-def _keypoints(data: bytes | Exception | None) -> tuple[np.ndarray, np.ndarray]:
+def _keypoints(data: bytes | Exception | None) -> tuple[Keypoints, Keypoints]:
+    """(the image's keypoints, its mirror's); none for an image that cannot be read."""
     from dedup.verify import Features
 
     empty = np.zeros((0, 4), np.float32), np.zeros((0, 128), np.uint8)
     if not isinstance(data, bytes):
-        return empty
+        return empty, empty
     try:
-        return Features.from_bytes(data).arrays()
+        features = Features.from_bytes(data)
     except Exception:  # noqa: BLE001 - undecodable: the index records it as such; no keypoints
-        return empty
+        return empty, empty
+    return features.arrays(), features.mirrored().arrays()
 
 
-def _computed(blobs: Iterable[bytes | Exception | None], workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _computed(blobs: Iterable[bytes | Exception | None], workers: int) -> Iterator[tuple[Keypoints, Keypoints]]:
     if workers <= 1:
         yield from map(_keypoints, blobs)
         return
@@ -73,24 +89,43 @@ def _computed(blobs: Iterable[bytes | Exception | None], workers: int) -> Iterat
         yield from pool.imap(_keypoints, blobs, chunksize=16)
 
 
+class _Writer:
+    """One way round's three files, appended to image by image."""
+
+    def __init__(self, stack: ExitStack, base: Path):
+        self.base, self.offsets = base, [0]
+        self.points = stack.enter_context(open(stack.enter_context(replacing(Path(str(base) + POINTS))), "wb"))
+        self.descriptors = stack.enter_context(open(stack.enter_context(replacing(Path(str(base) + DESCRIPTORS))), "wb"))
+
+    def add(self, keypoints: Keypoints) -> None:
+        points, descriptors = keypoints
+        self.points.write(np.ascontiguousarray(points, np.float32).tobytes())
+        self.descriptors.write(np.ascontiguousarray(descriptors, np.uint8).tobytes())
+        self.offsets.append(self.offsets[-1] + len(points))
+
+    def finish(self) -> None:
+        with replacing(Path(str(self.base) + OFFSETS)) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, np.asarray(self.offsets, np.int64))
+
+
 def write_split(out: Path, stem: str, blobs: Iterable[bytes | Exception | None], workers: int = 1) -> int:
-    """Compute and write the keypoints of one split's images (in row order); returns the count."""
+    """Compute and write the keypoints of one split's images and of their mirrors (in row order);
+    returns the count of the images' own keypoints."""
     (out / stem).parent.mkdir(parents=True, exist_ok=True)
-    offsets = [0]
-    with replacing(out / (stem + POINTS)) as points_tmp, replacing(out / (stem + DESCRIPTORS)) as desc_tmp:
-        with open(points_tmp, "wb") as points_file, open(desc_tmp, "wb") as desc_file:
-            for points, descriptors in _computed(blobs, workers):
-                points_file.write(np.ascontiguousarray(points, np.float32).tobytes())
-                desc_file.write(np.ascontiguousarray(descriptors, np.uint8).tobytes())
-                offsets.append(offsets[-1] + len(points))
-    with replacing(out / (stem + OFFSETS)) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, np.asarray(offsets, np.int64))
-    return offsets[-1]
+    with ExitStack() as stack:
+        direct, mirror = _Writer(stack, out / stem), _Writer(stack, out / (stem + MIRROR))
+        for own, mirrored in _computed(blobs, workers):
+            direct.add(own)
+            mirror.add(mirrored)
+    # offsets last: a split whose offsets are there was written whole
+    direct.finish()
+    mirror.finish()
+    return direct.offsets[-1]
 
 
 def present(out: Path, stem: str) -> bool:
-    return all((out / (stem + suffix)).exists() for suffix in (POINTS, DESCRIPTORS, OFFSETS))
+    return all((out / (stem + suffix)).exists() for suffix in SUFFIXES)
 
 
 def _mapped(path: Path, dtype, width: int) -> np.ndarray:
@@ -100,7 +135,8 @@ def _mapped(path: Path, dtype, width: int) -> np.ndarray:
 
 
 class FeatureStore:
-    """``store(ref) -> (points, descriptors) | None``: an eval image's stored keypoints.
+    """``store(ref, mirrored=False) -> (points, descriptors) | None``: an eval image's stored
+    keypoints, or its mirror's.
 
     Opened lazily where it is used (a Beam worker), so it pickles as a path. None for an image
     the index holds no keypoints for (an index built before them, or under another
@@ -110,7 +146,7 @@ class FeatureStore:
     def __init__(self, index_dir: str | Path):
         self.index_dir = Path(index_dir)
         self._rows: dict[str, tuple[int, int]] | None = None
-        self._splits: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._splits: list[dict[bool, tuple[np.ndarray, np.ndarray, np.ndarray]]] = []  # per way round
 
     def __getstate__(self):
         return {"index_dir": self.index_dir, "_rows": None, "_splits": []}
@@ -126,23 +162,27 @@ class FeatureStore:
                 for _, info in sorted(manifest.sets[set_name].splits.items()):
                     if not info.features or not present(self.index_dir, info.features):
                         continue
-                    base = self.index_dir / info.features
-                    self._splits.append((np.load(str(base) + OFFSETS), _mapped(Path(str(base) + POINTS), np.float32, 4),
-                                         _mapped(Path(str(base) + DESCRIPTORS), np.uint8, 128)))
+                    self._splits.append({mirrored: self._mapped_way(info.features + (MIRROR if mirrored else ""))
+                                         for mirrored in (False, True)})
                     refs = pq.read_table(self.index_dir / info.file, columns=["ref"])["ref"].to_pylist()
                     for row, ref in enumerate(refs):
                         rows.setdefault(ref, (len(self._splits) - 1, row))
         self._rows = rows
         return rows
 
+    def _mapped_way(self, stem: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        base = str(self.index_dir / stem)
+        return (np.load(base + OFFSETS), _mapped(Path(base + POINTS), np.float32, 4),
+                _mapped(Path(base + DESCRIPTORS), np.uint8, 128))
+
     def __bool__(self) -> bool:
         return bool(self._rows if self._rows is not None else self._open())
 
-    def __call__(self, ref: str) -> tuple[np.ndarray, np.ndarray] | None:
+    def __call__(self, ref: str, mirrored: bool = False) -> Keypoints | None:
         rows = self._rows if self._rows is not None else self._open()
         where = rows.get(ref)
         if where is None:
             return None
-        offsets, points, descriptors = self._splits[where[0]]
+        offsets, points, descriptors = self._splits[where[0]][mirrored]
         start, stop = int(offsets[where[1]]), int(offsets[where[1] + 1])
         return np.array(points[start:stop]), np.array(descriptors[start:stop])

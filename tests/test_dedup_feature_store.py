@@ -56,12 +56,19 @@ def test_stored_keypoints_are_the_computed_ones(tmp_path, emoji_paths):
     store = FeatureStore(tmp_path / "index")
     index = EvalIndex.load(tmp_path / "index")
     assert len(index.refs) == len(emoji_paths)  # the two broken files are not in the index
+    differs = 0
     for ref in index.refs:
-        points, descriptors = store(ref)
         computed = Features.from_bytes(read_ref(ref))
-        np.testing.assert_array_equal(points, computed.points)
-        np.testing.assert_array_equal(descriptors.astype(np.float32), computed.descriptors)  # lossless
-        assert len(points) > 0
+        for mirrored, want in ((False, computed), (True, computed.mirrored())):
+            points, descriptors = store(ref, mirrored)
+            np.testing.assert_array_equal(points, want.points)
+            np.testing.assert_array_equal(descriptors.astype(np.float32), want.descriptors)  # lossless
+            assert len(points) > 0
+        # the mirror's keypoints are SIFT's on the mirrored pixels, which are not the image's
+        # flipped: the pyramid keeps every other pixel counted from the left
+        flipped = {(round(float(computed.rgb.shape[1] - x), 1), round(float(y), 1)) for x, y in computed.points[:, :2]}
+        differs += flipped != {(round(float(x), 1), round(float(y), 1)) for x, y in store(ref, True)[0][:, :2]}
+    assert differs > 0
     assert store(str(tmp_path / "eval" / "emoji" / "no-such.png")) is None
     # pickles as its path (a Beam side input / DoFn field), and opens again where it lands
     again = pickle.loads(pickle.dumps(store))
@@ -85,9 +92,9 @@ def test_verifier_with_the_store_decides_the_same_without_sift_on_eval_images(tm
     assert len(calls) == corpus_calls  # no eval image prepared from pixels
     assert got[6:12] == want[6:12] and [v.confirmed for v in got[6:12]] == [True] * 6
     assert [v.confirmed for v in got[12:]] == [v.confirmed for v in want[12:]] == [False] * 8
-    # the mirror's keypoints are not stored: asked for, they are computed, and match as before
+    # the mirror's keypoints are stored too: checked mirrored, nothing is computed either
     mirrored = [stored.check(query, ref, ways=(False, True)) for query, (_, ref) in zip(queries[:6], corpus[:6])]
-    assert len(calls) > corpus_calls
+    assert len(calls) == corpus_calls
     assert mirrored == want[:6] and all(v.confirmed and v.mirrored for v in mirrored)
 
 
@@ -95,7 +102,9 @@ def test_rebuild_reuses_keypoints_and_remakes_them_when_their_id_changes(tmp_pat
     evalset = _evalset(tmp_path / "eval", emoji_paths[:6])
     build_index([evalset], tmp_path / "index")
     files = sorted((tmp_path / "index" / "features").iterdir())
-    assert [f.name for f in files] == ["probe__test.descriptors.u8", "probe__test.offsets.npy", "probe__test.points.f32"]
+    assert [f.name for f in files] == ["probe__test.descriptors.u8", "probe__test.mirror.descriptors.u8",
+                                       "probe__test.mirror.offsets.npy", "probe__test.mirror.points.f32",
+                                       "probe__test.offsets.npy", "probe__test.points.f32"]
     first = {f.name: f.read_bytes() for f in files}
     calls = _sift_calls(monkeypatch)
     build_index([evalset], tmp_path / "index")
@@ -111,6 +120,12 @@ def test_rebuild_reuses_keypoints_and_remakes_them_when_their_id_changes(tmp_pat
     assert report.reused == [("probe", "test")] and len(calls) >= 6
     assert {f.name: f.read_bytes() for f in sorted((tmp_path / "index" / "features").iterdir())} == first
     assert FeatureStore(tmp_path / "index")(index.refs[0]) is not None
+    # a split stored before the mirrors were (three files) is not used, and is stored again whole
+    for mirror_file in (tmp_path / "index" / "features").glob("*.mirror.*"):
+        mirror_file.unlink()
+    assert not FeatureStore(tmp_path / "index")
+    build_index([evalset], tmp_path / "index")
+    assert {f.name: f.read_bytes() for f in sorted((tmp_path / "index" / "features").iterdir())} == first
     # an index built without keypoints: none are stored, and verification computes them
     report = build_index([evalset], tmp_path / "bare", features=False)
     assert not (tmp_path / "bare" / "features").exists()
@@ -121,7 +136,8 @@ def test_keypoint_files_do_not_depend_on_worker_count(tmp_path, emoji_paths):
     evalset = _evalset(tmp_path / "eval", emoji_paths[:10])
     build_index([evalset], tmp_path / "one", workers=1)
     build_index([evalset], tmp_path / "two", workers=2)
-    for name in ("probe__test.descriptors.u8", "probe__test.offsets.npy", "probe__test.points.f32"):
+    for name in ("probe__test.descriptors.u8", "probe__test.offsets.npy", "probe__test.points.f32",
+                 "probe__test.mirror.descriptors.u8", "probe__test.mirror.offsets.npy", "probe__test.mirror.points.f32"):
         assert (tmp_path / "one" / "features" / name).read_bytes() == (tmp_path / "two" / "features" / name).read_bytes()
 
 

@@ -296,6 +296,46 @@ def test_dense_fallback_runs_only_below_the_keypoint_bound():
     assert not verify(query, ref, VerifyRules(dense_max_keypoints=fewest), None).confirmed
 
 
+def _disc(width: int = 200, height: int = 200) -> Image.Image:
+    """A vertically shaded disc on white: smooth like the pill, another picture."""
+    ramp = np.tile(np.linspace(220, 40, height, dtype=np.float32)[:, None], (1, width))
+    fill = Image.fromarray(np.stack([ramp * 0.5 + 80, ramp, 255 - ramp * 0.8], -1).astype(np.uint8))
+    mask = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(mask).ellipse((6, 6, width - 7, height - 7), fill=255)
+    out = Image.new("RGB", (width, height), "white")
+    out.paste(fill, mask=mask)
+    return out
+
+
+def test_dense_alignment_is_screened_at_half_size(monkeypatch):
+    from dedup import verify as verify_module
+
+    ref = Features.from_bytes(png_bytes(_pill()))
+    aligned: list[bool] = []
+    real = verify_module._dense_align
+    monkeypatch.setattr(verify_module, "_dense_align", lambda *a: aligned.append(True) or real(*a))
+
+    def check(image, rules):
+        aligned.clear()
+        found = verify(Features.from_bytes(_jpeg(image, 50)), ref, rules, None)
+        return found, bool(aligned)
+
+    screened, unscreened = VerifyRules(), VerifyRules(dense_screen_min_cc=0)
+    # a copy correlates near 1 at half size: aligned at full size and confirmed, as without the screen
+    found, ran = check(_pill(), screened)
+    assert ran and found.confirmed and found.dense and found.inliers < screened.min_inliers
+    assert found == check(_pill(), unscreened)[0]
+    assert not check(_pill(), VerifyRules(dense_screen_min_cc=0.99999))[1]  # the bound gates it
+    # another smooth picture converges at half size to a lower correlation: never aligned at full
+    # size, and the verdict is the one the full-size alignment would have reached
+    found, ran = check(_disc(), screened)
+    assert not ran and not found.confirmed
+    found_unscreened, ran = check(_disc(), unscreened)
+    assert ran and not found_unscreened.confirmed
+    # where ECC does not converge at half size (the pill upside down), only full size can tell
+    assert check(_pill().rotate(180), screened)[1]
+
+
 def _textured_blocks(features: Features) -> int:
     """The rule's count over the whole frame: 16-px blocks whose (3x3 blurred) grey levels vary by >= 6."""
     import cv2
