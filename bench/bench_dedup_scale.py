@@ -1,7 +1,7 @@
 """Eval de-duplication as the eval index grows: recall per edit, clean images wrongly removed,
 and cost per corpus image, at index sizes of about 1k, 10k and 100k eval images.
 
-    .venv/bin/python bench/bench_dedup_scale.py [--sizes 1000,10000,all] [--clean 3000] [--originals 150] [--held-out 3] [--before] [--workers 2]
+    .venv/bin/python bench/bench_dedup_scale.py [--sizes 1000,10000,all] [--clean 3000] [--originals 150] [--held-out 4] [--before] [--workers 2]
 
 The method measured is curation's, as deployed: ``curation.eval_match.EvalMatcher`` with the
 default rules (pHash and mirror pHash within radius 8 propose, ``dedup.verify`` confirms the
@@ -22,7 +22,7 @@ Data (all real; none of it generated):
   *clean corpus* comes from packages that are not in the index, at least 48 px a side; the
   *originals* for recall are drawn from the Debian part of the filler (never from the demo
   data the rules were tuned on), at least 64 px a side, and are in every index size. There are
-  two such splits (``--held-out``, :data:`HELD_OUT`):
+  four such splits (``--held-out``, :data:`HELD_OUT`):
 
   1. clean: oxygen-icon-theme (one size per icon, the largest <= 256 px), endless-sky-data,
      supertux-data; originals 0-149. Its false removals were read one by one, and the
@@ -31,8 +31,12 @@ Data (all real; none of it generated):
      the cost cuts were fixed; its one false removal (a near-flat image confirmed on its pixels
      alone) is the kind the later floor on textured blocks rejects, so it is no longer held
      out for that floor.
-  3. (the default) clean: frozen-bubble-data, extremetuxracer-data, neverball-data,
-     pioneers-data, solarwolf; originals 300-449. First run after the floor was fixed.
+  3. clean: frozen-bubble-data, extremetuxracer-data, neverball-data, pioneers-data,
+     solarwolf; originals 300-449. First run after the floor was fixed.
+  4. (the default) clean: adwaita-icon-theme, enigma-data, teeworlds-data, tuxmath-data;
+     originals 450-599. First run after the stored mirror keypoints and the half-size screen of
+     the dense alignment were fixed (chosen on ``bench_dedup_quality`` sample 0 and profiled on
+     split 1).
 * Every corpus image is stored as a curated shard stores it (RGB on white, JPEG q95, shorter
   side <= 256 px; ``tests.images.shard_bytes``).
 
@@ -42,9 +46,10 @@ a caption bar under it (``caption_bar``), borders of several colours (``border_w
 ``border_grey``, ``border_black``), a crop then resized back (``crop_10_resize``) and a small
 rotation plus crop (``rotate_3_crop_5``).
 
-``--before`` also runs curation's matcher as it was at commit 4d13aa7 (eval keypoints computed at
-check time, no floor on textured blocks: :func:`before_matcher`), image by image beside the
-deployed one, and prints the verification cost ratio and how many images it decided otherwise.
+``--before`` also runs curation's matcher as it was at commit 649d385 (the mirrored eval images'
+keypoints computed at check time, every dense alignment run at full size: :func:`before_matcher`),
+image by image beside the deployed one, and prints the verification cost ratio and how many
+images it decided otherwise.
 The indexes are built once (keypoints on ``--workers`` processes; 17 min for the whole pool on
 2) and kept under ``.cache/bench/dedup_scale``.
 
@@ -104,10 +109,12 @@ FILLER_PACKAGES = ("moka-icon-theme", "faenza-icon-theme", "mate-icon-theme", "g
 # verification's cost cuts were built (its false removals were read one by one), so its
 # figures are no longer held out; split 2 (other packages, the next originals) was run once
 # before the structure floor (VerifyRules.min_blocks_without_inliers), whose false removal it
-# showed; split 3 was first run after the floor was fixed.
+# showed; split 3 was first run after the floor was fixed; split 4 after the stored mirror
+# keypoints and the half-size screen of the dense alignment were.
 HELD_OUT = {1: (("oxygen-icon-theme", "endless-sky-data", "supertux-data"), 0),
             2: (("naev-data", "megaglest-data", "tuxpaint-stamps-default"), 150),
-            3: (("frozen-bubble-data", "extremetuxracer-data", "neverball-data", "pioneers-data", "solarwolf"), 300)}
+            3: (("frozen-bubble-data", "extremetuxracer-data", "neverball-data", "pioneers-data", "solarwolf"), 300),
+            4: (("adwaita-icon-theme", "enigma-data", "teeworlds-data", "tuxmath-data"), 450)}
 CLEAN_PACKAGES = tuple(name for packages, _ in HELD_OUT.values() for name in packages)
 CACHE = ROOT / ".cache" / "bench" / "debian"
 RASTER = re.compile(r"\.(png|jpe?g)$", re.I)
@@ -262,12 +269,14 @@ def copies(pool: list[tuple[str, Path]], count: int, skip: int = 0) -> tuple[lis
 
 
 def before_matcher(rules: EvalDedupRules) -> EvalMatcher:
-    """Curation's matcher as it was at commit 4d13aa7 (for the side-by-side cost ratio): the eval
-    images' keypoints computed at check time rather than read from the index (their features
-    cached per worker), and no floor on the textured blocks of a confirmation without keypoint
-    inliers (so every such pair is aligned densely). Only the floor changes decisions."""
+    """Curation's matcher as it was at commit 649d385 (for the side-by-side cost ratio): the
+    mirrored eval images' keypoints computed at check time rather than read from the index (the
+    images' own are read), and every dense alignment run at full size (no half-size screen). Only
+    the screen changes decisions."""
     matcher = EvalMatcher(rules)
-    matcher.verifier = Verifier(replace(matcher.verifier.rules, min_blocks_without_inliers=0))
+    store = matcher.verifier.stored
+    matcher.verifier = Verifier(replace(matcher.verifier.rules, dense_screen_min_cc=0),
+                                stored=lambda ref, mirrored: None if mirrored else store(ref))
     return matcher
 
 
@@ -440,11 +449,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,all")
     parser.add_argument("--clean", type=int, default=3000)
     parser.add_argument("--originals", type=int, default=150)
-    parser.add_argument("--held-out", type=int, default=3, choices=sorted(HELD_OUT),
+    parser.add_argument("--held-out", type=int, default=4, choices=sorted(HELD_OUT),
                         help="which held-out split: clean packages and originals (see HELD_OUT)")
     parser.add_argument("--trim-idea", action="store_true", help="measure the border-trim idea (candidates only)")
     parser.add_argument("--before", action="store_true",
-                        help="also run the matcher as it was before the eval keypoints were stored, side by side")
+                        help="also run the matcher as it was at 649d385 (before the stored mirrors and the dense screen), side by side")
     parser.add_argument("--workers", type=int, default=2, help="processes computing the index's keypoints")
     parser.add_argument("--out", default=None, help="results file (default bench/results/dedup_scale[_trim].json)")
     args = parser.parse_args()

@@ -8,7 +8,7 @@ On disk, a folder::
     index.json                      settings, and per set/split: role, source, content digest,
                                     image count, unreadable images (key + error)
     splits/SET__SPLIT.parquet       key, ref, label, caption, sha256, phash, mirror, error
-    features/SET__SPLIT.*           every image's verification keypoints (dedup.feature_store)
+    features/SET__SPLIT.*           every image's verification keypoints, and its mirror's (dedup.feature_store)
 
 A split is re-hashed only when its *content digest* changed: sha256 over the hash settings and
 every item's key, label, caption and image bytes. Reading bytes is cheap next to decoding and
@@ -116,9 +116,9 @@ def build_index(evalsets: Iterable[EvalSet], out: str | Path, settings: HashSett
                 workers: int = 1) -> BuildReport:
     """Hash every image of every split into ``out`` (re-using splits whose content is unchanged).
 
-    ``features``: also store every image's verification keypoints (:mod:`dedup.feature_store`;
-    about 20 ms an image, on ``workers`` processes), so verification runs SIFT on corpus images
-    only. A split whose keypoints are missing or were made under another
+    ``features``: also store every image's verification keypoints and its mirror's
+    (:mod:`dedup.feature_store`; about 40 ms an image, on ``workers`` processes), so verification
+    runs SIFT on corpus images only. A split whose keypoints are missing or were made under another
     :func:`dedup.verify.features_id` gets them again without being re-hashed.
     """
     from dedup import feature_store

@@ -19,7 +19,9 @@ transform, then the aligned images compared pixel by pixel.
    same bounds; dense ECC alignment (``cv2.findTransformECC``) then refines it, since a
    transform from a handful of inliers is a few pixels off. Smooth graphics (a gradient
    button, a flag) have too few keypoints for any transform: ECC alone then aligns them,
-   starting from the whole-frame mapping, and only a near-exact photometric match counts.
+   starting from the whole-frame mapping, and only a near-exact photometric match counts. That
+   dense alignment is first tried at half size (:func:`_may_align_densely`), where it costs a
+   quarter: a pair that converges there to a low correlation is not aligned at full size.
 4. The corpus image is warped onto the eval image and compared where both exist: grey-level
    correlation over the overlap (``ncc``), the share of the eval image's textured 16-px blocks
    that correlate (``block_agreement``: catches a different drawing on the same layout; blocks

@@ -79,7 +79,8 @@ def add_commands(subparsers) -> None:
                    help="reduced JPEG decode: shorter side >= this many px (0 = full decode; default 64). "
                    "Must be the corpus's setting")
     p.add_argument("--workers", type=int, default=1,
-                   help="processes computing the verification keypoints (about 20 ms an image; default 1)")
+                   help="processes computing the verification keypoints, each image's and its mirror's "
+                        "(about 40 ms an image; default 1)")
     p.add_argument("--no-keypoints", action="store_true",
                    help="store no verification keypoints: verification then runs SIFT on both images of "
                    "every candidate pair (slower; the decisions are the same)")
