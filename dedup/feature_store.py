@@ -24,8 +24,8 @@ parquet's order::
 
 ``index.json`` records the file stem per split and :func:`dedup.verify.features_id` (side, SIFT
 settings, OpenCV version); keypoints made under another id are not used, and verification
-computes them as before; so does a split stored before the mirrors were (it is stored again by
-the next ``litflow dedup index``). Size: about 25 KB per eval image and way round on icon and
+computes them as before. A split stored before the mirrors were has its own keypoints read and
+its mirrors' computed, until the next ``litflow dedup index`` stores both again. Size: about 25 KB per eval image and way round on icon and
 game-art data (179 keypoints on average, 144 bytes each), 5 GB at 100k.
 
 Memory: writing streams (one image's keypoints at a time); reading maps the files, so a worker
@@ -124,8 +124,9 @@ def write_split(out: Path, stem: str, blobs: Iterable[bytes | Exception | None],
     return direct.offsets[-1]
 
 
-def present(out: Path, stem: str) -> bool:
-    return all((out / (stem + suffix)).exists() for suffix in SUFFIXES)
+def present(out: Path, stem: str, ways: tuple[str, ...] = ("", MIRROR)) -> bool:
+    """Are the files of these ways round there (by default both: what a build writes)?"""
+    return all((out / (stem + way + suffix)).exists() for way in ways for suffix in (POINTS, DESCRIPTORS, OFFSETS))
 
 
 def _mapped(path: Path, dtype, width: int) -> np.ndarray:
@@ -160,10 +161,11 @@ class FeatureStore:
         if manifest.features_id == features_id():
             for set_name in sorted(manifest.sets):
                 for _, info in sorted(manifest.sets[set_name].splits.items()):
-                    if not info.features or not present(self.index_dir, info.features):
+                    if not info.features or not present(self.index_dir, info.features, ("",)):
                         continue
-                    self._splits.append({mirrored: self._mapped_way(info.features + (MIRROR if mirrored else ""))
-                                         for mirrored in (False, True)})
+                    # a split stored before the mirrors were: its own keypoints serve, the mirrors' are computed
+                    self._splits.append({mirrored: self._mapped_way(info.features + way) for mirrored, way
+                                         in ((False, ""), (True, MIRROR)) if present(self.index_dir, info.features, (way,))})
                     refs = pq.read_table(self.index_dir / info.file, columns=["ref"])["ref"].to_pylist()
                     for row, ref in enumerate(refs):
                         rows.setdefault(ref, (len(self._splits) - 1, row))
@@ -183,6 +185,9 @@ class FeatureStore:
         where = rows.get(ref)
         if where is None:
             return None
-        offsets, points, descriptors = self._splits[where[0]][mirrored]
+        ways = self._splits[where[0]]
+        if mirrored not in ways:
+            return None
+        offsets, points, descriptors = ways[mirrored]
         start, stop = int(offsets[where[1]]), int(offsets[where[1] + 1])
         return np.array(points[start:stop]), np.array(descriptors[start:stop])

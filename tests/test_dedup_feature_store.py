@@ -120,10 +120,12 @@ def test_rebuild_reuses_keypoints_and_remakes_them_when_their_id_changes(tmp_pat
     assert report.reused == [("probe", "test")] and len(calls) >= 6
     assert {f.name: f.read_bytes() for f in sorted((tmp_path / "index" / "features").iterdir())} == first
     assert FeatureStore(tmp_path / "index")(index.refs[0]) is not None
-    # a split stored before the mirrors were (three files) is not used, and is stored again whole
+    # a split stored before the mirrors were (three files): its own keypoints are read, its
+    # mirrors' are not there (verification computes them), and a rebuild stores both again
     for mirror_file in (tmp_path / "index" / "features").glob("*.mirror.*"):
         mirror_file.unlink()
-    assert not FeatureStore(tmp_path / "index")
+    old_store = FeatureStore(tmp_path / "index")
+    assert old_store(index.refs[0]) is not None and old_store(index.refs[0], True) is None
     build_index([evalset], tmp_path / "index")
     assert {f.name: f.read_bytes() for f in sorted((tmp_path / "index" / "features").iterdir())} == first
     # an index built without keypoints: none are stored, and verification computes them
