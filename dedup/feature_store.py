@@ -113,6 +113,8 @@ def write_split(out: Path, stem: str, blobs: Iterable[bytes | Exception | None],
     """Compute and write the keypoints of one split's images and of their mirrors (in row order);
     returns the count of the images' own keypoints."""
     (out / stem).parent.mkdir(parents=True, exist_ok=True)
+    for way in ("", MIRROR):  # until the new offsets are written, the split is not there (not half old, half new)
+        Path(str(out / stem) + way + OFFSETS).unlink(missing_ok=True)
     with ExitStack() as stack:
         direct, mirror = _Writer(stack, out / stem), _Writer(stack, out / (stem + MIRROR))
         for own, mirrored in _computed(blobs, workers):
