@@ -4,9 +4,9 @@
 Why numba and not a C extension: it is a maintained package with wheels for every platform
 we run on and needs no compiler at install time. Its compiled code is cached on disk
 (``cache=True``; ``NUMBA_CACHE_DIR`` moves it), so a worker process loads it (~0.2 s) instead
-of compiling it (2–4 s here, once per machine). Why a module of its own: importing numba maps ~130 MB of LLVM into a process
-(~100 MB of it shared library pages), so it is imported only by the processes that tag
-captions, on their first batch.
+of compiling it (2–4 s here, once per machine). Why a module of its own: importing numba maps
+~130 MB of LLVM into a process (~100 MB of it shared library pages), so it is imported only by
+the processes that tag captions, on their first batch.
 
 Exactness: ``*``, ``+`` and ``/`` on float64 compile to single IEEE operations rounded like
 Python's (no ``fastmath``: no fused multiply-add, no reordering), and the one reduction is

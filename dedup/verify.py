@@ -296,7 +296,7 @@ def _align(query: Features, ref: Features, rules: VerifyRules):
     rotation = math.degrees(math.atan2(matrix[1, 0], matrix[0, 0]))
     if not (1 / rules.max_scale <= scale <= rules.max_scale and abs(rotation) <= rules.max_rotation):
         return None, 0, False
-    refined = _refine(query, ref, matrix, rules) if rules.refine else None
+    refined = _refine(_ecc_grey(query.rgb), _ecc_grey(ref.rgb), matrix, rules) if rules.refine else None
     if refined is None:
         return matrix, int(mask.sum()), False  # ECC failed: keep the keypoints' estimate
     return refined, int(mask.sum()), True
@@ -307,15 +307,17 @@ def _whole_frame(query: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.float32([[ref.shape[1] / query.shape[1], 0, 0], [0, ref.shape[0] / query.shape[0], 0]])
 
 
-def _dense_align(query: Features, ref: Features, rules: VerifyRules):
+def _dense_align(query_grey: np.ndarray, ref_grey: np.ndarray, rules: VerifyRules):
     """ECC from the whole-frame mapping (query frame stretched onto ref frame), or None."""
-    return _refine(query, ref, _whole_frame(query.rgb, ref.rgb), rules)
+    return _refine(query_grey, ref_grey, _whole_frame(query_grey, ref_grey), rules)
 
 
-def _ecc_grey(features: Features) -> np.ndarray:
+def _ecc_grey(rgb: np.ndarray) -> np.ndarray:
+    """What ECC aligns: an image's blurred grey levels (:func:`verify` makes them once per pair
+    for both the half-size screen and the full-size dense alignment)."""
     import cv2
 
-    return cv2.GaussianBlur(cv2.cvtColor(features.rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), (5, 5), 0)
+    return cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), (5, 5), 0)
 
 
 def _ecc(ref_grey: np.ndarray, query_grey: np.ndarray, matrix, rules: VerifyRules):
@@ -332,7 +334,7 @@ def _ecc(ref_grey: np.ndarray, query_grey: np.ndarray, matrix, rules: VerifyRule
     return correlation, cv2.invertAffineTransform(warp)
 
 
-def _may_align_densely(query: Features, ref: Features, rules: VerifyRules) -> bool:
+def _may_align_densely(query_grey: np.ndarray, ref_grey: np.ndarray, rules: VerifyRules) -> bool:
     """Can the dense alignment lead anywhere? ECC at half size from the whole-frame mapping: a pair
     it converges on at a correlation under ``dense_screen_min_cc`` is not aligned at full size.
 
@@ -346,9 +348,10 @@ def _may_align_densely(query: Features, ref: Features, rules: VerifyRules) -> bo
         return True
     import cv2
 
-    a, b = _ecc_grey(query), _ecc_grey(ref)
-    a = cv2.resize(a, (max(1, a.shape[1] // 2), max(1, a.shape[0] // 2)), interpolation=cv2.INTER_AREA)
-    b = cv2.resize(b, (max(1, b.shape[1] // 2), max(1, b.shape[0] // 2)), interpolation=cv2.INTER_AREA)
+    def half(grey: np.ndarray) -> np.ndarray:
+        return cv2.resize(grey, (max(1, grey.shape[1] // 2), max(1, grey.shape[0] // 2)), interpolation=cv2.INTER_AREA)
+
+    a, b = half(query_grey), half(ref_grey)
     try:
         correlation, _ = _ecc(b, a, _whole_frame(a, b), rules)
     except cv2.error:
@@ -356,12 +359,13 @@ def _may_align_densely(query: Features, ref: Features, rules: VerifyRules) -> bo
     return correlation >= rules.dense_screen_min_cc
 
 
-def _refine(query: Features, ref: Features, matrix, rules: VerifyRules):
-    """Dense ECC refinement of a transform query -> ref; None when ECC fails or strays."""
+def _refine(query_grey: np.ndarray, ref_grey: np.ndarray, matrix, rules: VerifyRules):
+    """Dense ECC refinement of a transform query -> ref (:func:`_ecc_grey` of each); None when ECC
+    fails or strays."""
     import cv2
 
     try:
-        _, refined = _ecc(_ecc_grey(ref), _ecc_grey(query), matrix, rules)
+        _, refined = _ecc(ref_grey, query_grey, matrix, rules)
     except cv2.error:
         return None  # did not converge (flat images)
     sx, sy = math.hypot(refined[0, 0], refined[1, 0]), math.hypot(refined[0, 1], refined[1, 1])
@@ -509,9 +513,11 @@ def verify(query: Features, ref: Features | None, rules: VerifyRules = VerifyRul
         # (the same decision, without the ECC run that was a third of a clean image's cost)
         can_rest_on_pixels = int(target.textured().sum()) >= rules.min_blocks_without_inliers
         if (matrix is None and rules.dense_fallback and can_rest_on_pixels
-                and min(len(query), len(target)) < rules.dense_max_keypoints and _may_align_densely(query, target, rules)):
-            matrix = _dense_align(query, target, rules)
-            dense = matrix is not None
+                and min(len(query), len(target)) < rules.dense_max_keypoints):
+            greys = _ecc_grey(query.rgb), _ecc_grey(target.rgb)
+            if _may_align_densely(*greys, rules):
+                matrix = _dense_align(*greys, rules)
+                dense = matrix is not None
         if matrix is None:
             found = Verification(0, 0.0, 0.0, 1.0, 0.0, 0.0, mirrored, undecided, False)
         else:
