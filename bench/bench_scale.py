@@ -35,6 +35,8 @@ hash settings' draft, then ``dedup.phash.phash64``, or ``phash_image_bytes`` for
 drafted). Printed: stage records/s/core / floor records/s/core for each (the issue's goal is
 on the reference), and the same ratio per CPU second.
 
+``--runner-crossover N,...`` curates the first N pairs in one process and on ``--workers``
+worker processes, and prints which ``litflow curate`` chose left to itself.
 ``--workers-scaling N`` also curates size N with 1 and 2 workers (reusing a 2-worker run of
 the main table) and prints the speed-up; ``--real`` runs ``bench/bench_curate.py`` (real
 ingested demo samples; its log in ``bench/results/curate.log``) and prints its summary and ratios. Everything goes to
@@ -119,10 +121,14 @@ def run_measured(command: list[str], log_path: Path) -> dict:
             "max_processes": peak["processes"]}
 
 
-def curate(raw: Path, preset: str, workers: int, sets: list[str], keep: bool) -> dict:
-    out = RESULTS / "scale-out" / f"{raw.name}-{preset}-w{workers}"
+IN_ONE_PROCESS = ["--beam-arg=--direct_running_mode=in_memory", "--beam-arg=--direct_num_workers=1"]
+
+
+def curate(raw: Path, preset: str, workers: int, sets: list[str], keep: bool, extra: list[str] | None = None,
+           tag: str = "") -> dict:
+    out = RESULTS / "scale-out" / f"{raw.name}-{preset}-w{workers}{tag}"
     command = [str(ROOT / ".venv" / "bin" / "litflow"), "curate", str(raw), str(out), "--preset", preset,
-               "--workers", str(workers)]
+               "--workers", str(workers), *(extra or [])]
     for item in sets:
         command += ["--set", item]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +140,35 @@ def curate(raw: Path, preset: str, workers: int, sets: list[str], keep: bool) ->
     return {**measured, "preset": preset, "workers": workers, "inputs": inputs, "kept": manifest["kept"],
             "rejected": manifest["rejected"], "records_per_s_per_core": inputs / (measured["wall_s"] * workers),
             "records_per_cpu_s": inputs / measured["cpu_s"] if measured["cpu_s"] else float("nan")}
+
+
+def runner_crossover(n: int, args) -> dict:
+    """One process against ``args.workers`` worker processes on the first ``n`` pairs (whole
+    shards of the 64k data, linked into a folder of their own), and what ``litflow curate``
+    chooses left to itself (its ``timing.json``): where the bound of
+    ``curation.pipeline.IN_PROCESS_MAX_BYTES`` comes from."""
+    source = generate(64_000, args.seed, jobs=args.gen_jobs)
+    raw = RESULTS / "scale-data" / f"first-{n}-of-{source.name}"
+    if not raw.exists():
+        tmp = raw.with_name("." + raw.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for tar in sorted(source.glob("*.tar"))[: -(-n // 1000)]:
+            (tmp / tar.name).symlink_to(tar)
+        tmp.rename(raw)
+    size = sum(t.stat().st_size for t in raw.glob("*.tar"))
+    one = curate(raw, "align", 1, args.set, False, IN_ONE_PROCESS, "-one-process")
+    many = curate(raw, "align", args.workers, args.set, False)
+    out = RESULTS / "scale-out" / f"{raw.name}-default"
+    subprocess.run([str(ROOT / ".venv" / "bin" / "litflow"), "curate", str(raw), str(out)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    chosen = json.loads((out / "timing.json").read_text())["ran"]
+    shutil.rmtree(out, ignore_errors=True)
+    row = {"pairs": one["inputs"], "raw_bytes": size, "one_process_wall_s": one["wall_s"],
+           "workers": args.workers, "worker_processes_wall_s": many["wall_s"], "default_chose": chosen}
+    print(f"runner crossover {row['pairs']:>7,} pairs, {size / 2**20:6.1f} MiB: one process {one['wall_s']:5.1f} s, "
+          f"{args.workers} worker processes {many['wall_s']:5.1f} s; the default chose: {chosen}", flush=True)
+    return row
 
 
 # ---------------------------------------------------------------- the floor
@@ -228,6 +263,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workers-scaling", type=int, default=None, metavar="N",
                         help="also curate N pairs with 1 and 2 workers and print the speed-up")
+    parser.add_argument("--runner-crossover", default="", metavar="N,N,...",
+                        help="curate the first N pairs (whole shards of the 64k data) in one process and on --workers "
+                        "worker processes, side by side, and say which the default chose (e.g. 2000,4000,8000,16000,32000)")
     parser.add_argument("--real", action="store_true", help="also run bench/bench_curate.py on real demo data")
     parser.add_argument("--real-per-source", type=int, default=1100, help="bench_curate.py --per-source (default 1100)")
     parser.add_argument("--floor-samples", type=int, default=20_000, help="samples the floor reads per size (0 = all)")
@@ -282,6 +320,10 @@ def main() -> int:
         for preset in presets:
             measure(n, raw, preset, args.workers)
 
+    crossover = []
+    for n in [int(x) for x in args.runner_crossover.split(",") if x]:
+        crossover.append(runner_crossover(n, args))
+
     scaling = None
     if args.workers_scaling:
         n = args.workers_scaling
@@ -313,7 +355,7 @@ def main() -> int:
         print("\n".join(lines[start:]), flush=True)
         report = json.loads(real_out.read_text())
         real = {k: report[k] for k in ("records", "workers", "preset", "pipeline_wall_s", "whole_stage_records_per_s_per_core",
-                                       "ratio_to_floor", "in_memory_ratio_to_floor") if k in report}
+                                       "ratio_to_floor", "default_ran", "default_ratio_to_floor") if k in report}
         real["floor_decode_phash"] = report["records_per_s_per_core"]["floor_decode_phash"]
 
     _growth(runs)
@@ -327,12 +369,14 @@ def main() -> int:
             print(f"workers 1 -> 2 at {scaling['pairs']:,} {preset}: speed-up {scaling[preset]['speedup']:.2f}x")
     if real:
         print(f"real demo data ({real['records']:,} samples, bench/bench_curate.py): whole stage / floor "
-              f"{real['ratio_to_floor']:.2f} multi-processing, {real.get('in_memory_ratio_to_floor', float('nan')):.2f} in-memory")
+              f"{real['default_ratio_to_floor']:.2f} as litflow curate runs by default ({real['default_ran']}), "
+              f"{real['ratio_to_floor']:.2f} on {real['workers']} worker processes")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
         "command": sys.argv, "cores": os.cpu_count(), "workers": args.workers, "generator_version": GENERATOR_VERSION,
         "seed": args.seed, "sets": args.set, "runs": runs, "floors": {str(k): v for k, v in floors.items()},
         "planted": {str(k): v for k, v in planted_counts.items()}, "workers_scaling": scaling, "real": real,
+        "runner_crossover": crossover,
     }, indent=2) + "\n")
     print(f"written {args.out}")
     return 0

@@ -13,10 +13,12 @@ from curation.pipeline import _location, run_pipeline
 from curation.shard_passes import WORK_DIR
 
 
-def curate(raw_dir: str | Path, out_dir: str | Path, config: CurationConfig, workers: int = 2,
+def curate(raw_dir: str | Path, out_dir: str | Path, config: CurationConfig, workers: int | None = None,
            beam_args: list[str] | None = None) -> dict:
     """Curate the raw shards in ``raw_dir`` (an ingest output's ``shards/``) into ``out_dir``;
-    return ``corpus.json`` (:class:`infra.contract.CorpusManifest`) as written."""
+    return ``corpus.json`` (:class:`infra.contract.CorpusManifest`) as written. ``workers``
+    None: one process for a small corpus, else one worker process per core
+    (:func:`curation.pipeline.local_run`)."""
     raw_dir, out_dir = _location(raw_dir), _location(out_dir)
     if config.eval_dedup.index and config.eval_dedup.mode != "none":
         # fail before the run, not inside a worker: missing index, wrong hash settings
@@ -25,14 +27,14 @@ def curate(raw_dir: str | Path, out_dir: str | Path, config: CurationConfig, wor
 
         EvalIndex.load(config.eval_dedup.index, config.eval_dedup.mode).check_settings(DEFAULT_SETTINGS)
     started = time.perf_counter()
-    raw_shards = run_pipeline(raw_dir, out_dir, config, workers, beam_args)
+    raw_shards, how = run_pipeline(raw_dir, out_dir, config, workers, beam_args)
     pipeline_s = time.perf_counter() - started
     manifest = build_manifest(raw_dir, out_dir, config, raw_shards)
     storage.delete_tree(storage.join(out_dir, WORK_DIR))  # the facts: only the run itself needs them
     # corpus.json last: its presence means the run finished and its counts were checked
     storage.write_atomic(storage.join(out_dir, manifest.FILE), manifest.to_json().encode())
     storage.write_atomic(storage.join(out_dir, "timing.json"), _json(
-        {"pipeline_s": round(pipeline_s, 3), "workers": workers,
+        {"pipeline_s": round(pipeline_s, 3), "ran": how,
          "records_per_s": round(manifest.inputs / pipeline_s, 2)}))
     return manifest.model_dump(mode="json", by_alias=True)
 

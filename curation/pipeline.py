@@ -30,9 +30,10 @@ the written files (``inputs = kept + Σ rejected[reason]``, per shard and in tot
 
 All reads and writes go through Beam's ``FileSystems`` (:mod:`curation.storage`), so raw and
 output folders may be on ``gs://``, ``s3://`` or any file system Beam has. Runs on the
-DirectRunner's FnApiRunner in multi-processing mode by default (no network: the plain
-DirectRunner would first try to download the Prism runner); any other runner is chosen with
-standard pipeline options (``--runner=DataflowRunner ...``, see the README).
+DirectRunner's FnApiRunner by default (no network: the plain DirectRunner would first try to
+download the Prism runner): in one process for a small corpus, else in multi-processing mode
+(:func:`local_run` says when); any other runner is chosen with standard pipeline options
+(``--runner=DataflowRunner ...``, see the README).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from __future__ import annotations
 import ctypes
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -114,16 +116,56 @@ def _fewer_malloc_arenas() -> None:
         pass
 
 
-def pipeline_options(workers: int = 2, beam_args: list[str] | None = None) -> tuple[PipelineOptions, object]:
-    """(options, runner): FnApiRunner multi-processing unless ``--runner`` is in beam_args."""
+IN_PROCESS_MAX_BYTES = 32 * 2**20
+"""Raw shards totalling at most this many bytes are curated in one process when the worker
+count is left to the pipeline. Why: the multi-processing runner costs about 3 s to start its
+worker processes (each loads Beam and the compiled language loop) and then moves every bundle
+over gRPC. Measured on 2 cores (``bench/bench_scale.py --runner-crossover``), one process is
+faster up to between 32 and 65 MiB of raw shards (8k–16k of the 64-px benchmark pairs), 1.4×
+at 8 MiB; more cores make the worker processes win earlier, so the bound is the low end. The
+outputs are the same bytes either way."""
+
+
+class LocalRun(NamedTuple):
+    """How the local FnApiRunner runs: ``in_memory`` (one process) or ``multi_processing``."""
+
+    mode: str
+    workers: int
+
+    def describe(self) -> str:
+        if self.mode == "in_memory":
+            return "in one process"
+        return f"{self.workers} worker process{'es' if self.workers > 1 else ''}"
+
+
+def local_run(raw_bytes: int, raw_shards: int, workers: int | None, cores: int | None = None) -> LocalRun:
+    """The local runner for a corpus of ``raw_shards`` files and ``raw_bytes`` bytes.
+
+    ``workers`` given: that many worker processes, as asked. ``None`` (the default): one
+    process when the raw shards total at most :data:`IN_PROCESS_MAX_BYTES` or when only one
+    worker could have work (work is spread by raw shard, so more workers than raw shards sit
+    idle); otherwise one worker process per core, at most one per raw shard.
+    """
+    if workers is not None:
+        return LocalRun("multi_processing", workers)
+    useful = max(1, min(cores or os.cpu_count() or 1, raw_shards))
+    if useful == 1 or raw_bytes <= IN_PROCESS_MAX_BYTES:
+        return LocalRun("in_memory", 1)
+    return LocalRun("multi_processing", useful)
+
+
+def pipeline_options(run: LocalRun | int = 2, beam_args: list[str] | None = None) -> tuple[PipelineOptions, object]:
+    """(options, runner): the local FnApiRunner as ``run`` says (an int: that many worker
+    processes) unless ``--runner`` is in beam_args, whose other options come last (they win)."""
     beam_args = list(beam_args or [])
     if any(a.startswith("--runner") for a in beam_args):
         return PipelineOptions(beam_args), None
     _fewer_malloc_arenas()
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+    run = run if isinstance(run, LocalRun) else LocalRun("multi_processing", run)
     options = PipelineOptions(
-        [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing",
+        [f"--direct_num_workers={run.workers}", f"--direct_running_mode={run.mode}",
          "--default_sdk_harness_log_level=WARNING"] + beam_args
     )
     return options, FnApiRunner()
@@ -163,22 +205,26 @@ def list_raw_shards(raw_dir: str) -> list[str]:
     return storage.list_files(raw_dir, "*.tar")
 
 
-def run_pipeline(raw_dir: str | Path, out_dir: str | Path, config: CurationConfig, workers: int = 2,
-                 beam_args: list[str] | None = None) -> list[str]:
-    """Run the pipeline to completion; the raw shards it curated, in run order. ``out_dir`` is
-    emptied first: a run owns its folder."""
+def run_pipeline(raw_dir: str | Path, out_dir: str | Path, config: CurationConfig, workers: int | None = None,
+                 beam_args: list[str] | None = None) -> tuple[list[str], str]:
+    """Run the pipeline to completion; (the raw shards it curated in run order, how it ran).
+    ``workers`` None lets :func:`local_run` choose. ``out_dir`` is emptied first: a run owns
+    its folder."""
     raw_dir, out_dir = _location(raw_dir), _location(out_dir)
-    options, runner = pipeline_options(workers, beam_args)
-    FileSystems.set_options(options)  # this process reads and writes too (listing, the manifest)
-    raw_shards = list_raw_shards(raw_dir)
-    if not raw_shards:
+    FileSystems.set_options(PipelineOptions(beam_args or []))  # this process lists, and writes the manifest
+    sized = storage.list_sized(raw_dir, "*.tar")
+    if not sized:
         raise FileNotFoundError(f"{raw_dir}: no raw shards (*.tar) to curate")
+    raw_shards = [path for path, _ in sized]
+    run = local_run(sum(size for _, size in sized), len(sized), workers)
+    options, runner = pipeline_options(run, beam_args)
+    how = run.describe() if runner is not None else "on the runner given by --beam-arg"
     storage.delete_tree(out_dir)
     for folder in ("shards", "rejected", COUNTS_DIR, WORK_DIR):
         storage.mkdirs(storage.join(out_dir, folder))
     with beam.Pipeline(runner=runner, options=options) as p:
         build(p, raw_shards, out_dir, config)
-    return raw_shards
+    return raw_shards, how
 
 
 def _location(path: str | Path) -> str:

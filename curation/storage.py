@@ -100,9 +100,14 @@ def parquet_rows(path: str) -> int:
 
 def list_files(folder: str, pattern: str) -> list[str]:
     """Complete files matching ``folder/pattern`` in name order (hidden temporaries skipped)."""
+    return [path for path, _ in list_sized(folder, pattern)]
+
+
+def list_sized(folder: str, pattern: str) -> list[tuple[str, int]]:
+    """(path, size in bytes) of the files :func:`list_files` lists, in the same order."""
     result = FileSystems.match([FileSystems.join(folder, pattern)])[0]
-    paths = [m.path for m in result.metadata_list if not basename(m.path).startswith(".")]
-    return sorted(paths)
+    found = [(m.path, m.size_in_bytes) for m in result.metadata_list if not basename(m.path).startswith(".")]
+    return sorted(found)
 
 
 def delete_tree(folder: str) -> None:

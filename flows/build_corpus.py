@@ -8,6 +8,7 @@ are complete and unchanged.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -92,7 +93,7 @@ def curation_rules(curation: CurationConfig | None, preset: str | None, config_f
 
 
 @task(name="curate", cache_policy=NO_CACHE)
-def curate_task(run_dir: str, config: CurationConfig, workers: int, beam_args: list[str], upstream: dict) -> dict:
+def curate_task(run_dir: str, config: CurationConfig, workers: int | None, beam_args: list[str], upstream: dict) -> dict:
     out = Path(run_dir) / "curated"
     stage = Stage(Path(run_dir), "curate", out, {"config": config.to_dict(), "beam_args": beam_args}, upstream)
 
@@ -142,7 +143,7 @@ def build_corpus(
     dedup_mode: EvalMode = "train+test",
     dedup_radius: int = 8,
     eval_keypoints: bool = True,
-    curate_workers: int = 2,
+    curate_workers: int | None = None,
     beam_args: list[str] | None = None,
 ) -> dict:
     """Build a curated corpus from ``url_list``; without one, from the real demo data served on
@@ -153,8 +154,10 @@ def build_corpus(
     (:class:`curation.config.CurationConfig`, whole: a form too) or ``curation_config`` (a rules
     file) and ``preset``; ``overrides`` apply over either; ``evalset_files`` eval sets declared in files.
     ``eval_keypoints``: store the eval images' verification keypoints in the index (about 20 ms an
-    eval image, once, on ``curate_workers`` processes), so that verification runs SIFT on corpus
-    images only: worth it whenever the corpus is larger than the eval sets."""
+    eval image, once, on ``curate_workers`` processes, default one per core), so that verification
+    runs SIFT on corpus images only: worth it whenever the corpus is larger than the eval sets.
+    ``curate_workers`` None lets curation choose (one process for a small corpus, else one worker
+    process per core: :func:`curation.pipeline.local_run`)."""
     out = Path(output) if output else default_work_dir() / "demo"
     run_dir = str(out)
     progress = FlowProgress(["ingest", "eval-index", "curate", "dedup-report"], key="build-corpus-progress")
@@ -164,7 +167,7 @@ def build_corpus(
     progress.advance("ingest")
     create_markdown_artifact(markdown=ingest_markdown(ingested), key="build-corpus-ingest", description="ingestion")
 
-    index = index_task(run_dir, eval_sets, evalset_files, eval_keypoints, curate_workers)
+    index = index_task(run_dir, eval_sets, evalset_files, eval_keypoints, curate_workers or os.cpu_count() or 1)
     progress.advance("eval-index")
     for assignment in (f'eval_dedup.index="{index["path"]}"', f'eval_dedup.mode="{dedup_mode}"',
                        f"eval_dedup.radius={dedup_radius}"):

@@ -19,7 +19,7 @@ def _curate(args: argparse.Namespace) -> int:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     config = load_config(args.preset, args.set, args.config)
     shards = Path(args.output) / "shards"
-    with ticking(f"curating with Beam ({args.workers} workers)", count=lambda: len(list(shards.glob("*.tar"))),
+    with ticking("curating with Beam", count=lambda: len(list(shards.glob("*.tar"))),
                  unit="curated shards written"):
         manifest = curate(args.raw, args.output, config, workers=args.workers, beam_args=args.beam_arg)
     print(json.dumps({k: manifest[k] for k in ("inputs", "kept", "rejected", "accounting")}, indent=2))
@@ -45,7 +45,9 @@ def add_commands(sub) -> None:
                    "corpus.json's config, and an optional preset); --set overrides it")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a rule, e.g. --set image.min_side=100 --set text.rare_tokens_enabled=false (repeatable)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DirectRunner worker processes (default: CPU count)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="the local runner's worker processes (default: one process when the raw shards total at most "
+                   "32 MiB, where starting workers costs more than they save; else one per core, at most one per raw shard)")
     p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                    help="a Beam pipeline option passed through, e.g. --beam-arg=--runner=FlinkRunner (repeatable)")
     p.set_defaults(func=_curate)

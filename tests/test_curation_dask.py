@@ -343,7 +343,7 @@ def test_pipeline_with_the_statistics_fixed(cluster, raw, reference, tmp_path, m
     partition_size = None if mode == "near" else 1  # see the module docstring: near is slow per partition
     started = time.time()
     try:
-        raw_shards = curation_pipeline.run_pipeline(raw, out, config, 2, _dask_args(cluster, partition_size))
+        raw_shards, _ = curation_pipeline.run_pipeline(raw, out, config, 2, _dask_args(cluster, partition_size))
     finally:
         _close_runner_clients()
     if partition_size:

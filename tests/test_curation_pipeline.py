@@ -215,9 +215,14 @@ def test_kept_samples_are_complete(hostile):
     assert diff / (16 * 16 * 3) < 8  # same picture up to JPEG loss
 
 
-def test_same_input_same_output(hostile, tmp_path):
+@pytest.mark.parametrize("workers", [2, None], ids=["2 worker processes", "chosen: one process"])
+def test_same_input_same_output(hostile, tmp_path, workers):
+    """Again on 2 worker processes, and as the default chooses for a corpus this small (in one
+    process): the same bytes as the first run (2 worker processes)."""
     corpus, root, out, manifest = hostile
-    again = curate(root, tmp_path / "again", load_config("align", BOUNDARY_RULES), workers=2)
+    again = curate(root, tmp_path / "again", load_config("align", BOUNDARY_RULES), workers=workers)
+    ran = json.loads((tmp_path / "again" / "timing.json").read_text())["ran"]
+    assert ran == ("2 worker processes" if workers else "in one process")
     assert json.dumps(again, sort_keys=True, default=str) == json.dumps(manifest, sort_keys=True, default=str)
     for name in ("rejected/00000.parquet", "corpus.json"):
         assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes()

@@ -346,7 +346,21 @@ def test_a_later_copy_of_a_key_does_not_count_toward_the_image_limit(tmp_path):
     assert "image has 3 alt-texts > 2" in set(rejected["detail"])
 
 
-# ---- the local runner's processes use two malloc arenas, unless the user chose -------------
+# ---- the local runner: one process for a small corpus; two malloc arenas -----------------
+
+def test_local_runner_is_one_process_for_a_small_corpus_or_a_single_shard():
+    from curation.pipeline import IN_PROCESS_MAX_BYTES, LocalRun, local_run
+
+    limit = IN_PROCESS_MAX_BYTES
+    assert local_run(limit, 10, None, cores=4) == LocalRun("in_memory", 1)
+    assert local_run(limit + 1, 10, None, cores=4) == LocalRun("multi_processing", 4)
+    assert local_run(limit + 1, 3, None, cores=4) == LocalRun("multi_processing", 3)  # work is spread by raw shard
+    assert local_run(50 * limit, 1, None, cores=4) == LocalRun("in_memory", 1)        # one shard: one worker anyway
+    assert local_run(50 * limit, 10, None, cores=1) == LocalRun("in_memory", 1)
+    assert local_run(1, 1, 2, cores=4) == LocalRun("multi_processing", 2)               # asked for: as asked
+    assert local_run(1, 1, 2).describe() == "2 worker processes"
+
+
 
 def test_local_runner_asks_for_two_malloc_arenas_unless_the_user_chose(monkeypatch):
     from curation.pipeline import pipeline_options
