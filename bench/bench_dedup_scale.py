@@ -1,7 +1,7 @@
 """Eval de-duplication as the eval index grows: recall per edit, clean images wrongly removed,
 and cost per corpus image, at index sizes of about 1k, 10k and 100k eval images.
 
-    .venv/bin/python bench/bench_dedup_scale.py [--sizes 1000,10000,all] [--clean 3000] [--originals 150] [--held-out 4] [--before] [--workers 2]
+    .venv/bin/python bench/bench_dedup_scale.py [--sizes 1000,10000,all] [--clean 3000] [--originals 150] [--held-out 5] [--before] [--workers 2]
 
 The method measured is curation's, as deployed: ``curation.eval_match.EvalMatcher`` with the
 default rules (pHash and mirror pHash within radius 8 propose, ``dedup.verify`` confirms the
@@ -22,7 +22,7 @@ Data (all real; none of it generated):
   *clean corpus* comes from packages that are not in the index, at least 48 px a side; the
   *originals* for recall are drawn from the Debian part of the filler (never from the demo
   data the rules were tuned on), at least 64 px a side, and are in every index size. There are
-  four such splits (``--held-out``, :data:`HELD_OUT`):
+  five such splits (``--held-out``, :data:`HELD_OUT`):
 
   1. clean: oxygen-icon-theme (one size per icon, the largest <= 256 px), endless-sky-data,
      supertux-data; originals 0-149. Its false removals were read one by one, and the
@@ -33,10 +33,14 @@ Data (all real; none of it generated):
      out for that floor.
   3. clean: frozen-bubble-data, extremetuxracer-data, neverball-data, pioneers-data,
      solarwolf; originals 300-449. First run after the floor was fixed.
-  4. (the default) clean: adwaita-icon-theme, enigma-data, teeworlds-data, tuxmath-data;
-     originals 450-599. First run after the stored mirror keypoints and the half-size screen of
-     the dense alignment were fixed (chosen on ``bench_dedup_quality`` sample 0 and profiled on
-     split 1).
+  4. clean: adwaita-icon-theme, enigma-data, teeworlds-data, tuxmath-data; originals 450-599.
+     First run after the stored mirror keypoints and the half-size screen of the dense
+     alignment were fixed (chosen on ``bench_dedup_quality`` sample 0 and profiled on split 1).
+     Its false removals were read one by one before the stricter pixel-only confirmation.
+  5. (the default) clean: tango-icon-theme (one size per icon, the largest <= 256 px),
+     blobwars-data, tuxtype-data, tuxpaint-data, lbreakout2-data, chromium-bsu-data,
+     kobodeluxe-data; originals 600-749. First run after the stricter pixel-only confirmation
+     was fixed.
 * Every corpus image is stored as a curated shard stores it (RGB on white, JPEG q95, shorter
   side <= 256 px; ``tests.images.shard_bytes``).
 
@@ -46,10 +50,10 @@ a caption bar under it (``caption_bar``), borders of several colours (``border_w
 ``border_grey``, ``border_black``), a crop then resized back (``crop_10_resize``) and a small
 rotation plus crop (``rotate_3_crop_5``).
 
-``--before`` also runs curation's matcher as it was at commit 649d385 (the mirrored eval images'
-keypoints computed at check time, every dense alignment run at full size: :func:`before_matcher`),
-image by image beside the deployed one, and prints the verification cost ratio and how many
-images it decided otherwise.
+``--before`` also runs curation's matcher as it was at commit 166ce11, before the correlation
+floor on confirmations without keypoint inliers (``VerifyRules.min_ncc_without_inliers``:
+:func:`before_matcher`), image by image beside the deployed one, and prints the verification
+cost ratio and how many images it decided otherwise (each listed in the results file).
 The indexes are built once (keypoints on ``--workers`` processes; 17 min for the whole pool on
 2) and kept under ``.cache/bench/dedup_scale``.
 
@@ -110,11 +114,16 @@ FILLER_PACKAGES = ("moka-icon-theme", "faenza-icon-theme", "mate-icon-theme", "g
 # figures are no longer held out; split 2 (other packages, the next originals) was run once
 # before the structure floor (VerifyRules.min_blocks_without_inliers), whose false removal it
 # showed; split 3 was first run after the floor was fixed; split 4 after the stored mirror
-# keypoints and the half-size screen of the dense alignment were.
+# keypoints and the half-size screen of the dense alignment were; split 5 after the stricter
+# pixel-only confirmation (VerifyRules.dense_min_ncc) was.
 HELD_OUT = {1: (("oxygen-icon-theme", "endless-sky-data", "supertux-data"), 0),
             2: (("naev-data", "megaglest-data", "tuxpaint-stamps-default"), 150),
             3: (("frozen-bubble-data", "extremetuxracer-data", "neverball-data", "pioneers-data", "solarwolf"), 300),
-            4: (("adwaita-icon-theme", "enigma-data", "teeworlds-data", "tuxmath-data"), 450)}
+            4: (("adwaita-icon-theme", "enigma-data", "teeworlds-data", "tuxmath-data"), 450),
+            5: (("tango-icon-theme", "blobwars-data", "tuxtype-data", "tuxpaint-data", "lbreakout2-data",
+                 "chromium-bsu-data", "kobodeluxe-data"), 600)}
+# icon themes that ship every icon at several sizes: one size per icon in a clean corpus
+ONE_SIZE_PER_ICON = ("oxygen-icon-theme", "tango-icon-theme")
 CLEAN_PACKAGES = tuple(name for packages, _ in HELD_OUT.values() for name in packages)
 CACHE = ROOT / ".cache" / "bench" / "debian"
 RASTER = re.compile(r"\.(png|jpe?g)$", re.I)
@@ -217,12 +226,13 @@ def _open(path: Path, min_side: int):
 
 
 def clean_images(limit: int, packages: tuple[str, ...]) -> list[tuple[str, bytes]]:
-    """Clean corpus images from packages outside the index (oxygen: one size per icon)."""
+    """Clean corpus images from packages outside the index (:data:`ONE_SIZE_PER_ICON`: the
+    largest size <= 256 px of each icon)."""
     chosen = []
     for name in packages:
         root = package(name)
         files = rasters(name)
-        if name == "oxygen-icon-theme":
+        if name in ONE_SIZE_PER_ICON:
             best: dict[str, tuple[int, Path]] = {}
             for p in files:
                 size = re.search(r"/(\d+)x\d+/", str(p))
@@ -269,14 +279,12 @@ def copies(pool: list[tuple[str, Path]], count: int, skip: int = 0) -> tuple[lis
 
 
 def before_matcher(rules: EvalDedupRules) -> EvalMatcher:
-    """Curation's matcher as it was at commit 649d385 (for the side-by-side cost ratio): the
-    mirrored eval images' keypoints computed at check time rather than read from the index (the
-    images' own are read), and every dense alignment run at full size (no half-size screen). Only
-    the screen changes decisions."""
+    """Curation's matcher as it was at commit 166ce11: no correlation floor on a confirmation
+    without keypoint inliers (``min_ncc_without_inliers`` 0). Only that rule differs, so the
+    images decided otherwise are exactly what it changes."""
     matcher = EvalMatcher(rules)
-    store = matcher.verifier.stored
-    matcher.verifier = Verifier(replace(matcher.verifier.rules, dense_screen_min_cc=0),
-                                stored=lambda ref, mirrored: None if mirrored else store(ref))
+    matcher.verifier = Verifier(replace(matcher.verifier.rules, min_ncc_without_inliers=0.0),
+                                stored=matcher.verifier.stored)
     return matcher
 
 
@@ -305,11 +313,18 @@ def measure(matchers: list[EvalMatcher], clean, edited) -> list[dict]:
         return out
 
     results = [{"clean_images": len(clean), "removed_clean": [], "proposed_clean": 0, "recall": {},
-                "decisions_unlike_first": 0} for _ in matchers]
+                "decisions_unlike_first": 0, "decided_otherwise": []} for _ in matchers]
+
+    def compare(result, key, record, first):
+        if record != first:
+            result["decisions_unlike_first"] += 1
+            result["decided_otherwise"].append({"image": key, "this": record["status"], "deployed": first["status"],
+                                                "this_detail": record["detail"], "deployed_detail": first["detail"]})
+
     for key, data in clean:
         judged = judge(key, data)
         for result, (proposed, record) in zip(results, judged):
-            result["decisions_unlike_first"] += record != judged[0][1]
+            compare(result, key, record, judged[0][1])
             result["proposed_clean"] += bool(proposed)
             if record["status"] != KEPT:
                 result["removed_clean"].append({"clean": key, "eval": record["eval_key"], "detail": record["detail"]})
@@ -319,7 +334,7 @@ def measure(matchers: list[EvalMatcher], clean, edited) -> list[dict]:
     for original, edit, data in edited:
         judged = judge(f"{original}~{edit}", data)
         for result, (proposed, record) in zip(results, judged):
-            result["decisions_unlike_first"] += record != judged[0][1]
+            compare(result, f"{original}~{edit}", record, judged[0][1])
             r = result["recall"].setdefault(edit, {"copies": 0, "removed": 0, "own_original": 0, "phash_alone": 0})
             r["copies"] += 1
             r["phash_alone"] += bool(proposed)
@@ -449,11 +464,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,all")
     parser.add_argument("--clean", type=int, default=3000)
     parser.add_argument("--originals", type=int, default=150)
-    parser.add_argument("--held-out", type=int, default=4, choices=sorted(HELD_OUT),
+    parser.add_argument("--held-out", type=int, default=5, choices=sorted(HELD_OUT),
                         help="which held-out split: clean packages and originals (see HELD_OUT)")
     parser.add_argument("--trim-idea", action="store_true", help="measure the border-trim idea (candidates only)")
     parser.add_argument("--before", action="store_true",
-                        help="also run the matcher as it was at 649d385 (before the stored mirrors and the dense screen), side by side")
+                        help="also run the matcher as it was at 166ce11 (no correlation floor without inliers), side by side")
     parser.add_argument("--workers", type=int, default=2, help="processes computing the index's keypoints")
     parser.add_argument("--out", default=None, help="results file (default bench/results/dedup_scale[_trim].json)")
     args = parser.parse_args()
