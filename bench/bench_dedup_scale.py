@@ -37,10 +37,12 @@ Data (all real; none of it generated):
      First run after the stored mirror keypoints and the half-size screen of the dense
      alignment were fixed (chosen on ``bench_dedup_quality`` sample 0 and profiled on split 1).
      Its false removals were read one by one before the stricter pixel-only confirmation.
-  5. (the default) clean: tango-icon-theme (one size per icon, the largest <= 256 px),
-     blobwars-data, tuxtype-data, tuxpaint-data, lbreakout2-data, chromium-bsu-data,
-     kobodeluxe-data; originals 600-749. First run after the stricter pixel-only confirmation
-     was fixed.
+  5. (the default) clean: paper-, yaru- and lxde-icon-theme (one size per icon, the largest
+     <= 256 px), freeorion-data, tuxtype-data, tuxpaint-data, freedroid-data, trackballs-data,
+     powermanga-data, blobwars-data, lbreakout2-data, chromium-bsu-data, kobodeluxe-data;
+     originals 600-749. First run after the stricter pixel-only confirmation was fixed. (Paper
+     is the successor of Moka, which is in the index, by the same designer: like split 4's
+     Adwaita, it holds true copies and near variants of index icons.)
 * Every corpus image is stored as a curated shard stores it (RGB on white, JPEG q95, shorter
   side <= 256 px; ``tests.images.shard_bytes``).
 
@@ -120,10 +122,11 @@ HELD_OUT = {1: (("oxygen-icon-theme", "endless-sky-data", "supertux-data"), 0),
             2: (("naev-data", "megaglest-data", "tuxpaint-stamps-default"), 150),
             3: (("frozen-bubble-data", "extremetuxracer-data", "neverball-data", "pioneers-data", "solarwolf"), 300),
             4: (("adwaita-icon-theme", "enigma-data", "teeworlds-data", "tuxmath-data"), 450),
-            5: (("tango-icon-theme", "blobwars-data", "tuxtype-data", "tuxpaint-data", "lbreakout2-data",
-                 "chromium-bsu-data", "kobodeluxe-data"), 600)}
+            5: (("paper-icon-theme", "yaru-theme-icon", "lxde-icon-theme", "freeorion-data", "tuxtype-data",
+                 "tuxpaint-data", "freedroid-data", "trackballs-data", "powermanga-data", "blobwars-data",
+                 "lbreakout2-data", "chromium-bsu-data", "kobodeluxe-data"), 600)}
 # icon themes that ship every icon at several sizes: one size per icon in a clean corpus
-ONE_SIZE_PER_ICON = ("oxygen-icon-theme", "tango-icon-theme")
+ONE_SIZE_PER_ICON = ("oxygen-icon-theme", "paper-icon-theme", "yaru-theme-icon", "lxde-icon-theme")
 CLEAN_PACKAGES = tuple(name for packages, _ in HELD_OUT.values() for name in packages)
 CACHE = ROOT / ".cache" / "bench" / "debian"
 RASTER = re.compile(r"\.(png|jpe?g)$", re.I)
