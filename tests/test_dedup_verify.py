@@ -378,7 +378,7 @@ def test_a_confirmation_without_inliers_needs_a_high_correlation():
     query = Features.from_bytes(_jpeg(_pill(), 50))
     found = verify(query, ref, VerifyRules(min_ncc_without_inliers=0), None)
     assert found.confirmed and found.dense and found.inliers < VerifyRules().min_inliers, found
-    assert found.ncc >= VerifyRules().min_ncc_without_inliers  # the default keeps this copy
+    assert VerifyRules().min_ncc_without_inliers == 0  # off by default (measured, not deployed)
     assert verify(query, ref, VerifyRules(min_ncc_without_inliers=found.ncc), None).confirmed
     above = float(np.nextafter(np.float32(found.ncc), np.float32(2)))
     refused = verify(query, ref, VerifyRules(min_ncc_without_inliers=above), None)
@@ -387,8 +387,10 @@ def test_a_confirmation_without_inliers_needs_a_high_correlation():
     rules = VerifyRules(min_ncc_without_inliers=1.0)
     assert rules.accepts(rules.min_inliers, rules.min_ncc, rules.min_block_agreement, 0.0, dense=False)
     assert not rules.accepts(rules.min_inliers - 1, 0.999, 1.0, 0.0, dense=True, phash_distance=0, blocks=100)
-    assert VerifyRules().accepts(rules.min_inliers - 1, 0.95, 1.0, 0.0, dense=True, phash_distance=0, blocks=100)
-    assert not VerifyRules().accepts(rules.min_inliers - 1, 0.9499, 1.0, 0.0, dense=True, phash_distance=0, blocks=100)
+    floor = VerifyRules(min_ncc_without_inliers=0.95)
+    assert floor.accepts(rules.min_inliers - 1, 0.95, 1.0, 0.0, dense=True, phash_distance=0, blocks=100)
+    assert not floor.accepts(rules.min_inliers - 1, 0.9499, 1.0, 0.0, dense=True, phash_distance=0, blocks=100)
+    assert VerifyRules().accepts(rules.min_inliers - 1, 0.9499, 1.0, 0.0, dense=True, phash_distance=0, blocks=100)
 
 
 @pytest.mark.parametrize("name", ["astronaut", "chelsea"])
