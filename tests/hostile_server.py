@@ -138,10 +138,14 @@ def _handler(images: dict[str, bytes], cap: int, log: ServerLog):
                     log.max_in_flight = max(log.max_in_flight, log.in_flight)
                 try:
                     time.sleep(0.3)
-                    self._image(parts[1])
                 finally:
+                    # counted out *before* the response is sent: a client can only release its
+                    # connection slot (and start another request) after it has the response, so
+                    # the count never includes a request the client has already finished (counting
+                    # out after sending let a loaded machine show 3 of a limit of 2)
                     with log.lock:
                         log.in_flight -= 1
+                self._image(parts[1])
             else:
                 self._send(404)
 
