@@ -31,7 +31,8 @@ candidates on top of the default recipe: ``LU-tower-lr-buffer-10k`` (a shuffle b
 whole corpus), ``LU-tower-lr-temp-30`` (the temperature starting at 30, not 10) and
 ``LU-tower-lr-image-head`` (the linear head on the image side, into MiniLM's 384-d space). ``--captions``
 trains on other demo captions (:mod:`curation.demo_captions`; give it its own ``--work``), and
-``--prompt-sets`` compares prompt sets on the runs already made (:func:`prompt_study`). ``Uu``/``uu``
+``--prompt-sets`` compares prompt sets on the runs already made (:func:`prompt_study`), and
+``--wise-ft`` mixes the fine-tuned text tower's weights with the pretrained ones (:func:`wise_ft_study`). ``Uu``/``uu``
 are left out by default: on this 2-core CPU the image tower trains at about 8 pairs/s, so the
 budget would take hours.
 
@@ -365,19 +366,13 @@ def emoji_all_study(rows: list[dict], work: Path, args) -> list[str]:
     default's score by more than the candidate's own seed s.d. The same rule re-reads the
     learning-rate choice (``LU``, ``LU-text-lr-0.2`` against ``LU-tower-lr``)."""
     from training.eval_model import load_run
-    from training.evaluate import evaluate_model
 
     table: dict[str, list[tuple[float, float, float]]] = {}
     for row in rows:
-        run = work / "runs" / f"{row['variant']}-seed{row['seed']}-s{args.steps}-b{args.batch_size}"
-        model = load_run(run)
-        balanced = []
-        for split in EMOJI_SPLITS:
-            result = evaluate_model(model, ["emoji"], split, work / "evalcache", log=log)["sets"]["emoji"]
-            balanced.append(100 * result["by_prompt_set"][result["primary"]]["mean_per_class_accuracy"])
+        model = load_run(work / "runs" / f"{row['variant']}-seed{row['seed']}-s{args.steps}-b{args.batch_size}")
         clip = row["tuning"]["clipart"]
         retrieval = 100 * (clip["i2t_R@1"] + clip["t2i_R@1"]) / 2
-        every = statistics.mean(balanced)
+        every = _emoji_all_balanced(model, work)
         table.setdefault(row["variant"], []).append((every, 100 * row["tuning"]["emoji"]["balanced_top1"],
                                                      every + retrieval))
 
@@ -401,6 +396,60 @@ def emoji_all_study(rows: list[dict], work: Path, args) -> list[str]:
     return lines
 
 
+def _emoji_all_balanced(model, work: Path) -> float:
+    """Balanced top-1 (primary prompt set, %) on all 1,911 demo emoji, mean of the two splits."""
+    from training.evaluate import evaluate_model
+
+    balanced = []
+    for split in EMOJI_SPLITS:
+        result = evaluate_model(model, ["emoji"], split, work / "evalcache", log=log)["sets"]["emoji"]
+        balanced.append(100 * result["by_prompt_set"][result["primary"]]["mean_per_class_accuracy"])
+    return statistics.mean(balanced)
+
+
+def wise_ft_study(rows: list[dict], work: Path, args) -> list[str]:
+    """#16's forgetting candidate, evaluation only, on the runs already made (tuning split only):
+    the fine-tuned MiniLM's weights mixed with the pretrained ones, ``alpha · tuned + (1 − alpha)
+    · pretrained`` (weight-space ensembling, as WiSE-FT does for CLIP), the heads as trained.
+
+    The rule is :func:`emoji_all_study`'s, unchanged (its tuning score on all 1,911 emoji, with
+    clipart R@1 re-measured on the mixed model): a mix becomes the default only if it beats the
+    default recipe (``LU-tower-lr`` as trained) by more than its own seed s.d. Its margin over
+    its own run as trained (``alpha = 1``) is printed too: whether mixing undoes forgetting."""
+    from training.eval_model import load_run
+    from training.evaluate import evaluate_model
+    from training.text_towers import BertTower, minilm_path
+
+    pretrained = BertTower(minilm_path()).state_dict()
+    alphas = [float(a) for a in args.wise_ft.split(",")]
+    table: dict[tuple[str, float], list[float]] = {}
+    for row in rows:
+        for alpha in [1.0] + [a for a in alphas if a != 1.0]:
+            model = load_run(work / "runs" / f"{row['variant']}-seed{row['seed']}-s{args.steps}-b{args.batch_size}")
+            tower = model.model.text
+            tower.load_state_dict({k: alpha * v + (1 - alpha) * pretrained[k] if v.is_floating_point() else v
+                                   for k, v in tower.state_dict().items()})
+            clip = evaluate_model(model, ["clipart"], "test", work / "evalcache", log=log)["sets"]["clipart"]["all"]
+            retrieval = 100 * (clip["image_to_text"]["R@1"] + clip["text_to_image"]["R@1"]) / 2
+            table.setdefault((row["variant"], alpha), []).append(_emoji_all_balanced(model, work) + retrieval)
+    lines = ["\nMiniLM weights mixed with the pretrained ones (tuning score, all emoji; mean ± s.d. over seeds):",
+             "| variant | alpha (1: as trained) | seeds | tuning score |", "|---|---|---|---|"]
+    for (variant, alpha), values in sorted(table.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+        lines.append(f"| {variant} | {alpha:g} | {len(values)} | {_mean_sd(values)} |")
+    default = table.get(("LU-tower-lr", 1.0))
+    for (variant, alpha), values in sorted(table.items()):
+        if alpha == 1.0 or len(values) < 2:
+            continue
+        own = statistics.mean(values) - statistics.mean(table[(variant, 1.0)])
+        line = f"  {variant} alpha {alpha:g}: {own:+.1f} against its run as trained"
+        if default:
+            margin = statistics.mean(values) - statistics.mean(default)
+            verdict = "adopt" if margin > statistics.stdev(values) else "no change"
+            line += f", {margin:+.1f} against the default LU-tower-lr (s.d. {statistics.stdev(values):.1f}): {verdict}"
+        lines.append(line)
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="work/quality")
@@ -420,6 +469,8 @@ def main() -> int:
                         "generic,imagenet80,bare) on the runs already in the results file (see prompt_study)")
     parser.add_argument("--emoji-all", action="store_true", help="evaluation only: the zero-shot half of the "
                         "tuning score on all 1,911 emoji, on the runs already made (see emoji_all_study)")
+    parser.add_argument("--wise-ft", metavar="ALPHA,...", help="evaluation only: the fine-tuned text tower's weights "
+                        "mixed with the pretrained ones at these alphas, on the runs already made (see wise_ft_study)")
     args = parser.parse_args()
     work = Path(args.work)
     prepare_data(work, args.workers, args.captions)
@@ -441,6 +492,9 @@ def main() -> int:
     if args.emoji_all:
         chosen = set(args.variants.split(","))
         print("\n".join(emoji_all_study([r for r in rows if r["variant"] in chosen], work, args)))
+    if args.wise_ft:
+        chosen = set(args.variants.split(","))
+        print("\n".join(wise_ft_study([r for r in rows if r["variant"] in chosen], work, args)))
     if args.prompt_sets:
         chosen = set(args.variants.split(","))
         print("\n".join(prompt_study([r for r in rows if r["variant"] in chosen], work, toml, args)))
