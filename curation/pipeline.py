@@ -138,8 +138,9 @@ class LocalRun(NamedTuple):
         return f"{self.workers} worker process{'es' if self.workers > 1 else ''}"
 
 
-def local_run(raw_bytes: int, raw_shards: int, workers: int | None, cores: int | None = None) -> LocalRun:
-    """The local runner for a corpus of ``raw_shards`` files and ``raw_bytes`` bytes.
+def local_run(raw_bytes: int | None, raw_shards: int, workers: int | None, cores: int | None = None) -> LocalRun:
+    """The local runner for a corpus of ``raw_shards`` files and ``raw_bytes`` bytes (None:
+    unknown, taken as large).
 
     ``workers`` given: that many worker processes, as asked. ``None`` (the default): one
     process when the raw shards total at most :data:`IN_PROCESS_MAX_BYTES` or when only one
@@ -149,7 +150,7 @@ def local_run(raw_bytes: int, raw_shards: int, workers: int | None, cores: int |
     if workers is not None:
         return LocalRun("multi_processing", workers)
     useful = max(1, min(cores or os.cpu_count() or 1, raw_shards))
-    if useful == 1 or raw_bytes <= IN_PROCESS_MAX_BYTES:
+    if useful == 1 or (raw_bytes is not None and raw_bytes <= IN_PROCESS_MAX_BYTES):
         return LocalRun("in_memory", 1)
     return LocalRun("multi_processing", useful)
 
@@ -216,7 +217,8 @@ def run_pipeline(raw_dir: str | Path, out_dir: str | Path, config: CurationConfi
     if not sized:
         raise FileNotFoundError(f"{raw_dir}: no raw shards (*.tar) to curate")
     raw_shards = [path for path, _ in sized]
-    run = local_run(sum(size for _, size in sized), len(sized), workers)
+    sizes = [size for _, size in sized]
+    run = local_run(None if None in sizes else sum(sizes), len(sized), workers)
     options, runner = pipeline_options(run, beam_args)
     how = run.describe() if runner is not None else "on the runner given by --beam-arg"
     storage.delete_tree(out_dir)

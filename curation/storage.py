@@ -103,8 +103,9 @@ def list_files(folder: str, pattern: str) -> list[str]:
     return [path for path, _ in list_sized(folder, pattern)]
 
 
-def list_sized(folder: str, pattern: str) -> list[tuple[str, int]]:
-    """(path, size in bytes) of the files :func:`list_files` lists, in the same order."""
+def list_sized(folder: str, pattern: str) -> list[tuple[str, int | None]]:
+    """(path, size in bytes, None where the file system does not say) of the files
+    :func:`list_files` lists, in the same order."""
     result = FileSystems.match([FileSystems.join(folder, pattern)])[0]
     found = [(m.path, m.size_in_bytes) for m in result.metadata_list if not basename(m.path).startswith(".")]
     return sorted(found)

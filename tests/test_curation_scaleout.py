@@ -357,6 +357,7 @@ def test_local_runner_is_one_process_for_a_small_corpus_or_a_single_shard():
     assert local_run(limit + 1, 3, None, cores=4) == LocalRun("multi_processing", 3)  # work is spread by raw shard
     assert local_run(50 * limit, 1, None, cores=4) == LocalRun("in_memory", 1)        # one shard: one worker anyway
     assert local_run(50 * limit, 10, None, cores=1) == LocalRun("in_memory", 1)
+    assert local_run(None, 10, None, cores=4) == LocalRun("multi_processing", 4)        # sizes unknown: as if large
     assert local_run(1, 1, 2, cores=4) == LocalRun("multi_processing", 2)               # asked for: as asked
     assert local_run(1, 1, 2).describe() == "2 worker processes"
 
