@@ -123,7 +123,9 @@ worker processes (each loads Beam and the compiled language loop) and then moves
 over gRPC. Measured on 2 cores (``bench/bench_scale.py --runner-crossover``), one process is
 faster up to between 32 and 65 MiB of raw shards (8k–16k of the 64-px benchmark pairs), 1.4×
 at 8 MiB; more cores make the worker processes win earlier, so the bound is the low end. The
-outputs are the same bytes either way."""
+outputs are the same bytes either way. Memory: in one process the runner keeps the
+collections between stages in that process, as the controller does in multi-processing mode
+(facts, findings, paths: no image bytes), so the bound also bounds what it holds."""
 
 
 class LocalRun(NamedTuple):
