@@ -123,8 +123,8 @@ def main() -> int:
     started = time.perf_counter()
     single = curate(raw_dir, out_default, config)
     wall_single = time.perf_counter() - started
-    ran = json.loads((out_default / "timing.json").read_text())["ran"]
-    cores_single = 1 if ran == "in one process" else int(ran.split()[0])
+    timing = json.loads((out_default / "timing.json").read_text())
+    ran, cores_single = timing["ran"], timing["local_processes"]
     assert single["kept"] == manifest["kept"] and single["rejected"] == manifest["rejected"]
     whole_single = single["inputs"] / (wall_single * cores_single)
     floor = steps["records_per_s_per_core"]["floor_decode_phash"]

@@ -424,11 +424,12 @@ def wise_ft_study(rows: list[dict], work: Path, args) -> list[str]:
     alphas = [float(a) for a in args.wise_ft.split(",")]
     table: dict[tuple[str, float], list[float]] = {}
     for row in rows:
+        model = load_run(work / "runs" / f"{row['variant']}-seed{row['seed']}-s{args.steps}-b{args.batch_size}")
+        tower = model.model.text
+        tuned = {k: v.clone() for k, v in tower.state_dict().items()}
         for alpha in [1.0] + [a for a in alphas if a != 1.0]:
-            model = load_run(work / "runs" / f"{row['variant']}-seed{row['seed']}-s{args.steps}-b{args.batch_size}")
-            tower = model.model.text
             tower.load_state_dict({k: alpha * v + (1 - alpha) * pretrained[k] if v.is_floating_point() else v
-                                   for k, v in tower.state_dict().items()})
+                                   for k, v in tuned.items()})
             clip = evaluate_model(model, ["clipart"], "test", work / "evalcache", log=log)["sets"]["clipart"]["all"]
             retrieval = 100 * (clip["image_to_text"]["R@1"] + clip["text_to_image"]["R@1"]) / 2
             table.setdefault((row["variant"], alpha), []).append(_emoji_all_balanced(model, work) + retrieval)

@@ -27,14 +27,16 @@ def curate(raw_dir: str | Path, out_dir: str | Path, config: CurationConfig, wor
 
         EvalIndex.load(config.eval_dedup.index, config.eval_dedup.mode).check_settings(DEFAULT_SETTINGS)
     started = time.perf_counter()
-    raw_shards, how = run_pipeline(raw_dir, out_dir, config, workers, beam_args)
+    raw_shards, run = run_pipeline(raw_dir, out_dir, config, workers, beam_args)
     pipeline_s = time.perf_counter() - started
     manifest = build_manifest(raw_dir, out_dir, config, raw_shards)
     storage.delete_tree(storage.join(out_dir, WORK_DIR))  # the facts: only the run itself needs them
     # corpus.json last: its presence means the run finished and its counts were checked
     storage.write_atomic(storage.join(out_dir, manifest.FILE), manifest.to_json().encode())
     storage.write_atomic(storage.join(out_dir, "timing.json"), _json(
-        {"pipeline_s": round(pipeline_s, 3), "ran": how,
+        {"pipeline_s": round(pipeline_s, 3),
+         "ran": run.describe() if run else "on the runner given by --beam-arg",
+         "local_processes": run.workers if run else None,  # the cores a local run used
          "records_per_s": round(manifest.inputs / pipeline_s, 2)}))
     return manifest.model_dump(mode="json", by_alias=True)
 

@@ -157,16 +157,15 @@ def local_run(raw_bytes: int | None, raw_shards: int, workers: int | None, cores
     return LocalRun("multi_processing", useful)
 
 
-def pipeline_options(run: LocalRun | int = 2, beam_args: list[str] | None = None) -> tuple[PipelineOptions, object]:
-    """(options, runner): the local FnApiRunner as ``run`` says (an int: that many worker
-    processes) unless ``--runner`` is in beam_args, whose other options come last (they win)."""
+def pipeline_options(run: LocalRun, beam_args: list[str] | None = None) -> tuple[PipelineOptions, object]:
+    """(options, runner): the local FnApiRunner as ``run`` says, unless ``--runner`` is in
+    beam_args, whose other options come last (they win)."""
     beam_args = list(beam_args or [])
     if any(a.startswith("--runner") for a in beam_args):
         return PipelineOptions(beam_args), None
     _fewer_malloc_arenas()
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    run = run if isinstance(run, LocalRun) else LocalRun("multi_processing", run)
     options = PipelineOptions(
         [f"--direct_num_workers={run.workers}", f"--direct_running_mode={run.mode}",
          "--default_sdk_harness_log_level=WARNING"] + beam_args
@@ -203,16 +202,11 @@ def build(p: beam.Pipeline, raw_shards: list[str], out_dir: str, config: Curatio
     )
 
 
-def list_raw_shards(raw_dir: str) -> list[str]:
-    """The raw shards (``*.tar``) of a folder, local or any Beam file system, in name order."""
-    return storage.list_files(raw_dir, "*.tar")
-
-
 def run_pipeline(raw_dir: str | Path, out_dir: str | Path, config: CurationConfig, workers: int | None = None,
-                 beam_args: list[str] | None = None) -> tuple[list[str], str]:
-    """Run the pipeline to completion; (the raw shards it curated in run order, how it ran).
-    ``workers`` None lets :func:`local_run` choose. ``out_dir`` is emptied first: a run owns
-    its folder."""
+                 beam_args: list[str] | None = None) -> tuple[list[str], LocalRun | None]:
+    """Run the pipeline to completion; (the raw shards (``*.tar``, name order) it curated, the
+    local run it made: None on a runner given by ``--runner``). ``workers`` None lets
+    :func:`local_run` choose. ``out_dir`` is emptied first: a run owns its folder."""
     raw_dir, out_dir = _location(raw_dir), _location(out_dir)
     FileSystems.set_options(PipelineOptions(beam_args or []))  # this process lists, and writes the manifest
     sized = storage.list_sized(raw_dir, "*.tar")
@@ -222,13 +216,12 @@ def run_pipeline(raw_dir: str | Path, out_dir: str | Path, config: CurationConfi
     sizes = [size for _, size in sized]
     run = local_run(None if None in sizes else sum(sizes), len(sized), workers)
     options, runner = pipeline_options(run, beam_args)
-    how = run.describe() if runner is not None else "on the runner given by --beam-arg"
     storage.delete_tree(out_dir)
     for folder in ("shards", "rejected", COUNTS_DIR, WORK_DIR):
         storage.mkdirs(storage.join(out_dir, folder))
     with beam.Pipeline(runner=runner, options=options) as p:
         build(p, raw_shards, out_dir, config)
-    return raw_shards, how
+    return raw_shards, run if runner is not None else None
 
 
 def _location(path: str | Path) -> str:

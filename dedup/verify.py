@@ -148,10 +148,11 @@ class VerifyRules:
         aligned = inliers >= self.min_inliers or dense
         if inliers >= self.min_inliers and ncc >= self.min_ncc and block_agreement >= self.min_block_agreement:
             return True
-        if inliers < self.min_inliers and blocks is not None and blocks < self.min_blocks_without_inliers:
-            return False  # no keypoint evidence, and too little structure for the pixels to be any
-        if inliers < self.min_inliers and ncc < self.min_ncc_without_inliers:
-            return False  # no keypoint evidence, and the pixels agree only as well as two flat squares do
+        if inliers < self.min_inliers and ((blocks is not None and blocks < self.min_blocks_without_inliers)
+                                           or ncc < self.min_ncc_without_inliers):
+            # no keypoint evidence, and too little structure for the pixels to be any, or pixels
+            # that agree only as well as two flat squares do
+            return False
         if dense and ncc >= self.dense_min_ncc and block_agreement >= self.dense_min_block_agreement:
             return True
         near = phash_distance is not None and phash_distance <= self.near_radius

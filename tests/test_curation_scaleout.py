@@ -362,16 +362,17 @@ def test_local_runner_is_one_process_for_a_small_corpus_or_a_single_shard():
     assert local_run(1, 1, 2).describe() == "2 worker processes"
 
 
-
 def test_local_runner_asks_for_two_malloc_arenas_unless_the_user_chose(monkeypatch):
-    from curation.pipeline import pipeline_options
+    from curation.pipeline import LocalRun, pipeline_options
+
+    two = LocalRun("multi_processing", 2)
 
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    pipeline_options(2)
+    pipeline_options(two)
     assert os.environ["MALLOC_ARENA_MAX"] == "2"          # the worker processes inherit it
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    pipeline_options(2)
+    pipeline_options(two)
     assert os.environ["MALLOC_ARENA_MAX"] == "4"
     monkeypatch.delenv("MALLOC_ARENA_MAX")
-    pipeline_options(2, ["--runner=DataflowRunner"])      # another runner: its workers are not ours
+    pipeline_options(two, ["--runner=DataflowRunner"])      # another runner: its workers are not ours
     assert "MALLOC_ARENA_MAX" not in os.environ
