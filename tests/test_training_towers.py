@@ -41,6 +41,32 @@ def test_efficientnet_lite0_pretrained_features(demo_data):
     assert not torch.allclose(features, random)
     # the ImageNet weights (and our preprocessing) really work: a clipart lizard is an ImageNet lizard
     assert 38 <= int(logits.argmax()) <= 48  # ImageNet classes 38-48: banded gecko ... Komodo dragon
+    # encode runs the frozen channels-last trace on CPU: the eager module's features, to float rounding
+    with torch.no_grad():
+        eager = tower.module(x)
+    assert torch.allclose(features, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_frozen_cpu_encode_is_the_module_same_bytes_at_any_batch_and_never_stale():
+    from training.image_towers import FrozenOnCpu, TinyConvNet
+
+    torch.manual_seed(0)
+    module = TinyConvNet().eval()
+    encode = FrozenOnCpu(module)
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        frozen, eager = encode(x), module(x)
+        assert torch.allclose(frozen, eager, rtol=1e-5, atol=1e-5)
+        assert torch.equal(frozen, encode(x))  # same bytes twice
+        assert torch.equal(frozen[2:5], encode(x[2:5]))  # and whatever the batch around an image
+        # an in-place change of the weights (an optimizer step) makes the next call re-freeze
+        module.net[0].weight.add_(0.5)
+        changed = module(x)
+        assert not torch.allclose(changed, eager, atol=1e-2)
+        assert torch.allclose(encode(x), changed, rtol=1e-5, atol=1e-5)
+    # with gradients on (a tower being trained), encode is the module itself: gradients flow
+    out = encode(x)
+    assert out.requires_grad
 
 
 def test_vit_s_focus_onnx_backbone_cls_token():
