@@ -348,6 +348,8 @@ def measure(matchers: list[EvalMatcher], clean, edited) -> list[dict]:
             r["phash_alone"] += bool(proposed)
             r["removed"] += record["status"] != KEPT
             r["own_original"] += record["status"] != KEPT and record["eval_key"] == original
+            if record["status"] != KEPT:
+                result.setdefault("_removed_copies", set()).add((original, edit))
     for result, timing in zip(results, timings):
         result["ms_per_copy"] = {k: 1000 * v / len(edited) for k, v in timing.items()}
         for r in result["recall"].values():
@@ -358,7 +360,8 @@ def measure(matchers: list[EvalMatcher], clean, edited) -> list[dict]:
     return results
 
 
-def run_size(pool, originals, size, clean, edited, work: Path, alternative: bool, workers: int) -> dict:
+def run_size(pool, originals, size, clean, edited, work: Path, alternative: bool, workers: int,
+             embedding: dict | None = None) -> dict:
     forced = set(originals)
     chosen = forced | {key for key, _ in [kp for kp in pool if kp[0] not in forced][:size - len(forced)]}
     members = [kp for kp in pool if kp[0] in chosen]  # pool order: the whole pool is one index for every split
@@ -371,9 +374,92 @@ def run_size(pool, originals, size, clean, edited, work: Path, alternative: bool
     rules = EvalDedupRules(index=str(index_dir), mode="train+test")
     measured = measure([EvalMatcher(rules)] + ([alternative_matcher(rules)] if alternative else []), clean, edited)
     out = {"index_images": len(members), "build_s": round(build_s, 1), **measured[0]}
+    removed_copies = out.pop("_removed_copies", set())
     if alternative:
         out["alternative"] = measured[1]
+        out["alternative"].pop("_removed_copies", None)
+    if embedding is not None:
+        out["embedding"] = embedding_check(index_dir, embedding, clean, edited, removed_copies,
+                                           {c["clean"] for c in out["removed_clean"]})
     return out
+
+
+def corpus_embeddings(embed, clean, edited) -> dict[str, np.ndarray]:
+    """Each corpus image's vector as training's embedding cache holds it (the tower's preprocessing
+    of the stored bytes, L2-normalised, float16)."""
+    from dedup.embedding import l2_normalise
+
+    keyed = [(key, data) for key, data in clean] + [(f"{o}~{e}", data) for o, e, data in edited]
+    vectors = []
+    for start in range(0, len(keyed), 64):
+        batch = [Image.open(io.BytesIO(data)) for _, data in keyed[start:start + 64]]
+        vectors.append(l2_normalise(embed(batch)).astype(np.float16))
+    return dict(zip((k for k, _ in keyed), np.concatenate(vectors)))
+
+
+def eval_embeddings(index_dir: Path, embed):
+    """The eval index's embedding index, as ``litflow dedup flag`` builds it: the tower runs once per
+    index folder and tower (its vectors are stored in the folder, ``dedup.embedding.stored_vectors_path``)."""
+    from dedup.embedding import eval_embedding_index
+
+    return eval_embedding_index(embed, index_dir, "train+test", fingerprint=embed.tower.fingerprint)
+
+
+def embedding_check(index_dir: Path, embedding: dict, clean, edited, removed_copies: set, removed_clean: set) -> dict:
+    """``litflow dedup flag``'s check (top-k eval images by cosine above min-cosine, each verified)
+    on every corpus image, and its union with curation's (what training excludes).
+
+    Costs per corpus image: the search (exact, one matrix product) and the verification of its
+    candidates; the tower's forward pass is not counted (training's embedding cache computes it
+    once anyway). Every candidate pair is listed (``pairs``) with its cosine and verdict."""
+    from dedup.embedding import embedding_candidates
+    from dedup.feature_store import FeatureStore
+
+    started = time.perf_counter()
+    index = eval_embeddings(index_dir, embedding["embed"])
+    index_s = time.perf_counter() - started
+    verifier = Verifier(stored=FeatureStore(index_dir))
+    top_k, min_cosine = embedding["top_k"], embedding["min_cosine"]
+    vectors = embedding["vectors"]
+    pairs, timing = [], {"clean": [0.0, 0.0], "copy": [0.0, 0.0]}
+    flagged: set[str] = set()
+    originals = {f"{o}~{e}": o for o, e, _ in edited}
+    for key, data in [(k, d) for k, d in clean] + [(f"{o}~{e}", d) for o, e, d in edited]:
+        kind = "copy" if key in originals else "clean"
+        t0 = time.perf_counter()
+        found = embedding_candidates([key], np.asarray(vectors[key], np.float32)[None], index, top_k, min_cosine)
+        t1 = time.perf_counter()
+        query = Verifier.corpus_features(data) if len(found) else None
+        for row in found.itertuples(index=False):
+            verdict = verifier.try_check(query, index.ref[row.eval_image])
+            hit = verdict is None or Verifier.decide(verdict)
+            flagged |= {key} if hit else set()
+            pairs.append({"image": key, "kind": kind, "rank": int(row.rank), "cosine": round(float(row.cosine), 4),
+                          "eval": row.eval_key, "own": row.eval_key == originals.get(key),
+                          "confirmed": bool(verdict and verdict.confirmed), "flagged": hit})
+        t2 = time.perf_counter()
+        timing[kind][0] += t1 - t0
+        timing[kind][1] += t2 - t1
+    recall = {}
+    for original, edit, _ in edited:
+        r = recall.setdefault(edit, {"copies": 0, "embedding": 0, "both": 0})
+        r["copies"] += 1
+        hit = f"{original}~{edit}" in flagged
+        r["embedding"] += hit
+        r["both"] += hit or (original, edit) in removed_copies
+    for r in recall.values():
+        r["embedding"] /= r["copies"]
+        r["both"] /= r["copies"]
+    flagged_clean = sorted(k for k, _ in clean if k in flagged)
+    return {"top_k": top_k, "min_cosine": min_cosine, "index_s": round(index_s, 1), "recall": recall,
+            "flagged_clean": flagged_clean,
+            "false_removal_rate": len(flagged_clean) / len(clean),
+            "both_false_removal_rate": len(set(flagged_clean) | removed_clean) / len(clean),
+            "ms_per_clean_image": {"search": 1000 * timing["clean"][0] / len(clean),
+                                   "verify": 1000 * timing["clean"][1] / len(clean)},
+            "ms_per_copy": {"search": 1000 * timing["copy"][0] / len(edited),
+                            "verify": 1000 * timing["copy"][1] / len(edited)},
+            "pairs": pairs}
 
 
 def trim_uniform_border(image: Image.Image, tolerance: int = 24, share: float = 0.98, passes: int = 2):
@@ -478,6 +564,10 @@ def main() -> None:
     parser.add_argument("--alternative", "--before", dest="alternative", action="store_true",
                         help="also run the alternative matcher (alternative_matcher: the correlation floor without "
                         "inliers), image by image beside the deployed one")
+    parser.add_argument("--embedding", action="store_true",
+                        help="also run the embedding check (litflow dedup flag) and its union with curation's")
+    parser.add_argument("--top-k", type=int, default=3, help="embedding check: nearest eval images verified")
+    parser.add_argument("--min-cosine", type=float, default=0.5, help="embedding check: lowest cosine verified")
     parser.add_argument("--workers", type=int, default=2, help="processes computing the index's keypoints")
     parser.add_argument("--out", default=None, help="results file (default bench/results/dedup_scale[_trim].json)")
     args = parser.parse_args()
@@ -507,8 +597,15 @@ def main() -> None:
         return
     results = []
     work = ROOT / ".cache" / "bench" / "dedup_scale"
+    embedding = None
+    if args.embedding:
+        from training.eval_flags import tower_embedder
+
+        embed = tower_embedder()
+        embedding = {"embed": embed, "top_k": args.top_k, "min_cosine": args.min_cosine,
+                     "vectors": corpus_embeddings(embed, clean, edited)}
     for size in sizes:
-        r = run_size(pool, originals, size, clean, edited, work, args.alternative, args.workers)
+        r = run_size(pool, originals, size, clean, edited, work, args.alternative, args.workers, embedding)
         results.append(r)
         print(f"\nindex {r['index_images']:,} eval images (built or re-used in {r['build_s']} s)")
         for name, m in (("deployed", r), ("alternative", r.get("alternative"))):
@@ -528,6 +625,17 @@ def main() -> None:
         for edit, v in r["recall"].items():
             print(f"  {edit:18s} {v['removed']:8.3f} {v['own_original']:9.3f} {v['phash_alone']:11.3f}"
                   + (f" {r['alternative']['recall'][edit]['removed']:8.3f}" if "alternative" in r else ""))
+        if "embedding" in r:
+            m = r["embedding"]
+            c, e = m["ms_per_clean_image"], m["ms_per_copy"]
+            print(f"  embedding check (top {m['top_k']} >= cosine {m['min_cosine']}, verified): false removals "
+                  f"{len(m['flagged_clean'])}/{len(clean)} = {m['false_removal_rate']:.2e}; with curation's "
+                  f"{m['both_false_removal_rate']:.2e}")
+            print(f"    ms per clean image: search {c['search']:.2f}, verify {c['verify']:.2f}; per copy: search "
+                  f"{e['search']:.2f}, verify {e['verify']:.2f} (eval vectors ready in {m['index_s']} s)")
+            print(f"  {'edit':18s} {'curation':>8s} {'embedding':>9s} {'both':>6s}")
+            for edit, v in m["recall"].items():
+                print(f"  {edit:18s} {r['recall'][edit]['removed']:8.3f} {v['embedding']:9.3f} {v['both']:6.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"held_out": args.held_out, "clean_packages": clean_packages, "first_original": skip,

@@ -169,12 +169,32 @@ def calibrate_threshold(negative_cosines: np.ndarray, max_false_positive_rate: f
     return float(np.nextafter(negatives[len(negatives) - allowed - 1], np.inf))
 
 
-def eval_embedding_index(embed: Embed, index_dir, mode: str = "train+test", batch: int = 64) -> EmbeddingIndex:
+EMBEDDINGS = "embeddings"  # folder of an eval index holding its images' vectors, per tower
+
+
+def stored_vectors_path(index_dir, fingerprint: str, digest: str):
+    """Where an eval index keeps one split's vectors under one tower:
+    ``embeddings/<tower fingerprint[:16]>/<split digest[:16]>.npy`` (rows: the split's readable
+    images in table order; float32, L2-normalised). Both halves of the name change with what the
+    vectors depend on, so a file found there is never stale, only possibly orphaned."""
+    from pathlib import Path
+
+    return Path(index_dir) / EMBEDDINGS / fingerprint[:16] / f"{digest[:16]}.npy"
+
+
+def eval_embedding_index(embed: Embed, index_dir, mode: str = "train+test", batch: int = 64,
+                         fingerprint: str | None = None) -> EmbeddingIndex:
     """Embed every readable eval image of an eval index (``litflow dedup index`` output).
 
     Images are read and embedded ``batch`` at a time: memory holds one batch of images and the
     vectors (N x D float32: 5 KB an image at D = 1280, 6.7 GB for ImageNet's 1.3 M), never every
     eval image's bytes.
+
+    ``fingerprint`` (the tower's): each split's vectors are kept in the index folder
+    (:func:`stored_vectors_path`) and read back next time instead of running the tower again.
+    Why: the eval sets rarely change, while ``litflow dedup flag`` and every nightly retrain
+    check the corpus against them; at 82k eval images the locked tower's pass is about 30 min on
+    two CPU cores, every run. A folder that cannot be written (read-only) only loses the cache.
     """
     import io
     from pathlib import Path
@@ -184,22 +204,41 @@ def eval_embedding_index(embed: Embed, index_dir, mode: str = "train+test", batc
 
     from dedup.evalsets import read_ref
     from dedup.index import read_manifest
+    from infra.files import replacing
+
+    def vectors_of(refs: list[str]) -> np.ndarray:
+        parts = [np.asarray(embed([Image.open(io.BytesIO(read_ref(ref))) for ref in refs[start:start + batch]]))
+                 for start in range(0, len(refs), batch)]
+        return l2_normalise(np.concatenate(parts))
 
     manifest = read_manifest(index_dir)
-    sets, splits, keys, refs = [], [], [], []
+    sets, splits, keys, refs, parts = [], [], [], [], []
     for set_name, info in sorted(manifest.sets.items()):
         for split, split_info in sorted(info.splits.items()):
             if not removes(mode, split_info.role):
                 continue
             table = pq.read_table(Path(index_dir) / split_info.file, columns=["key", "ref", "error"]).to_pylist()
-            for row in table:
-                if row["error"] is None:
-                    sets.append(set_name)
-                    splits.append(split)
-                    keys.append(row["key"])
-                    refs.append(row["ref"])
+            readable = [row for row in table if row["error"] is None]
+            if not readable:
+                continue
+            split_refs = [row["ref"] for row in readable]
+            stored = stored_vectors_path(index_dir, fingerprint, split_info.digest) if fingerprint else None
+            vectors = np.load(stored) if stored is not None and stored.exists() else None
+            if vectors is None or vectors.ndim != 2 or len(vectors) != len(split_refs):
+                vectors = vectors_of(split_refs)
+                if stored is not None:
+                    try:
+                        stored.parent.mkdir(parents=True, exist_ok=True)
+                        with replacing(stored) as tmp:
+                            with open(tmp, "wb") as handle:
+                                np.save(handle, vectors.astype(np.float32))
+                    except OSError:
+                        pass  # a read-only index: no cache, same vectors
+            sets += [set_name] * len(readable)
+            splits += [split] * len(readable)
+            keys += [row["key"] for row in readable]
+            refs += split_refs
+            parts.append(np.asarray(vectors, np.float32))
     if not refs:
         raise ValueError(f"{index_dir}: no readable eval images under mode {mode!r}")
-    parts = [np.asarray(embed([Image.open(io.BytesIO(read_ref(ref))) for ref in refs[start:start + batch]]))
-             for start in range(0, len(refs), batch)]
-    return EmbeddingIndex(l2_normalise(np.concatenate(parts)), sets, splits, keys, refs)
+    return EmbeddingIndex(np.concatenate(parts), sets, splits, keys, refs)

@@ -185,6 +185,11 @@ def build_index(evalsets: Iterable[EvalSet], out: str | Path, settings: HashSett
     for stale in (out / "features").glob("*") if (out / "features").is_dir() else ():
         if feature_store.stem_of(stale) not in keep:
             stale.unlink()
+    # the embedding check's stored vectors (dedup.embedding.stored_vectors_path) of splits no longer there
+    digests = {s["digest"][:16] for e in manifest["sets"].values() for s in e["splits"].values()}
+    for stale in (out / "embeddings").glob("*/*.npy") if (out / "embeddings").is_dir() else ():
+        if stale.stem not in digests:
+            stale.unlink()
     EvalIndexManifest.parse(manifest, where=str(out / EvalIndexManifest.FILE)).write(out)
     return report
 

@@ -54,3 +54,47 @@ def test_real_tower_flags_edits_phash_misses(embed):
     # and pHash really misses at least one of these at radius 8 (else the check adds nothing here)
     misses = [hamming(phash64(a), phash64(b)) > 8 for a, b in zip(photos + photos, crops + padded)]
     assert any(misses)
+
+
+def test_eval_vectors_are_stored_per_split_and_tower_and_reused(tmp_path):
+    """The embedding check runs the tower over the eval sets once: its vectors are kept in the index
+    folder per (tower fingerprint, split digest); a changed split, or another tower, embeds again."""
+    from dedup.embedding import eval_embedding_index, stored_vectors_path
+    from dedup.evalsets import EvalSet, ImageFolder, Split
+    from dedup.index import build_index, read_manifest
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for i in range(5):
+            (tmp_path / split / "noise").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / split / "noise" / f"{i}.png")
+    (tmp_path / "test" / "noise" / "broken.png").write_bytes(b"not an image")  # unreadable: never embedded
+    evalset = EvalSet("probe", (Split("train", ImageFolder(str(tmp_path / "train")), role="train"),
+                                Split("test", ImageFolder(str(tmp_path / "test")))))
+    index_dir = tmp_path / "index"
+    build_index([evalset], index_dir, features=False)
+    embedded = []
+
+    def embed(images):  # a plain embed(images) -> vectors; the unit here is the store around it
+        embedded.extend(images)
+        return np.stack([np.asarray(im.convert("RGB"), np.float32).mean((0, 1)) + 1.0 for im in images])
+
+    first = eval_embedding_index(embed, index_dir, fingerprint="tower-a" * 4)
+    assert len(embedded) == 10 and len(first.key) == 10
+    again = eval_embedding_index(embed, index_dir, fingerprint="tower-a" * 4)
+    assert len(embedded) == 10  # nothing embedded the second time
+    assert np.array_equal(again.vectors, first.vectors) and again.key == first.key and again.ref == first.ref
+    assert len(eval_embedding_index(embed, index_dir, mode="test", fingerprint="tower-a" * 4).key) == 5
+    eval_embedding_index(embed, index_dir, fingerprint="tower-b" * 4)
+    assert len(embedded) == 20  # another tower: its own vectors
+    eval_embedding_index(embed, index_dir)
+    assert len(embedded) == 30  # no fingerprint: nothing stored, nothing read
+
+    # one split changes: only it is embedded again, and its old vectors leave the folder
+    old = {split: info.digest for split, info in read_manifest(index_dir).sets["probe"].splits.items()}
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "test" / "noise" / "5.png")
+    build_index([evalset], index_dir, features=False)
+    assert not stored_vectors_path(index_dir, "tower-a" * 4, old["test"]).exists()
+    assert stored_vectors_path(index_dir, "tower-a" * 4, old["train"]).exists()
+    changed = eval_embedding_index(embed, index_dir, fingerprint="tower-a" * 4)
+    assert len(embedded) == 36 and len(changed.key) == 11

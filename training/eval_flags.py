@@ -84,7 +84,7 @@ def flag_corpus(corpus: str | Path, cache_root: str | Path, index_dir: str | Pat
     shards = shard_paths(Path(corpus))  # raises when there are none
     embed = tower_embedder(image_tower, image_fit, image_fill)
     cache = open_cache(cache_root, embed.tower)
-    index = eval_embedding_index(embed, index_dir, mode)
+    index = eval_embedding_index(embed, index_dir, mode, fingerprint=embed.tower.fingerprint)
     verifier = Verifier(stored=FeatureStore(index_dir))
     candidates = flag_cached_corpus(cache, shards, index, verifier, top_k, min_cosine)
     flagged = candidates[candidates["flagged"]].drop(columns=["eval_image"])
