@@ -424,22 +424,26 @@ def embedding_check(index_dir: Path, embedding: dict, clean, edited, removed_cop
     pairs, timing = [], {"clean": [0.0, 0.0], "copy": [0.0, 0.0]}
     flagged: set[str] = set()
     originals = {f"{o}~{e}": o for o, e, _ in edited}
-    for key, data in [(k, d) for k, d in clean] + [(f"{o}~{e}", d) for o, e, d in edited]:
-        kind = "copy" if key in originals else "clean"
+    for kind, images in (("clean", list(clean)), ("copy", [(f"{o}~{e}", d) for o, e, d in edited])):
+        # searched all at once, as flag_cached_corpus searches a shard's cached vectors
         t0 = time.perf_counter()
-        found = embedding_candidates([key], np.asarray(vectors[key], np.float32)[None], index, top_k, min_cosine)
-        t1 = time.perf_counter()
-        query = Verifier.corpus_features(data) if len(found) else None
-        for row in found.itertuples(index=False):
-            verdict = verifier.try_check(query, index.ref[row.eval_image])
-            hit = verdict is None or Verifier.decide(verdict)
-            flagged |= {key} if hit else set()
-            pairs.append({"image": key, "kind": kind, "rank": int(row.rank), "cosine": round(float(row.cosine), 4),
-                          "eval": row.eval_key, "own": row.eval_key == originals.get(key),
-                          "confirmed": bool(verdict and verdict.confirmed), "flagged": hit})
-        t2 = time.perf_counter()
-        timing[kind][0] += t1 - t0
-        timing[kind][1] += t2 - t1
+        found = embedding_candidates([k for k, _ in images], np.stack([np.asarray(vectors[k], np.float32)
+                                                                       for k, _ in images]), index, top_k, min_cosine)
+        timing[kind][0] += time.perf_counter() - t0
+        by_key = {key: rows for key, rows in found.groupby("key", sort=False)}
+        for key, data in images:
+            if key not in by_key:
+                continue
+            t1 = time.perf_counter()
+            query = Verifier.corpus_features(data)
+            for row in by_key[key].itertuples(index=False):
+                verdict = verifier.try_check(query, index.ref[row.eval_image])
+                hit = verdict is None or Verifier.decide(verdict)
+                flagged |= {key} if hit else set()
+                pairs.append({"image": key, "kind": kind, "rank": int(row.rank), "cosine": round(float(row.cosine), 4),
+                              "eval": row.eval_key, "own": row.eval_key == originals.get(key),
+                              "confirmed": bool(verdict and verdict.confirmed), "flagged": hit})
+            timing[kind][1] += time.perf_counter() - t1
     recall = {}
     for original, edit, _ in edited:
         r = recall.setdefault(edit, {"copies": 0, "embedding": 0, "both": 0})
