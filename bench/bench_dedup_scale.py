@@ -442,7 +442,10 @@ def embedding_check(index_dir: Path, embedding: dict, clean, edited, removed_cop
                 flagged |= {key} if hit else set()
                 pairs.append({"image": key, "kind": kind, "rank": int(row.rank), "cosine": round(float(row.cosine), 4),
                               "eval": row.eval_key, "own": row.eval_key == originals.get(key),
-                              "confirmed": bool(verdict and verdict.confirmed), "flagged": hit})
+                              "confirmed": bool(verdict and verdict.confirmed), "flagged": hit,
+                              "inliers": verdict.inliers if verdict else None, "dense": bool(verdict and verdict.dense),
+                              "blocks": verdict.blocks if verdict else None,
+                              "ncc": round(float(verdict.ncc), 4) if verdict else None})
             timing[kind][1] += time.perf_counter() - t1
     recall = {}
     for original, edit, _ in edited:
@@ -463,7 +466,7 @@ def embedding_check(index_dir: Path, embedding: dict, clean, edited, removed_cop
                                    "verify": 1000 * timing["clean"][1] / len(clean)},
             "ms_per_copy": {"search": 1000 * timing["copy"][0] / len(edited),
                             "verify": 1000 * timing["copy"][1] / len(edited)},
-            "pairs": pairs}
+            "pairs": pairs, "curation_removed": sorted(f"{o}~{e}" for o, e in removed_copies)}
 
 
 def trim_uniform_border(image: Image.Image, tolerance: int = 24, share: float = 0.98, passes: int = 2):
