@@ -387,22 +387,11 @@ def run_size(pool, originals, size, clean, edited, work: Path, alternative: bool
 def corpus_embeddings(embed, clean, edited) -> dict[str, np.ndarray]:
     """Each corpus image's vector as training's embedding cache holds it (the tower's preprocessing
     of the stored bytes, L2-normalised, float16)."""
-    from dedup.embedding import l2_normalise
+    from dedup.embedding import embed_all
 
     keyed = [(key, data) for key, data in clean] + [(f"{o}~{e}", data) for o, e, data in edited]
-    vectors = []
-    for start in range(0, len(keyed), 64):
-        batch = [Image.open(io.BytesIO(data)) for _, data in keyed[start:start + 64]]
-        vectors.append(l2_normalise(embed(batch)).astype(np.float16))
-    return dict(zip((k for k, _ in keyed), np.concatenate(vectors)))
-
-
-def eval_embeddings(index_dir: Path, embed):
-    """The eval index's embedding index, as ``litflow dedup flag`` builds it: the tower runs once per
-    index folder and tower (its vectors are stored in the folder, ``dedup.embedding.stored_vectors_path``)."""
-    from dedup.embedding import eval_embedding_index
-
-    return eval_embedding_index(embed, index_dir, "train+test", fingerprint=embed.tower.fingerprint)
+    vectors = embed_all(embed, (Image.open(io.BytesIO(data)) for _, data in keyed), 64).astype(np.float16)
+    return dict(zip((k for k, _ in keyed), vectors))
 
 
 def embedding_check(index_dir: Path, embedding: dict, clean, edited, removed_copies: set, removed_clean: set) -> dict:
@@ -412,11 +401,13 @@ def embedding_check(index_dir: Path, embedding: dict, clean, edited, removed_cop
     Costs per corpus image: the search (exact, one matrix product) and the verification of its
     candidates; the tower's forward pass is not counted (training's embedding cache computes it
     once anyway). Every candidate pair is listed (``pairs``) with its cosine and verdict."""
-    from dedup.embedding import embedding_candidates
+    from dedup.embedding import embedding_candidates, eval_embedding_index
     from dedup.feature_store import FeatureStore
 
     started = time.perf_counter()
-    index = eval_embeddings(index_dir, embedding["embed"])
+    # as litflow dedup flag builds it: the eval vectors are stored in the index folder, per tower
+    index = eval_embedding_index(embedding["embed"], index_dir, "train+test",
+                                 fingerprint=embedding["embed"].tower.fingerprint)
     index_s = time.perf_counter() - started
     verifier = Verifier(stored=FeatureStore(index_dir))
     top_k, min_cosine = embedding["top_k"], embedding["min_cosine"]

@@ -17,8 +17,9 @@ pairs and the report shows; the shards are left as they are.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,9 +42,15 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / norms
 
 
-def embed_all(embed: Embed, images: Sequence, batch: int = 64) -> np.ndarray:
-    """Run ``embed`` over images in batches; returns L2-normalised float32 (N x D)."""
-    parts = [np.asarray(embed(list(images[i:i + batch]))) for i in range(0, len(images), batch)]
+def embed_all(embed: Embed, images: Iterable, batch: int = 64) -> np.ndarray:
+    """Run ``embed`` over images in batches; returns L2-normalised float32 (N x D).
+
+    ``images`` is consumed ``batch`` at a time, so a generator that opens each image when asked
+    keeps one batch of images in memory, not all of them."""
+    images = iter(images)
+    parts = []
+    while chunk := list(itertools.islice(images, batch)):
+        parts.append(np.asarray(embed(chunk)))
     if not parts:
         raise ValueError("no images to embed")
     return l2_normalise(np.concatenate(parts))
@@ -206,11 +213,6 @@ def eval_embedding_index(embed: Embed, index_dir, mode: str = "train+test", batc
     from dedup.index import read_manifest
     from infra.files import replacing
 
-    def vectors_of(refs: list[str]) -> np.ndarray:
-        parts = [np.asarray(embed([Image.open(io.BytesIO(read_ref(ref))) for ref in refs[start:start + batch]]))
-                 for start in range(0, len(refs), batch)]
-        return l2_normalise(np.concatenate(parts))
-
     manifest = read_manifest(index_dir)
     sets, splits, keys, refs, parts = [], [], [], [], []
     for set_name, info in sorted(manifest.sets.items()):
@@ -225,7 +227,7 @@ def eval_embedding_index(embed: Embed, index_dir, mode: str = "train+test", batc
             stored = stored_vectors_path(index_dir, fingerprint, split_info.digest) if fingerprint else None
             vectors = np.load(stored) if stored is not None and stored.exists() else None
             if vectors is None or vectors.ndim != 2 or len(vectors) != len(split_refs):
-                vectors = vectors_of(split_refs)
+                vectors = embed_all(embed, (Image.open(io.BytesIO(read_ref(ref))) for ref in split_refs), batch)
                 if stored is not None:
                     try:
                         stored.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ vision model), ``tiny`` (a small randomly initialised conv net, seeded, for fast
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -219,8 +220,6 @@ class FrozenOnCpu:
         if x.device.type != "cpu" or torch.is_grad_enabled() or self.module.training:
             return self.module(x)
         if self._frozen is None or self._versions != self._weights_version():
-            import copy
-
             self._versions = self._weights_version()
             twin = copy.deepcopy(self.module).eval().to(memory_format=torch.channels_last)
             with torch.no_grad():
