@@ -12,13 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
 
 from curation.config import CurationConfig
 from curation.decode import ImageRejected, decode_image, encode_jpeg
 from curation.language import tag_many
 from curation.text import TextRejected, normalise, unigrams, unigrams_and_bigrams
 from dedup.evalsets import image_member
-from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS, phash64, phash_image_bytes
+from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS, hash_pixels, open_for_hash, phashes_from_pixels
 from infra.contract import KEPT, REJECTED, CurationReason as R, empty_pair
 
 # the order in which rules are attributed: structure, validity, image, text, language, eval
@@ -53,6 +56,7 @@ class Candidate:
     grams: frozenset = frozenset()     # distinct unigrams + bigrams
     failures: dict[str, str] = field(default_factory=dict)  # per-record rule failed -> detail
     reencoded: bool = False            # image is a re-encoding (see :func:`output_image`), not the raw bytes
+    hash_pixels: np.ndarray | None = None  # the 32x32 grey pixels pHash reads, until hashed
 
     @property
     def valid(self) -> bool:
@@ -73,8 +77,9 @@ def image_bytes(raw: dict) -> bytes | None:
     return raw[ext] if ext else None
 
 
-def examine(raw: dict, shard: str, index: int, config: CurationConfig) -> Candidate:
-    """Everything about one raw sample that does not need the rest of the corpus."""
+def examine(raw: dict, shard: str, index: int, config: CurationConfig, defer_hash: bool = False) -> Candidate:
+    """Everything about one raw sample that does not need the rest of the corpus. With
+    ``defer_hash``, the pHash is left to :func:`finish_hashes` (a shard's at once)."""
     meta = _meta(raw)
     record = empty_pair(key=raw["__key__"], url=meta.get("url"), source_shard=shard)
     candidate = Candidate(record, (shard, index))
@@ -111,10 +116,11 @@ def examine(raw: dict, shard: str, index: int, config: CurationConfig) -> Candid
         if decoded.converted:
             candidate.image = encode_jpeg(image, config.decode.jpeg_quality)
             candidate.reencoded = True
-            record["phash"] = phash_image_bytes(candidate.image, HASH_SETTINGS)
+            candidate.hash_pixels = hash_pixels(open_for_hash(candidate.image, HASH_SETTINGS), HASH_SETTINGS)
         else:
             candidate.image = data
-            record["phash"] = phash64(image) if decoded.reduced else phash_image_bytes(data, HASH_SETTINGS)
+            hashed = image if decoded.reduced else open_for_hash(data, HASH_SETTINGS)
+            candidate.hash_pixels = hash_pixels(hashed, HASH_SETTINGS)
         short, long = sorted((record["original_width"], record["original_height"]))
         rules = config.image
         if rules.min_side_enabled and short <= rules.min_side:
@@ -133,7 +139,19 @@ def examine(raw: dict, shard: str, index: int, config: CurationConfig) -> Candid
             candidate.failures[R.TEXT_TOO_MANY_WORDS.value] = f"{words} unigrams > {rules.max_words}"
     if candidate.failures:
         candidate.image = None  # rejected whatever the corpus says: do not carry the bytes on
+    if not defer_hash:
+        finish_hashes([candidate])
     return candidate
+
+
+def finish_hashes(candidates: Sequence[Candidate]) -> None:
+    """Set the pHash of every candidate :func:`examine` left unhashed (``defer_hash``), with
+    one batched DCT for all of them (the same values as one at a time: ``dedup.phash``)."""
+    pending = [c for c in candidates if c.hash_pixels is not None]
+    if pending:
+        for candidate, value in zip(pending, phashes_from_pixels(np.stack([c.hash_pixels for c in pending]))):
+            candidate.record["phash"] = int(value)
+            candidate.hash_pixels = None
 
 
 def output_image(data: bytes, reencoded: bool, config: CurationConfig) -> bytes:
@@ -182,4 +200,4 @@ def attribute(record: dict, failures: dict[str, str]) -> dict:
     return record
 
 
-__all__ = ["Candidate", "RULE_ORDER", "STAGES", "STAGE_OF", "attribute", "examine", "image_bytes", "output_image", "tag_languages"]
+__all__ = ["Candidate", "RULE_ORDER", "STAGES", "STAGE_OF", "attribute", "examine", "finish_hashes", "image_bytes", "output_image", "tag_languages"]

@@ -19,8 +19,9 @@ only small facts travel between them — never image bytes:
    ``shards/STEM[_C].tar`` + ``.parquet``, the rejections ``rejected/STEM.parquet`` and the
    counts ``_counts/STEM.json``. Without corpus de-duplication, passes 2 and 3 run as one.
 
-Memory: one raw shard's facts and decided records (a few hundred bytes each, bounded by the
-raw shard's size) and one curated shard's bytes (bounded by ``output.shard_size``); one
+Memory: one raw shard's facts and decided records (a few hundred bytes each, plus each
+image's 32×32 grey pixels until the shard's pHashes are computed in one batch: 1 KB each;
+bounded by the raw shard's size) and one curated shard's bytes (bounded by ``output.shard_size``); one
 sample's raw bytes at a time while reading. Nothing grows with the corpus.
 
 A raw shard that is gone or changed between passes fails the run with its path: the facts
@@ -39,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation import storage
-from curation.checks import VALIDITY, attribute, examine, image_bytes, output_image, tag_languages
+from curation.checks import VALIDITY, attribute, examine, finish_hashes, image_bytes, output_image, tag_languages
 from curation.config import CurationConfig
 from curation.shards import OFFSETS, read_member_at, read_shard, shard_bytes
 from curation.text import gram_id, unigrams_and_bigrams
@@ -131,12 +132,16 @@ def examine_shard(shard: int, path: str, out_dir: str, config: CurationConfig) -
     """Pass 1: examine every sample of one raw shard; write its facts; return the small ones."""
     rows, facts = [], []
     name = storage.stem(path)
+    examined = []
     for index, raw in _raw_samples(path):
-        candidate = examine(raw, name, index, config)
+        candidate = examine(raw, name, index, config, defer_hash=True)
+        candidate.image = None  # only the facts are kept: the bytes are re-read at their offset
+        examined.append((index, candidate, raw.get(OFFSETS, {}).get(image_member(raw), (None, None))))
+    finish_hashes([candidate for _, candidate, _ in examined])  # the shard's pHashes in one batch
+    for index, candidate, (offset, size) in examined:
         # text_key is " ".join(tokens) when the caption has tokens: the grams are rebuilt from it
         fact = Fact(candidate.record["key"], shard, index, candidate.valid, value_id(candidate.record["sha256"]),
                     value_id(candidate.text_key), candidate.text_key if candidate.grams else None)
-        offset, size = raw.get(OFFSETS, {}).get(image_member(raw), (None, None))
         rows.append({**candidate.record, "index": index, "reencoded": candidate.reencoded,
                      "failures": json.dumps(candidate.failures, sort_keys=True),
                      "text_key": candidate.text_key, "gram_text": fact.gram_text,

@@ -3,13 +3,13 @@
 A shard is ``NAME.tar`` holding ``KEY.jpg``, ``KEY.txt`` and ``KEY.json`` per sample (the
 webdataset convention) plus ``NAME.parquet``, its manifest (one row per sample). Both are
 written under a temporary name and renamed when complete, so a crash never leaves a half
-shard that looks whole. The tar is written with the standard library rather than
-``webdataset.TarWriter`` because we need fixed mtimes/owners for identical bytes across runs.
+shard that looks whole. The tar is written by :mod:`curation.tar_format` (the bytes
+``tarfile`` writes in USTAR format, without its per-member cost) rather than
+``webdataset.TarWriter``, because we need fixed mtimes/owners for identical bytes across runs.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
@@ -19,16 +19,8 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.tar_format import TarReader, tar_bytes
 from infra.contract import PAIR_SCHEMA
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    info.mode = 0o644
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
 
 
 def shard_bytes(samples: Iterable[tuple[dict, bytes]]) -> tuple[bytes, list[dict]]:
@@ -36,16 +28,13 @@ def shard_bytes(samples: Iterable[tuple[dict, bytes]]) -> tuple[bytes, list[dict
 
     The record's ``caption`` becomes ``KEY.txt``; the whole record is ``KEY.json``.
     """
-    buffer = io.BytesIO()
-    records = []
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for record, image in samples:
-            key = record["key"]
-            _add(tar, f"{key}.jpg", image)
-            _add(tar, f"{key}.txt", (record.get("caption") or "").encode("utf-8"))
-            _add(tar, f"{key}.json", json.dumps(record, sort_keys=True, ensure_ascii=False).encode("utf-8"))
-            records.append(record)
-    return buffer.getvalue(), records
+    records, members = [], []
+    for record, image in samples:
+        key = record["key"]
+        members += [(f"{key}.jpg", image), (f"{key}.txt", (record.get("caption") or "").encode("utf-8")),
+                    (f"{key}.json", json.dumps(record, sort_keys=True, ensure_ascii=False).encode("utf-8"))]
+        records.append(record)
+    return tar_bytes(members), records
 
 
 def write_shard(directory: str | Path, name: str, samples: Iterable[tuple[dict, bytes]],
@@ -72,29 +61,29 @@ def read_shard(tar_path: str | Path, fileobj=None, offsets: bool = False) -> Ite
     """Yield samples as {"__key__": key, ext: bytes, ...}, grouping members by key in order.
 
     Reads ``fileobj`` (an open binary stream, e.g. from Beam's FileSystems) when given, else
-    ``tar_path``, as a stream: one sample's bytes in memory at a time. Tolerates what raw
-    shards can contain: a key with only some of its files, and a key that appears again
-    later (yielded again, for the caller to reject as a duplicate). With ``offsets`` and an
-    uncompressed ``fileobj``, each sample also has ``OFFSETS``: {ext: (byte offset of the
-    member's data in the file, size)}, so a later pass can read one member without parsing
-    the headers before it (:func:`read_member_at`).
+    ``tar_path``, as a stream (:class:`curation.tar_format.TarReader`): one sample's bytes in
+    memory at a time. Tolerates what raw shards can contain: a key with only some of its
+    files, and a key that appears again later (yielded again, for the caller to reject as a
+    duplicate). With ``offsets`` and an uncompressed tar, each sample also has ``OFFSETS``:
+    {ext: (byte offset of the member's data in the file, size)}, so a later pass can read one
+    member without parsing the headers before it (:func:`read_member_at`).
     """
+    if fileobj is None:
+        with open(tar_path, "rb") as handle:
+            yield from read_shard(tar_path, handle, offsets)
+        return
     current: dict | None = None
-    opened = tarfile.open(fileobj=fileobj, mode="r|*") if fileobj is not None else tarfile.open(tar_path)
-    with opened as tar:
-        located = offsets and getattr(tar.fileobj, "comptype", None) == "tar"  # offsets are file offsets
-        for member in tar:
-            if not member.isfile():
-                continue
-            base = os.path.basename(member.name)
-            key, _, ext = base.partition(".")
-            if current is None or current["__key__"] != key or ext in current:
-                if current is not None:
-                    yield current  # before reading on: a sample is whole once the next one begins
-                current = {"__key__": key, OFFSETS: {}} if located else {"__key__": key}
-            current[ext] = tar.extractfile(member).read()
-            if located:
-                current[OFFSETS][ext] = (member.offset_data, member.size)
+    tar = TarReader(fileobj)
+    for name, offset, size in tar:
+        base = name.rsplit("/", 1)[-1]
+        key, _, ext = base.partition(".")
+        if current is None or current["__key__"] != key or ext in current:
+            if current is not None:
+                yield current  # before reading on: a sample is whole once the next one begins
+            current = {"__key__": key, OFFSETS: {}} if offsets and tar.located else {"__key__": key}
+        current[ext] = tar.read()
+        if offsets and tar.located:
+            current[OFFSETS][ext] = (offset, size)
     if current is not None:
         yield current
 

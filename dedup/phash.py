@@ -35,6 +35,8 @@ import numpy as np
 import scipy.fftpack
 from PIL import Image
 
+from dedup.lanczos import resize_grey
+
 # imagehash's defaults: an 8x8 hash from a 32x32 image
 HASH_SIZE = 8
 HIGHFREQ_FACTOR = 4
@@ -97,10 +99,10 @@ def check_same_settings(corpus: HashSettings, index: HashSettings, where: str = 
         raise ValueError(f"only 64-bit phash is supported, got {corpus.id}")
 
 
-def _pixels(image: Image.Image, settings: HashSettings = DEFAULT_SETTINGS) -> np.ndarray:
-    """imagehash's preprocessing: grey, then resize to 32x32 with Lanczos (uint8 array)."""
-    size = settings.hash_size * settings.highfreq_factor
-    return np.asarray(image.convert("L").resize((size, size), Image.Resampling.LANCZOS))
+def hash_pixels(image: Image.Image, settings: HashSettings = DEFAULT_SETTINGS) -> np.ndarray:
+    """imagehash's preprocessing: grey, then resize to 32x32 with Lanczos (uint8 array; Pillow's
+    resize to the byte, without its per-call filter set-up: :mod:`dedup.lanczos`)."""
+    return resize_grey(np.asarray(image.convert("L")), settings.hash_size * settings.highfreq_factor)
 
 
 def _low_dct(pixels: np.ndarray, hash_size: int = HASH_SIZE) -> np.ndarray:
@@ -147,12 +149,12 @@ def phash64_batch(images: Sequence[Image.Image]) -> np.ndarray:
     """phash64 of each image, as a uint64 array (one batched DCT)."""
     if len(images) == 0:
         return np.zeros(0, np.uint64)
-    return phashes_from_pixels(np.stack([_pixels(im) for im in images]))
+    return phashes_from_pixels(np.stack([hash_pixels(im) for im in images]))
 
 
 def mirror_phash64(image: Image.Image) -> int:
     """pHash of the horizontally mirrored image, from the image's own DCT (see module doc)."""
-    return int(hashes_from_pixels(_pixels(image)[None])[1][0])
+    return int(hashes_from_pixels(hash_pixels(image)[None])[1][0])
 
 
 def open_for_hash(data: bytes, settings: HashSettings = DEFAULT_SETTINGS) -> Image.Image:
@@ -187,12 +189,12 @@ def flatten_on_white(image: Image.Image) -> Image.Image:
 
 def phash_image_bytes(data: bytes, settings: HashSettings = DEFAULT_SETTINGS) -> int:
     """The phash alone of encoded image bytes under ``settings``."""
-    return int(phashes_from_pixels(_pixels(open_for_hash(data, settings), settings)[None])[0])
+    return int(phashes_from_pixels(hash_pixels(open_for_hash(data, settings), settings)[None])[0])
 
 
 def hash_image_bytes(data: bytes, settings: HashSettings = DEFAULT_SETTINGS) -> tuple[int, int]:
     """(phash, mirror phash) of encoded image bytes under ``settings``."""
-    ph, mirror = hashes_from_pixels(_pixels(open_for_hash(data, settings), settings)[None])
+    ph, mirror = hashes_from_pixels(hash_pixels(open_for_hash(data, settings), settings)[None])
     return int(ph[0]), int(mirror[0])
 
 
@@ -216,7 +218,7 @@ def hash_many_bytes(blobs: Iterable[bytes], settings: HashSettings = DEFAULT_SET
 
     for data in blobs:
         try:
-            pending.append(_pixels(open_for_hash(data, settings), settings))
+            pending.append(hash_pixels(open_for_hash(data, settings), settings))
         except Exception as err:  # noqa: BLE001 - decode errors are data, reported by the caller
             pending.append(err)
         if len(pending) >= batch:
