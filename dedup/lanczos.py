@@ -13,7 +13,9 @@ approximation of it:
   normalised to sum 1, then rounded to integers at 22 bits of precision — computed in Python
   floats (IEEE doubles, the same operations in the same order, and libm's ``sin``);
 * each pass: an integer sum of pixel × coefficient plus half a unit, shifted down 22 bits and
-  clipped to 0–255; the horizontal pass first, then the vertical one on its 8-bit result.
+  clipped to 0–255; the horizontal pass first, then the vertical one on its 8-bit result
+  (the other way round for an image over 100 times taller than wide, as ``Image.resize``
+  does).
 
 A float64 matrix product computes those integer sums exactly: every product and partial sum
 is an integer far below 2**53 (|sum| < 2**31, as Pillow's own int32 accumulator requires), so
@@ -105,6 +107,9 @@ def resize_grey(pixels: np.ndarray, size: int) -> np.ndarray:
     if max(height, width) > MAX_SIDE:
         return np.asarray(Image.fromarray(pixels, "L").resize((size, size), Image.Resampling.LANCZOS))
     out = pixels.astype(np.float64)
+    if height > width * 100 and size < height:  # Image.resize shrinks a very tall image's height first
+        out = _clip8(weights(height, size).T @ out)
+        height = size
     if width != size:
         out = _clip8(out @ weights(width, size))
     if height != size:

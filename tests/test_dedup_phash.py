@@ -1,4 +1,5 @@
-"""pHash: equal to imagehash on real images, mirror signal exact, reduced JPEG decode bounded."""
+"""pHash: equal to imagehash on real images, mirror signal exact, reduced JPEG decode bounded;
+the 32x32 resize equal to Pillow's."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from dedup.lanczos import coefficients, resize_grey
 from dedup.phash import (DEFAULT_SETTINGS, HashSettings, HashSettingsMismatch, check_same_settings,
                          hamming, hash_image_bytes, hash_many_bytes, mirror_phash64, phash64,
                          phash64_batch)
@@ -117,3 +119,35 @@ def test_settings_mismatch_is_a_clear_error():
     with pytest.raises(HashSettingsMismatch, match="jpeg_draft"):
         check_same_settings(HashSettings(jpeg_draft=None), DEFAULT_SETTINGS)
     assert HashSettings.from_dict(DEFAULT_SETTINGS.to_dict()) == DEFAULT_SETTINGS
+
+
+# ---- the 32x32 resize: Pillow's bytes without Pillow's per-call set-up (dedup.lanczos) ------
+
+_SIDES = [1, 2, 5, 31, 32, 33, 47, 63, 64, 65, 96, 100, 127, 128, 129, 200, 255, 256, 333, 511, 512, 513, 900]
+
+
+@pytest.mark.parametrize("height", _SIDES)
+def test_grey_resize_is_pillows_to_the_byte(height):
+    rng = np.random.default_rng(height)
+    for width in _SIDES:
+        # uniform noise, and a smooth ramp with hard edges (pixel values near the clip bounds)
+        noise = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        ramp = np.add.outer(np.arange(height) * 255 // max(height, 1), np.arange(width) % 2 * 255).clip(0, 255).astype(np.uint8)
+        for pixels in (noise, ramp):
+            expected = np.asarray(Image.fromarray(pixels, "L").resize((32, 32), Image.Resampling.LANCZOS))
+            assert np.array_equal(resize_grey(pixels, 32), expected), (height, width)
+
+
+def test_grey_resize_coefficients_are_pillows_to_30_bits():
+    # Pillow's 32-bit integer resize sums pixel x double coefficient and rounds: an impulse of
+    # 2**30 reads each coefficient to 30 bits, more than the 22 the 8-bit resize keeps
+    impulse = 1 << 30
+    for side in list(range(1, 140)) + [255, 256, 400, 512]:
+        read = np.asarray(Image.fromarray(np.eye(side, dtype=np.int32) * impulse, "I")
+                          .resize((32, side), Image.Resampling.LANCZOS)).astype(np.int64)
+        ours = np.zeros((side, 32), np.int64)
+        for j, (first, weights) in enumerate(coefficients(side, 32)):
+            for i, w in enumerate(weights):
+                value = impulse * w
+                ours[first + i, j] = int(value + 0.5) if value >= 0 else int(value - 0.5)  # Pillow's ROUND_UP
+        assert np.array_equal(ours, read), side
