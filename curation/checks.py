@@ -21,7 +21,7 @@ from curation.decode import ImageRejected, decode_image, encode_jpeg
 from curation.language import tag_many
 from curation.text import TextRejected, normalise, unigrams, unigrams_and_bigrams
 from dedup.evalsets import image_member
-from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS, hash_pixels, open_for_hash, phashes_from_pixels
+from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS, grey_pixels, open_for_hash, phashes_from_grey
 from infra.contract import KEPT, REJECTED, CurationReason as R, empty_pair
 
 # the order in which rules are attributed: structure, validity, image, text, language, eval
@@ -56,7 +56,7 @@ class Candidate:
     grams: frozenset = frozenset()     # distinct unigrams + bigrams
     failures: dict[str, str] = field(default_factory=dict)  # per-record rule failed -> detail
     reencoded: bool = False            # image is a re-encoding (see :func:`output_image`), not the raw bytes
-    hash_pixels: np.ndarray | None = None  # the 32x32 grey pixels pHash reads, until hashed
+    grey: np.ndarray | None = None     # the grey pixels pHash reads, until hashed (finish_hashes)
 
     @property
     def valid(self) -> bool:
@@ -116,11 +116,11 @@ def examine(raw: dict, shard: str, index: int, config: CurationConfig, defer_has
         if decoded.converted:
             candidate.image = encode_jpeg(image, config.decode.jpeg_quality)
             candidate.reencoded = True
-            candidate.hash_pixels = hash_pixels(open_for_hash(candidate.image, HASH_SETTINGS), HASH_SETTINGS)
+            candidate.grey = grey_pixels(open_for_hash(candidate.image, HASH_SETTINGS))
         else:
             candidate.image = data
             hashed = image if decoded.reduced else open_for_hash(data, HASH_SETTINGS)
-            candidate.hash_pixels = hash_pixels(hashed, HASH_SETTINGS)
+            candidate.grey = grey_pixels(hashed)
         short, long = sorted((record["original_width"], record["original_height"]))
         rules = config.image
         if rules.min_side_enabled and short <= rules.min_side:
@@ -145,13 +145,13 @@ def examine(raw: dict, shard: str, index: int, config: CurationConfig, defer_has
 
 
 def finish_hashes(candidates: Sequence[Candidate]) -> None:
-    """Set the pHash of every candidate :func:`examine` left unhashed (``defer_hash``), with
-    one batched DCT for all of them (the same values as one at a time: ``dedup.phash``)."""
-    pending = [c for c in candidates if c.hash_pixels is not None]
-    if pending:
-        for candidate, value in zip(pending, phashes_from_pixels(np.stack([c.hash_pixels for c in pending]))):
-            candidate.record["phash"] = int(value)
-            candidate.hash_pixels = None
+    """Set the pHash of every candidate :func:`examine` left unhashed (``defer_hash``): their
+    resizes batched by shape and one DCT for all (the same values as one at a time:
+    ``dedup.phash``)."""
+    pending = [c for c in candidates if c.grey is not None]
+    for candidate, value in zip(pending, phashes_from_grey([c.grey for c in pending], HASH_SETTINGS)):
+        candidate.record["phash"] = int(value)
+        candidate.grey = None
 
 
 def output_image(data: bytes, reencoded: bool, config: CurationConfig) -> bytes:

@@ -19,9 +19,9 @@ only small facts travel between them — never image bytes:
    ``shards/STEM[_C].tar`` + ``.parquet``, the rejections ``rejected/STEM.parquet`` and the
    counts ``_counts/STEM.json``. Without corpus de-duplication, passes 2 and 3 run as one.
 
-Memory: one raw shard's facts and decided records (a few hundred bytes each, plus each
-image's 32×32 grey pixels until the shard's pHashes are computed in one batch: 1 KB each;
-bounded by the raw shard's size) and one curated shard's bytes (bounded by ``output.shard_size``); one
+Memory: one raw shard's facts and decided records (a few hundred bytes each, bounded by the
+raw shard's size); the grey pixels of images waiting for a batched pHash, at most
+:data:`UNHASHED_BYTES`; and one curated shard's bytes (bounded by ``output.shard_size``); one
 sample's raw bytes at a time while reading. Nothing grows with the corpus.
 
 A raw shard that is gone or changed between passes fails the run with its path: the facts
@@ -55,6 +55,11 @@ FACTS_SCHEMA = pa.schema(list(PAIR_SCHEMA) + [
     pa.field("index", pa.int64()), pa.field("failures", pa.string()), pa.field("reencoded", pa.bool_()),
     pa.field("text_key", pa.string()), pa.field("gram_text", pa.string()),
     pa.field("image_offset", pa.int64()), pa.field("image_size", pa.int64())])  # where the image's bytes are in the raw tar
+
+
+UNHASHED_BYTES = 16 * 2**20
+"""Grey pixels waiting for their shard's batched pHash are hashed once they pass this many
+bytes (1,000 drafted 64-px JPEGs hold 4 MB; a shard of large PNGs is hashed in several batches)."""
 
 
 class RawShardChanged(RuntimeError):
@@ -132,12 +137,18 @@ def examine_shard(shard: int, path: str, out_dir: str, config: CurationConfig) -
     """Pass 1: examine every sample of one raw shard; write its facts; return the small ones."""
     rows, facts = [], []
     name = storage.stem(path)
-    examined = []
+    examined, unhashed, unhashed_bytes = [], [], 0
     for index, raw in _raw_samples(path):
         candidate = examine(raw, name, index, config, defer_hash=True)
         candidate.image = None  # only the facts are kept: the bytes are re-read at their offset
         examined.append((index, candidate, raw.get(OFFSETS, {}).get(image_member(raw), (None, None))))
-    finish_hashes([candidate for _, candidate, _ in examined])  # the shard's pHashes in one batch
+        if candidate.grey is not None:
+            unhashed.append(candidate)
+            unhashed_bytes += candidate.grey.nbytes
+        if unhashed_bytes > UNHASHED_BYTES:
+            finish_hashes(unhashed)
+            unhashed, unhashed_bytes = [], 0
+    finish_hashes(unhashed)  # pHashes in batches: a shard's at once when its images are small
     for index, candidate, (offset, size) in examined:
         # text_key is " ".join(tokens) when the caption has tokens: the grams are rebuilt from it
         fact = Fact(candidate.record["key"], shard, index, candidate.valid, value_id(candidate.record["sha256"]),

@@ -26,7 +26,9 @@ reads the double coefficients to 30 bits).
 
 Memory: one coefficient matrix per (input side, output side) pair seen, at most
 :data:`CACHE_SIZES` of them, each at most :data:`MAX_SIDE` × 32 float64 (128 KiB): ≤ 32 MiB,
-whatever the corpus. A side longer than :data:`MAX_SIDE` is resized by Pillow itself.
+whatever the corpus; and, in :func:`resize_grey_many`, at most :data:`BATCH_PIXELS` input
+pixels as float64 at a time (8 MiB). A side longer than :data:`MAX_SIDE` is resized by
+Pillow itself.
 """
 
 from __future__ import annotations
@@ -100,13 +102,10 @@ def _clip8(sums: np.ndarray) -> np.ndarray:
     return sums.clip(0, 255, out=sums)
 
 
-def resize_grey(pixels: np.ndarray, size: int) -> np.ndarray:
-    """``Image.fromarray(pixels).resize((size, size), LANCZOS)`` as a uint8 array, for an 8-bit
-    grey (height, width) array."""
-    height, width = pixels.shape
-    if max(height, width) > MAX_SIDE:
-        return np.asarray(Image.fromarray(pixels, "L").resize((size, size), Image.Resampling.LANCZOS))
-    out = pixels.astype(np.float64)
+def _resize_stack(stack: np.ndarray, size: int) -> np.ndarray:
+    """:func:`resize_grey` of each of a (B, height, width) stack of same-shaped images."""
+    _, height, width = stack.shape
+    out = stack.astype(np.float64)
     if height > width * 100 and size < height:  # Image.resize shrinks a very tall image's height first
         out = _clip8(weights(height, size).T @ out)
         height = size
@@ -117,4 +116,37 @@ def resize_grey(pixels: np.ndarray, size: int) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-__all__ = ["MAX_SIDE", "coefficients", "resize_grey", "weights"]
+def resize_grey(pixels: np.ndarray, size: int) -> np.ndarray:
+    """``Image.fromarray(pixels).resize((size, size), LANCZOS)`` as a uint8 array, for an 8-bit
+    grey (height, width) array."""
+    if max(pixels.shape) > MAX_SIDE:
+        return np.asarray(Image.fromarray(pixels, "L").resize((size, size), Image.Resampling.LANCZOS))
+    return _resize_stack(pixels[None], size)[0]
+
+
+BATCH_PIXELS = 1 << 20
+"""At most this many input pixels are resized in one matrix product (~8 MB of float64)."""
+
+
+def resize_grey_many(images: list[np.ndarray], size: int) -> np.ndarray:
+    """(B, size, size) uint8: :func:`resize_grey` of each image, same-shaped images resized
+    together in one matrix product per pass (a corpus shard's images mostly share a shape:
+    img2dataset resizes them to one size), so numpy's per-call cost is paid per shape, not per
+    image. The same bytes as one at a time: each output is the same exact integer sums."""
+    out = np.empty((len(images), size, size), np.uint8)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, pixels in enumerate(images):
+        by_shape.setdefault(pixels.shape, []).append(i)
+    for (height, width), members in by_shape.items():
+        if max(height, width) > MAX_SIDE:
+            for i in members:
+                out[i] = resize_grey(images[i], size)
+            continue
+        step = max(1, BATCH_PIXELS // (height * width))
+        for first in range(0, len(members), step):
+            chunk = members[first:first + step]
+            out[chunk] = _resize_stack(np.stack([images[i] for i in chunk]), size)
+    return out
+
+
+__all__ = ["MAX_SIDE", "coefficients", "resize_grey", "resize_grey_many", "weights"]

@@ -35,7 +35,7 @@ import numpy as np
 import scipy.fftpack
 from PIL import Image
 
-from dedup.lanczos import resize_grey
+from dedup.lanczos import resize_grey, resize_grey_many
 
 # imagehash's defaults: an 8x8 hash from a 32x32 image
 HASH_SIZE = 8
@@ -99,10 +99,23 @@ def check_same_settings(corpus: HashSettings, index: HashSettings, where: str = 
         raise ValueError(f"only 64-bit phash is supported, got {corpus.id}")
 
 
+def grey_pixels(image: Image.Image) -> np.ndarray:
+    """imagehash's grey conversion (Pillow's RGB -> L), as a (height, width) uint8 array."""
+    return np.asarray(image.convert("L"))
+
+
 def hash_pixels(image: Image.Image, settings: HashSettings = DEFAULT_SETTINGS) -> np.ndarray:
     """imagehash's preprocessing: grey, then resize to 32x32 with Lanczos (uint8 array; Pillow's
     resize to the byte, without its per-call filter set-up: :mod:`dedup.lanczos`)."""
-    return resize_grey(np.asarray(image.convert("L")), settings.hash_size * settings.highfreq_factor)
+    return resize_grey(grey_pixels(image), settings.hash_size * settings.highfreq_factor)
+
+
+def phashes_from_grey(images: Sequence[np.ndarray], settings: HashSettings = DEFAULT_SETTINGS) -> np.ndarray:
+    """phash of each :func:`grey_pixels` array, resized in batches of one shape
+    (:func:`dedup.lanczos.resize_grey_many`) and transformed in one batched DCT."""
+    if len(images) == 0:
+        return np.zeros(0, np.uint64)
+    return phashes_from_pixels(resize_grey_many(list(images), settings.hash_size * settings.highfreq_factor))
 
 
 def _low_dct(pixels: np.ndarray, hash_size: int = HASH_SIZE) -> np.ndarray:

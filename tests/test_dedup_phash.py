@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from dedup.lanczos import coefficients, resize_grey
+from dedup.lanczos import BATCH_PIXELS, coefficients, resize_grey, resize_grey_many
 from dedup.phash import (DEFAULT_SETTINGS, HashSettings, HashSettingsMismatch, check_same_settings,
                          hamming, hash_image_bytes, hash_many_bytes, mirror_phash64, phash64,
                          phash64_batch)
@@ -151,3 +151,14 @@ def test_grey_resize_coefficients_are_pillows_to_30_bits():
                 value = impulse * w
                 ours[first + i, j] = int(value + 0.5) if value >= 0 else int(value - 0.5)  # Pillow's ROUND_UP
         assert np.array_equal(ours, read), side
+
+
+def test_grey_resizes_batched_by_shape_are_the_same_bytes():
+    rng = np.random.default_rng(3)
+    shapes = [(64, 64)] * 300 + [(48, 64), (64, 48), (600, 40), (3, 700), (1, 1), (32, 32)] * 3 + [(256, 256)] * 20
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in rng.permutation(np.array(shapes, dtype=object))]
+    assert 300 * 64 * 64 > BATCH_PIXELS  # the 64x64 group is split into several products
+    batched = resize_grey_many(images, 32)
+    assert batched.shape == (len(images), 32, 32)
+    for image, resized in zip(images, batched):
+        assert np.array_equal(resized, resize_grey(image, 32))
