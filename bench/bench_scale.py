@@ -31,8 +31,8 @@ The floor, per size, in this process on the first ``--floor-samples`` samples of
 shards: reading the tar (``curation.shards.read_shard``), then Pillow decode + pHash two ways —
 *reference*: full decode + ``imagehash.phash`` (what ``bench/bench_curate.py`` calls the
 floor), and *project*: what ``curation.checks.examine`` runs (reduced JPEG decode under the
-hash settings' draft, then ``dedup.phash.phash64``, or ``phash_image_bytes`` for what cannot be
-drafted). Printed: stage records/s/core / floor records/s/core for each (the issue's goal is
+hash settings' draft, the grey pixels kept, and their pHashes computed 1,000 at a time by
+``dedup.phash.phashes_from_grey``, as a raw shard's are). Printed: stage records/s/core / floor records/s/core for each (the issue's goal is
 on the reference), and the same ratio per CPU second.
 
 ``--runner-crossover N,...`` curates the first N pairs in one process and on ``--workers``
@@ -183,7 +183,7 @@ def floor(raw: Path, limit: int) -> dict:
     from curation.config import load_config
     from curation.decode import ImageRejected, decode_image
     from curation.shards import list_shards, read_shard
-    from dedup.phash import DEFAULT_SETTINGS, phash64, phash_image_bytes
+    from dedup.phash import DEFAULT_SETTINGS, grey_pixels, open_for_hash, phashes_from_grey
 
     max_pixels = load_config("align").decode.max_pixels
 
@@ -202,12 +202,17 @@ def floor(raw: Path, limit: int) -> dict:
         except ImageRejected:
             pass
 
-    def project(data):  # as curation.checks.examine hashes a kept-as-is image
+    greys = []
+
+    def project(data):  # as curation.checks.examine hashes a kept-as-is image: batched, 1,000 at a time
         try:
             decoded = decode_image(data, max_pixels, draft=DEFAULT_SETTINGS.jpeg_draft)
         except ImageRejected:
             return
-        phash64(decoded.image) if decoded.reduced else phash_image_bytes(data, DEFAULT_SETTINGS)
+        greys.append(grey_pixels(decoded.image if decoded.reduced else open_for_hash(data, DEFAULT_SETTINGS)))
+        if len(greys) == 1000:
+            phashes_from_grey(greys, DEFAULT_SETTINGS)
+            greys.clear()
 
     out = {}
     for name, work in (("tar_read", None), ("reference_decode_imagehash", reference), ("project_decode_phash", project)):
@@ -216,6 +221,7 @@ def floor(raw: Path, limit: int) -> dict:
             if work is not None:
                 work(data)
             n += 1
+        phashes_from_grey(greys, DEFAULT_SETTINGS)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         out[name] = {"records": n, "records_per_s": n / wall, "records_per_cpu_s": n / cpu if cpu else float("nan")}
     return out
