@@ -22,6 +22,7 @@ import html
 import math
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 
 import regex
 
@@ -107,6 +108,9 @@ def unigrams_and_bigrams(tokens: list[str]) -> set[str]:
     return grams
 
 
+@lru_cache(maxsize=1 << 16)
 def gram_id(gram: str) -> int:
-    """A gram's 64-bit id (blake2b of its UTF-8): what the rare-token rule counts and names."""
+    """A gram's 64-bit id (blake2b of its UTF-8): what the rare-token rule counts and names.
+    Cached (at most 65,536 grams, a few MB): captions are Zipf-distributed, so most grams of a
+    shard were hashed before, by this shard's corpus-rule table or its rare-token check."""
     return int.from_bytes(hashlib.blake2b(gram.encode("utf-8"), digest_size=8).digest(), "little")
