@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.tar_format import TarReader, tar_bytes
+from curation.tar_format import BLOCK, TarReader, parse_header, tar_bytes
 from infra.contract import PAIR_SCHEMA
 
 
@@ -93,16 +92,14 @@ def read_member_at(handle, offset: int, size: int, key: str) -> bytes | None:
     them names a member of sample ``key`` with that size; else None (the caller falls back to
     reading the tar as a stream). Reads one 512-byte header and the data, nothing else."""
     try:
-        handle.seek(offset - tarfile.BLOCKSIZE)
-        block = handle.read(tarfile.BLOCKSIZE + size)
-        if len(block) != tarfile.BLOCKSIZE + size:
-            return None
-        info = tarfile.TarInfo.frombuf(block[:tarfile.BLOCKSIZE], tarfile.ENCODING, "surrogateescape")
-    except (OSError, ValueError, tarfile.TarError):
+        handle.seek(offset - BLOCK)
+        block = handle.read(BLOCK + size)
+    except (OSError, ValueError):
         return None
-    if info.size != size or os.path.basename(info.name).partition(".")[0] != key:
+    header = parse_header(block[:BLOCK]) if len(block) == BLOCK + size else None
+    if header is None or header[2] != size or header[0].rsplit("/", 1)[-1].partition(".")[0] != key:
         return None
-    return block[tarfile.BLOCKSIZE:]
+    return block[BLOCK:]
 
 
 def list_shards(directory: str | Path) -> list[Path]:

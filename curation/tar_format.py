@@ -84,7 +84,7 @@ _ZERO_BLOCK = bytes(BLOCK)
 _FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 
 
-def _header(block: bytes) -> tuple[str, bytes, int] | None:
+def parse_header(block: bytes) -> tuple[str, bytes, int] | None:
     """(name, type, size) of a header this module reads itself; None for anything else (a
     bad checksum, a base-256 or malformed number, a type other than file or directory)."""
     kind = block[156:157]
@@ -144,7 +144,7 @@ class TarReader:
     def __iter__(self) -> Iterator[tuple[str, int | None, int]]:
         source, position = self._file, 0
         block = source.read(BLOCK)
-        header = _header(block) if len(block) == BLOCK else None
+        header = parse_header(block) if len(block) == BLOCK else None
         if header is None:  # compressed, or not a header this module reads: tarfile reads it all
             yield from self._from_tarfile(_Chained(block, source), 0, "r|*")
             return
@@ -170,7 +170,7 @@ class TarReader:
             block = source.read(BLOCK)
             if len(block) != BLOCK or block == _ZERO_BLOCK:
                 return  # the end: an end-of-archive block, or a short or missing header
-            header = _header(block)
+            header = parse_header(block)
             if header is None:
                 if not _checksum_ok(block):
                     return  # a header with a bad checksum past the first ends the archive
@@ -193,4 +193,4 @@ def _checksum_ok(block: bytes) -> bool:
         return False
 
 
-__all__ = ["BLOCK", "TarReader", "tar_bytes", "ustar_header"]
+__all__ = ["BLOCK", "TarReader", "parse_header", "tar_bytes", "ustar_header"]
