@@ -56,6 +56,13 @@ def write_shard(directory: str | Path, name: str, samples: Iterable[tuple[dict, 
 OFFSETS = "__offsets__"
 
 
+def _key_and_ext(member_name: str) -> tuple[str, str]:
+    """A member's sample key and extension (webdataset: ``dir/KEY.EXT``, the key up to the
+    first dot of the base name)."""
+    key, _, ext = member_name.rsplit("/", 1)[-1].partition(".")
+    return key, ext
+
+
 def read_shard(tar_path: str | Path, fileobj=None, offsets: bool = False) -> Iterator[dict[str, bytes]]:
     """Yield samples as {"__key__": key, ext: bytes, ...}, grouping members by key in order.
 
@@ -74,8 +81,7 @@ def read_shard(tar_path: str | Path, fileobj=None, offsets: bool = False) -> Ite
     current: dict | None = None
     tar = TarReader(fileobj)
     for name, offset, size in tar:
-        base = name.rsplit("/", 1)[-1]
-        key, _, ext = base.partition(".")
+        key, ext = _key_and_ext(name)
         if current is None or current["__key__"] != key or ext in current:
             if current is not None:
                 yield current  # before reading on: a sample is whole once the next one begins
@@ -97,7 +103,7 @@ def read_member_at(handle, offset: int, size: int, key: str) -> bytes | None:
     except (OSError, ValueError):
         return None
     header = parse_header(block[:BLOCK]) if len(block) == BLOCK + size else None
-    if header is None or header[2] != size or header[0].rsplit("/", 1)[-1].partition(".")[0] != key:
+    if header is None or header[2] != size or _key_and_ext(header[0])[0] != key:
         return None
     return block[BLOCK:]
 

@@ -90,16 +90,14 @@ def parse_header(block: bytes) -> tuple[str, bytes, int] | None:
     kind = block[156:157]
     if kind not in _FILE_TYPES and kind != tarfile.DIRTYPE:
         return None
+    size_field = block[124:136]
+    if size_field[0] in (0o200, 0o377):
+        return None
     try:
-        size_field, checksum_field = block[124:136], block[148:156]
-        if size_field[0] in (0o200, 0o377) or checksum_field[0] in (0o200, 0o377):
-            return None
         size = int(size_field.split(b"\0", 1)[0].strip() or b"0", 8)
-        checksum = int(checksum_field.split(b"\0", 1)[0].strip() or b"0", 8)
     except ValueError:
         return None
-    unsigned = 256 + sum(block) - sum(checksum_field)
-    if checksum != unsigned and checksum != 256 + sum(memoryview(block).cast("b")) - sum(memoryview(checksum_field).cast("b")):
+    if not _checksum_ok(block):
         return None
     name = block[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
     prefix = block[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
@@ -136,10 +134,18 @@ class TarReader:
     def __init__(self, fileobj):
         self._file = fileobj
         self._read_data = None
+        self._unread = 0  # bytes of the current member's data not yet read (fast path)
         self.located = True
 
     def read(self) -> bytes:
         return self._read_data()
+
+    def _read_member(self) -> bytes:
+        size, self._unread = self._unread, 0
+        data = self._file.read(size)
+        if len(data) != size:
+            raise tarfile.ReadError("unexpected end of data")
+        return data
 
     def __iter__(self) -> Iterator[tuple[str, int | None, int]]:
         source, position = self._file, 0
@@ -151,19 +157,11 @@ class TarReader:
         while True:
             name, kind, size = header
             position += BLOCK
-            remaining = [size]  # data not yet read, then the padding after it
-
-            def read_data(size=size, remaining=remaining) -> bytes:
-                data = source.read(size)
-                remaining[0] = 0
-                if len(data) != size:
-                    raise tarfile.ReadError("unexpected end of data")
-                return data
-
+            self._unread = size
             if kind != tarfile.DIRTYPE:
-                self._read_data = read_data
+                self._read_data = self._read_member
                 yield name, position, size
-            skip = remaining[0] + (-size % BLOCK)
+            skip = self._unread + (-size % BLOCK)  # data the caller did not read, then the padding
             if skip and len(source.read(skip)) != skip:
                 raise tarfile.ReadError("unexpected end of data")
             position += size + (-size % BLOCK)
@@ -187,10 +185,15 @@ class TarReader:
 
 
 def _checksum_ok(block: bytes) -> bool:
+    """``tarfile``'s test (the stored checksum is the header's unsigned or signed byte sum, its
+    own field counted as spaces), with the sums taken over the bytes at once."""
+    field = block[148:156]
     try:
-        return tarfile.nti(block[148:156]) in tarfile.calc_chksums(block)
+        stored = tarfile.nti(field)
     except tarfile.HeaderError:
         return False
+    return (stored == 256 + sum(block) - sum(field)
+            or stored == 256 + sum(memoryview(block).cast("b")) - sum(memoryview(field).cast("b")))
 
 
 __all__ = ["BLOCK", "TarReader", "parse_header", "tar_bytes", "ustar_header"]
