@@ -31,7 +31,7 @@ The floor, per size, in this process on the first ``--floor-samples`` samples of
 shards: reading the tar (``curation.shards.read_shard``), then Pillow decode + pHash two ways —
 *reference*: full decode + ``imagehash.phash`` (what ``bench/bench_curate.py`` calls the
 floor), and *project*: what ``curation.checks.examine`` runs (reduced JPEG decode under the
-hash settings' draft, the grey pixels kept, and their pHashes computed 1,000 at a time by
+hash settings' draft, by ``dedup.jpeg_grey`` for a plain JPEG, the grey pixels kept, and their pHashes computed 1,000 at a time by
 ``dedup.phash.phashes_from_grey``, as a raw shard's are). Printed: stage records/s/core / floor records/s/core for each (the issue's goal is
 on the reference), and the same ratio per CPU second.
 
@@ -183,7 +183,7 @@ def floor(raw: Path, limit: int) -> dict:
     from curation.config import load_config
     from curation.decode import ImageRejected, decode_image
     from curation.shards import list_shards, read_shard
-    from dedup.phash import DEFAULT_SETTINGS, grey_pixels, open_for_hash, phashes_from_grey
+    from dedup.phash import DEFAULT_SETTINGS, grey_for_hash, phashes_from_grey
 
     max_pixels = load_config("align").decode.max_pixels
 
@@ -209,7 +209,7 @@ def floor(raw: Path, limit: int) -> dict:
             decoded = decode_image(data, max_pixels, draft=DEFAULT_SETTINGS.jpeg_draft)
         except ImageRejected:
             return
-        greys.append(grey_pixels(decoded.image if decoded.reduced else open_for_hash(data, DEFAULT_SETTINGS)))
+        greys.append(decoded.grey if decoded.reduced else grey_for_hash(data, DEFAULT_SETTINGS))
         if len(greys) == 1000:
             phashes_from_grey(greys, DEFAULT_SETTINGS)
             greys.clear()

@@ -21,7 +21,7 @@ from curation.decode import ImageRejected, decode_image, encode_jpeg
 from curation.language import tag_many
 from curation.text import TextRejected, normalise, unigrams, unigrams_and_bigrams
 from dedup.evalsets import image_member
-from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS, grey_pixels, open_for_hash, phashes_from_grey
+from dedup.phash import DEFAULT_SETTINGS as HASH_SETTINGS, grey_for_hash, phashes_from_grey
 from infra.contract import KEPT, REJECTED, CurationReason as R, empty_pair
 
 # the order in which rules are attributed: structure, validity, image, text, language, eval
@@ -103,7 +103,6 @@ def examine(raw: dict, shard: str, index: int, config: CurationConfig, defer_has
         text = None
 
     if decoded is not None:
-        image = decoded.image
         record["width"], record["height"] = decoded.size
         record["original_width"] = int(meta.get("original_width") or decoded.size[0])
         record["original_height"] = int(meta.get("original_height") or decoded.size[1])
@@ -114,13 +113,12 @@ def examine(raw: dict, shard: str, index: int, config: CurationConfig, defer_has
         # later `litflow dedup report` over the curated shards computes the very same values:
         # a kept-as-is JPEG was decoded exactly as dedup.phash.open_for_hash decodes it
         if decoded.converted:
-            candidate.image = encode_jpeg(image, config.decode.jpeg_quality)
+            candidate.image = encode_jpeg(decoded.image, config.decode.jpeg_quality)
             candidate.reencoded = True
-            candidate.grey = grey_pixels(open_for_hash(candidate.image, HASH_SETTINGS))
+            candidate.grey = grey_for_hash(candidate.image, HASH_SETTINGS)
         else:
             candidate.image = data
-            hashed = image if decoded.reduced else open_for_hash(data, HASH_SETTINGS)
-            candidate.grey = grey_pixels(hashed)
+            candidate.grey = decoded.grey if decoded.reduced else grey_for_hash(data, HASH_SETTINGS)
         short, long = sorted((record["original_width"], record["original_height"]))
         rules = config.image
         if rules.min_side_enabled and short <= rules.min_side:

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation import storage
-from curation.checks import VALIDITY, attribute, examine, finish_hashes, image_bytes, output_image, tag_languages
+from curation.checks import RULE_ORDER, VALIDITY, attribute, examine, finish_hashes, image_bytes, output_image, tag_languages
 from curation.config import CurationConfig
 from curation.shards import OFFSETS, read_member_at, read_shard, shard_bytes
 from curation.text import gram_id, unigrams_and_bigrams
@@ -185,8 +185,17 @@ def _findings_by_reason(findings: Iterable[Finding]) -> dict[str, dict]:
     return by_reason
 
 
-def _corpus_failures(record: dict, by_reason: dict[str, dict], rare_k: int | None) -> dict[str, str]:
-    """The corpus-wide rules ``record`` breaks, by its shard's findings (:func:`_findings_by_reason`)."""
+# the rare-token rule is attributed after every other rule a record can fail before language
+# tagging (checks.RULE_ORDER): a record failing any of those is rejected for that one, so its
+# grams need not be looked up
+_BEFORE_RARE = {r.value for r in RULE_ORDER[:RULE_ORDER.index(R.TEXT_RARE_TOKENS)]}
+
+
+def _corpus_failures(record: dict, by_reason: dict[str, dict], rare_k: int | None,
+                     failed_already: bool = False) -> dict[str, str]:
+    """The corpus-wide rules ``record`` breaks, by its shard's findings (:func:`_findings_by_reason`).
+    ``failed_already`` (the record broke a rule attributed before it): the rare-token rule,
+    which could not be the one attributed, is not checked."""
     failures = {}
     if record["index"] in by_reason[R.DUPLICATE_KEY.value]:
         failures[R.DUPLICATE_KEY.value] = by_reason[R.DUPLICATE_KEY.value][record["index"]]
@@ -196,7 +205,7 @@ def _corpus_failures(record: dict, by_reason: dict[str, dict], rare_k: int | Non
     if text_id in by_reason[R.TEXT_TOO_COMMON.value]:
         failures[R.TEXT_TOO_COMMON.value] = by_reason[R.TEXT_TOO_COMMON.value][text_id]
     rare_grams = by_reason[R.TEXT_RARE_TOKENS.value]
-    if rare_grams and record["gram_text"] is not None:
+    if rare_grams and record["gram_text"] is not None and not failed_already and _BEFORE_RARE.isdisjoint(failures):
         rare = sorted(g for g in unigrams_and_bigrams(record["gram_text"].split(" ")) if gram_id(g) in rare_grams)
         if rare:
             failures[R.TEXT_RARE_TOKENS.value] = f"outside the top {rare_k}: {rare[:3]}"
@@ -268,7 +277,7 @@ def decide_shard(path: str, out_dir: str, findings: Iterable[Finding], rare_k: i
         failures = json.loads(fact.pop("failures"))
         # a record that was not read or decoded fails on that first; the corpus rules are
         # counted over, and so only speak of, valid records
-        failures.update(_corpus_failures(fact, by_reason, rare_k))
+        failures.update(_corpus_failures(fact, by_reason, rare_k, failed_already=not _BEFORE_RARE.isdisjoint(failures)))
         decided.append(attribute(fact, failures))
     decided = tag_languages(decided, config)
     if eval_matcher is not None:

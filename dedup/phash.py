@@ -16,6 +16,8 @@ The curation pipeline calls these (stable signatures):
   shrunk to 32×32 anyway. This changes the pixels that reach the resize slightly, so the hash
   can differ from the full decode by a few bits; ``bench/bench_dedup_quality.py`` and
   ``tests/test_dedup_phash.py`` measure and bound it.
+  A plain JPEG is decoded by :mod:`dedup.jpeg_grey` (libjpeg-turbo without Pillow's Python
+  marker parsing; the same pixels, tested), anything else by Pillow.
 
 The second signal is the hash of the horizontal mirror. It is computed from the *same* DCT
 (no second resize): mirroring a row reverses it, and the DCT-II of a reversed sequence is the
@@ -35,6 +37,7 @@ import numpy as np
 import scipy.fftpack
 from PIL import Image
 
+from dedup.jpeg_grey import jpeg_grey
 from dedup.lanczos import resize_grey, resize_grey_many
 
 # imagehash's defaults: an 8x8 hash from a 32x32 image
@@ -185,6 +188,19 @@ def open_for_hash(data: bytes, settings: HashSettings = DEFAULT_SETTINGS) -> Ima
     return flatten_on_white(image) if settings.flatten_alpha else image
 
 
+def grey_for_hash(data: bytes, settings: HashSettings = DEFAULT_SETTINGS) -> np.ndarray:
+    """``grey_pixels(open_for_hash(data, settings))``: for a plain JPEG decoded by
+    :mod:`dedup.jpeg_grey` (the same pixels, without Pillow's Python marker parsing), else by
+    Pillow. Raises what :func:`open_for_hash` raises."""
+    fast = jpeg_grey(data, settings.jpeg_draft)
+    return fast.grey if fast is not None else grey_pixels(open_for_hash(data, settings))
+
+
+def _hash_grid(data: bytes, settings: HashSettings) -> np.ndarray:
+    """Encoded bytes -> the 32x32 grey pixels the DCT reads."""
+    return resize_grey(grey_for_hash(data, settings), settings.hash_size * settings.highfreq_factor)
+
+
 def has_alpha(image: Image.Image) -> bool:
     return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
 
@@ -202,12 +218,12 @@ def flatten_on_white(image: Image.Image) -> Image.Image:
 
 def phash_image_bytes(data: bytes, settings: HashSettings = DEFAULT_SETTINGS) -> int:
     """The phash alone of encoded image bytes under ``settings``."""
-    return int(phashes_from_pixels(hash_pixels(open_for_hash(data, settings), settings)[None])[0])
+    return int(phashes_from_pixels(_hash_grid(data, settings)[None])[0])
 
 
 def hash_image_bytes(data: bytes, settings: HashSettings = DEFAULT_SETTINGS) -> tuple[int, int]:
     """(phash, mirror phash) of encoded image bytes under ``settings``."""
-    ph, mirror = hashes_from_pixels(hash_pixels(open_for_hash(data, settings), settings)[None])
+    ph, mirror = hashes_from_pixels(_hash_grid(data, settings)[None])
     return int(ph[0]), int(mirror[0])
 
 
@@ -231,7 +247,7 @@ def hash_many_bytes(blobs: Iterable[bytes], settings: HashSettings = DEFAULT_SET
 
     for data in blobs:
         try:
-            pending.append(hash_pixels(open_for_hash(data, settings), settings))
+            pending.append(_hash_grid(data, settings))
         except Exception as err:  # noqa: BLE001 - decode errors are data, reported by the caller
             pending.append(err)
         if len(pending) >= batch:

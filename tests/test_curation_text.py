@@ -65,3 +65,40 @@ def test_grams():
     tokens, count = unigrams("A photo of a Dog")
     assert count == 5 and tokens == ["a", "photo", "of", "a", "dog"]
     assert unigrams_and_bigrams(tokens) == {"a", "photo", "of", "dog", "a photo", "photo of", "of a", "a dog"}
+
+
+def _ascii_captions(demo_data):
+    """Real ASCII captions (the demo corpus's) and generated ones made of the characters the
+    two paths treat differently: apostrophes and hyphens inside and at the ends of words,
+    runs of spaces, tabs and newlines, entities, DEL and other control characters."""
+    import random
+
+    import pandas as pd
+
+    real = [c for c in pd.read_parquet(demo_data.catalogue, columns=["caption"])["caption"] if c and c.isascii()]
+    rng = random.Random(0)
+    alphabet = ["a", "B", "z", "Q", "7", "0", "'", "-", "--", " ", "  ", "\t", "\n", "\x7f", "\x01",
+                "&amp;", "&", ";", ".", ",", "_", "x-y", "it's", "'s", "-re", "AB12", "~"]
+    made = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 30))) for _ in range(5000)]
+    return real + made
+
+
+def test_ascii_shortcut_gives_the_general_paths_results(demo_data):
+    """normalise and unigrams on plain ASCII equal the general Unicode path, text for text."""
+    from curation.text import _normalise_unicode, _unigrams_unicode
+
+    captions = _ascii_captions(demo_data)
+    assert len(captions) > 6000
+    shortcut = 0
+    for caption in captions:
+        text = caption.strip("\x00")
+        try:
+            normalised = normalise(text.encode()).text
+        except TextRejected:
+            assert _normalise_unicode(text) == ""
+            continue
+        assert normalised == _normalise_unicode(text)
+        if normalised.isascii():
+            shortcut += 1
+            assert unigrams(normalised, 4.0) == _unigrams_unicode(normalised, 4.0)
+    assert shortcut > 5000
