@@ -27,13 +27,15 @@ langdetect on thousands of real captions (demo corpus + UDHR in ~500 languages):
 
 Langdetect's n-gram extraction is also redone here (``_extract_ngrams``), step for step, only
 with each character's normalisation looked up once and each space-separated chunk's grams
-cached; the test compares it gram for gram.
+cached, as rows of a per-process profile table (``_Profiles``: each gram's 55 probabilities
+copied once into a numpy array, instead of every batch looking up every gram and copying its
+row again, which was a third of the batch's cost); the test compares it gram for gram.
 
-Memory: one batch's n-gram indices and its distinct n-grams' profile rows (55 float64 each),
-(captions × 55) float64 answers, the shared random stream with its two Gaussian tables
-(64 Ki positions, 1.5 MB, grown on demand for a caption that reads further), a table of
-normalised characters (bounded by Unicode) and the chunk cache (at most 200,000 chunks, a
-few tens of MB for web alt-text; cleared when full).
+Memory: one batch's n-gram rows, (captions × 55) float64 answers, the profile table of the
+grams seen so far (at most langdetect's 87,598 grams × 55 float64: 39 MB), the shared random
+stream with its two Gaussian tables (64 Ki positions, 1.5 MB, grown on demand for a caption
+that reads further), a table of normalised characters (bounded by Unicode) and the chunk
+cache (at most 200,000 chunks, a few tens of MB for web alt-text; cleared when full).
 """
 
 from __future__ import annotations
@@ -97,7 +99,48 @@ def _stream(length: int) -> _Stream:
 def ngrams_of(text: str, fac) -> list[str]:
     """langdetect's own preprocessing: append (URL/mail removal, Vietnamese normalisation,
     space folding, length cap), Latin cleaning, n-gram extraction filtered by its profiles."""
-    return _extract_ngrams(_cleaned(text, _max_text_length(fac)), fac.word_lang_prob_map)
+    profiles = _profiles(fac)
+    return [profiles.grams[row] for part in _gram_rows(text, fac, profiles) for row in part.tolist()]
+
+
+def _gram_rows(text: str, fac, profiles: "_Profiles") -> list[np.ndarray]:
+    """:func:`ngrams_of` as rows of ``profiles``' table, one array per chunk."""
+    return _extract_ngrams(_cleaned(text, _max_text_length(fac)), profiles)
+
+
+class _Profiles:
+    """langdetect's profile rows (55 probabilities per gram) of the grams seen so far, as one
+    float64 table that grows by doubling; ``grams[row]`` names a row."""
+
+    def __init__(self, word_lang_prob_map: dict):
+        self.source = word_lang_prob_map
+        self.row_of: dict[str, int] = {}
+        self.grams: list[str] = []
+        self._table = np.empty((4096, len(next(iter(word_lang_prob_map.values())))))
+
+    def row(self, gram: str) -> int:
+        row = self.row_of.get(gram)
+        if row is None:
+            row = self.row_of[gram] = len(self.grams)
+            if row == len(self._table):
+                self._table = np.concatenate([self._table, np.empty_like(self._table)])
+            self._table[row] = self.source[gram]
+            self.grams.append(gram)
+        return row
+
+    @property
+    def table(self) -> np.ndarray:
+        return self._table[:len(self.grams)]
+
+
+_PROFILES: list[_Profiles] = []
+
+
+def _profiles(fac) -> _Profiles:
+    if not _PROFILES or _PROFILES[0].source is not fac.word_lang_prob_map:
+        _PROFILES[:] = [_Profiles(fac.word_lang_prob_map)]
+        _CHUNK_GRAMS.clear()  # rows of another table
+    return _PROFILES[0]
 
 
 @lru_cache(maxsize=4)
@@ -129,11 +172,11 @@ def _cleaned(text: str, max_length: int) -> str:
 
 
 _NORMALISED: dict[str, str] = {}  # bounded by the characters there are
-_CHUNK_GRAMS: dict[str, tuple[str, ...]] = {}
+_CHUNK_GRAMS: dict[str, np.ndarray] = {}  # chunk -> its grams' rows in the _Profiles table
 _CHUNK_LIMIT = 200_000
 
 
-def _extract_ngrams(text: str, profiles: dict) -> list[str]:
+def _extract_ngrams(text: str, profiles: _Profiles) -> list[np.ndarray]:
     """``Detector._extract_ngrams``, gram for gram, computed per space-separated chunk and
     cached (captions repeat their words).
 
@@ -141,17 +184,18 @@ def _extract_ngrams(text: str, profiles: dict) -> list[str]:
     the extractor (``NGram.add_char``: ``grams = " "``, ``capital = False``), which is also
     its starting state. So the grams of ``"ab cd"`` are those of ``"ab "`` then of ``"cd"``,
     each extracted from the start."""
-    result: list[str] = []
+    result: list[np.ndarray] = []
     chunks = text.split(" ")
     for i, chunk in enumerate(chunks):
         if i < len(chunks) - 1:
             chunk += " "
-        grams = _CHUNK_GRAMS.get(chunk)
-        if grams is None:
+        rows = _CHUNK_GRAMS.get(chunk)
+        if rows is None:
             if len(_CHUNK_GRAMS) >= _CHUNK_LIMIT:
                 _CHUNK_GRAMS.clear()
-            grams = _CHUNK_GRAMS[chunk] = _extract_from_start(chunk, profiles)
-        result.extend(grams)
+            grams = _extract_from_start(chunk, profiles.source)
+            rows = _CHUNK_GRAMS[chunk] = np.array([profiles.row(g) for g in grams], dtype=np.int64)
+        result.append(rows)
     return result
 
 
@@ -196,20 +240,22 @@ def detect_batch(texts: list[str]) -> list[tuple[str, float] | None]:
 
     fac = factory()
     langlist = fac.langlist
+    profiles = _profiles(fac)
     results: list[tuple[str, float] | None] = [None] * len(texts)
-    rows, grams = [], []
+    rows, parts, counts = [], [], []
     for t, text in enumerate(texts):
-        found = ngrams_of(text, fac)
-        if found:
+        found = _gram_rows(text, fac, profiles)
+        n = sum(len(part) for part in found)
+        if n:
             rows.append(t)
-            grams.append(found)
+            parts.extend(found)
+            counts.append(n)
     if not rows:
         return results
 
-    vocabulary: dict[str, int] = {}
-    flat = np.array([vocabulary.setdefault(g, len(vocabulary)) for found in grams for g in found], dtype=np.int64)
-    table = np.array([fac.word_lang_prob_map[g] for g in vocabulary], dtype=np.float64)
-    count = np.array([len(found) for found in grams], dtype=np.int64)
+    flat = np.concatenate(parts)
+    table = profiles.table
+    count = np.array(counts, dtype=np.int64)
     offset = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
     shift = np.array([32 - int(n).bit_length() for n in count], dtype=np.uint64)
     probs = np.zeros((len(rows), len(langlist)))

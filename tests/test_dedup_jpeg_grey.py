@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dedup.jpeg_grey import draft_scale, jpeg_grey
+from dedup.jpeg_grey import draft_scale, jpeg_grey, pillow_l
 from tests.images import on_white, photo
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field")
@@ -138,3 +138,10 @@ def test_what_is_left_to_pillow():
     assert jpeg_grey(plain, 64, max_pixels=200 * 150) is not None
     assert jpeg_grey(plain, 64, max_pixels=200 * 150 - 1) is None  # over the caller's limit: Pillow's path rejects it
     assert jpeg_grey(plain[: len(plain) // 2], 64) is None  # truncated: libjpeg-turbo warns
+
+
+def test_rgb_to_l_is_pillows_on_every_colour():
+    levels = np.arange(256, dtype=np.uint8)
+    colours = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(4096, 4096, 3)
+    expected = np.asarray(Image.fromarray(colours, "RGB").convert("L"))
+    assert np.array_equal(pillow_l(colours), expected)
