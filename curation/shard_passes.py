@@ -191,11 +191,9 @@ def _findings_by_reason(findings: Iterable[Finding]) -> dict[str, dict]:
 _BEFORE_RARE = {r.value for r in RULE_ORDER[:RULE_ORDER.index(R.TEXT_RARE_TOKENS)]}
 
 
-def _corpus_failures(record: dict, by_reason: dict[str, dict], rare_k: int | None,
-                     failed_already: bool = False) -> dict[str, str]:
-    """The corpus-wide rules ``record`` breaks, by its shard's findings (:func:`_findings_by_reason`).
-    ``failed_already`` (the record broke a rule attributed before it): the rare-token rule,
-    which could not be the one attributed, is not checked."""
+def _corpus_failures(record: dict, by_reason: dict[str, dict]) -> dict[str, str]:
+    """The corpus-wide rules but the rare-token one that ``record`` breaks, by its shard's
+    findings (:func:`_findings_by_reason`)."""
     failures = {}
     if record["index"] in by_reason[R.DUPLICATE_KEY.value]:
         failures[R.DUPLICATE_KEY.value] = by_reason[R.DUPLICATE_KEY.value][record["index"]]
@@ -204,12 +202,16 @@ def _corpus_failures(record: dict, by_reason: dict[str, dict], rare_k: int | Non
         failures[R.IMAGE_TOO_MANY_TEXTS.value] = by_reason[R.IMAGE_TOO_MANY_TEXTS.value][image_id]
     if text_id in by_reason[R.TEXT_TOO_COMMON.value]:
         failures[R.TEXT_TOO_COMMON.value] = by_reason[R.TEXT_TOO_COMMON.value][text_id]
-    rare_grams = by_reason[R.TEXT_RARE_TOKENS.value]
-    if rare_grams and record["gram_text"] is not None and not failed_already and _BEFORE_RARE.isdisjoint(failures):
-        rare = sorted(g for g in unigrams_and_bigrams(record["gram_text"].split(" ")) if gram_id(g) in rare_grams)
-        if rare:
-            failures[R.TEXT_RARE_TOKENS.value] = f"outside the top {rare_k}: {rare[:3]}"
     return failures
+
+
+def _rare_tokens_failure(record: dict, by_reason: dict[str, dict], rare_k: int | None) -> dict[str, str]:
+    """The rare-token rule's failure of ``record`` ({} or one entry), by its shard's findings."""
+    rare_grams = by_reason[R.TEXT_RARE_TOKENS.value]
+    if not rare_grams or record["gram_text"] is None:
+        return {}
+    rare = sorted(g for g in unigrams_and_bigrams(record["gram_text"].split(" ")) if gram_id(g) in rare_grams)
+    return {R.TEXT_RARE_TOKENS.value: f"outside the top {rare_k}: {rare[:3]}"} if rare else {}
 
 
 def _images_at(path: str, records: list[dict]) -> dict[int, bytes] | None:
@@ -277,7 +279,9 @@ def decide_shard(path: str, out_dir: str, findings: Iterable[Finding], rare_k: i
         failures = json.loads(fact.pop("failures"))
         # a record that was not read or decoded fails on that first; the corpus rules are
         # counted over, and so only speak of, valid records
-        failures.update(_corpus_failures(fact, by_reason, rare_k, failed_already=not _BEFORE_RARE.isdisjoint(failures)))
+        failures.update(_corpus_failures(fact, by_reason))
+        if _BEFORE_RARE.isdisjoint(failures):
+            failures.update(_rare_tokens_failure(fact, by_reason, rare_k))
         decided.append(attribute(fact, failures))
     decided = tag_languages(decided, config)
     if eval_matcher is not None:

@@ -71,12 +71,13 @@ def jpeg_grey(data: bytes, draft: int | None, max_pixels: int | None = None) -> 
         if mode is None or pixels > (max_pixels or pixels) or pixels > (Image.MAX_IMAGE_PIXELS or pixels):
             return None
         s = draft_scale(width, height, draft)
+        reduced = (-(-height // s), -(-width // s))  # Pillow's draft size, (height, width)
         # s > 1: exactly 1/s (see the module doc); s == 1: no minimum given, no scaling
-        wanted = dict(min_height=-(-height // s), min_width=-(-width // s), min_factor=s) if s > 1 else {}
+        wanted = dict(min_height=reduced[0], min_width=reduced[1], min_factor=s) if s > 1 else {}
         decoded = simplejpeg.decode_jpeg(data, "GRAY" if mode == "L" else "RGB", **wanted)
     except (ValueError, KeyError, IndexError):
         return None  # not something TurboJPEG reads without a warning: Pillow decides
-    if decoded.shape[:2] != (-(-height // s), -(-width // s)):
+    if decoded.shape[:2] != reduced:
         return None  # never seen; a guard, should a factor other than 1/s have been taken
     if mode == "L":
         return JpegGrey((width, height), mode, decoded[:, :, 0])

@@ -216,11 +216,6 @@ def flatten_on_white(image: Image.Image) -> Image.Image:
     return image
 
 
-def phash_image_bytes(data: bytes, settings: HashSettings = DEFAULT_SETTINGS) -> int:
-    """The phash alone of encoded image bytes under ``settings``."""
-    return int(phashes_from_pixels(_hash_grid(data, settings)[None])[0])
-
-
 def hash_image_bytes(data: bytes, settings: HashSettings = DEFAULT_SETTINGS) -> tuple[int, int]:
     """(phash, mirror phash) of encoded image bytes under ``settings``."""
     ph, mirror = hashes_from_pixels(_hash_grid(data, settings)[None])
