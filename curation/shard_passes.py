@@ -38,6 +38,7 @@ from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation import storage
 from curation.checks import RULE_ORDER, VALIDITY, attribute, examine, finish_hashes, image_bytes, output_image, tag_languages
@@ -46,7 +47,7 @@ from curation.shards import OFFSETS, read_member_at, read_shard, shard_bytes
 from curation.text import gram_id, unigrams_and_bigrams
 from dedup.evalsets import image_member
 from dedup.intra import drop_detail
-from infra.contract import KEPT, PAIR_SCHEMA, REJECTED
+from infra.contract import KEPT, PAIR_FIELDS, PAIR_SCHEMA, REJECTED
 from infra.contract import CurationReason as R
 
 WORK_DIR = "_work"
@@ -166,10 +167,15 @@ def _read_facts(out_dir: str, path: str) -> list[dict]:
     return storage.read_parquet(facts_path(out_dir, path)).to_pylist()
 
 
+_FACT_COLUMNS = ["key", "index", "failures", "sha256", "text_key", "gram_text"]  # what Fact.of reads
+
+
 def facts_at(shard: int, path: str, out_dir: str, indices) -> list[Fact]:
-    """The facts of the samples at ``indices`` of one raw shard, read back from its facts file."""
-    wanted = set(indices)
-    return [Fact.of(row, shard) for row in _read_facts(out_dir, path) if row["index"] in wanted]
+    """The facts of the samples at ``indices`` of one raw shard, read back from its facts file
+    (only the columns a fact needs, and only the wanted rows made Python objects)."""
+    table = storage.read_parquet(facts_path(out_dir, path), columns=_FACT_COLUMNS)
+    table = table.filter(pc.is_in(table["index"], pa.array(sorted(set(indices)), pa.int64())))
+    return [Fact.of(row, shard) for row in table.to_pylist()]
 
 
 def _findings_by_reason(findings: Iterable[Finding]) -> dict[str, dict]:
@@ -325,7 +331,7 @@ def curated_names(stem: str, kept: int, shard_size: int) -> list[str]:
 
 
 def _contract(record: dict) -> dict:
-    return {name: record.get(name) for name in PAIR_SCHEMA.names}
+    return {name: record.get(name) for name in PAIR_FIELDS}
 
 
 def write_shard_outputs(path: str, out_dir: str, decided: list[dict], config: CurationConfig) -> dict:

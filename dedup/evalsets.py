@@ -43,7 +43,10 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 
 def image_member(sample: dict) -> str | None:
     """The extension of a webdataset sample's image member (``sample[ext]``), or None."""
-    return next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
+    for ext in IMAGE_EXTENSIONS:  # a loop, not next(genexpr): called several times per curated sample
+        if ext in sample:
+            return ext
+    return None
 ROLES = ("train", "test")
 
 

@@ -18,7 +18,7 @@ re-encoded and thousands of damaged JPEGs):
   (``simplejpeg`` takes the smallest factor that meets both), giving Pillow's output size
   ``ceil(side / s)``; ``s = 1`` asks for no scaling at all;
 * RGB → L is Pillow's integer formula (``Convert.c``: ``(R·19595 + G·38470 + B·7471 +
-  0x8000) >> 16``, :func:`pillow_l`; checked on all 2**24 colours); a one-component JPEG is
+  0x8000) >> 16``, :func:`pillow_l`, compiled in :mod:`dedup.rgb_to_l`; checked on all 2**24 colours); a one-component JPEG is
   decoded to grey directly, as Pillow does.
 
 Only what Pillow would open as a plain JPEG in mode RGB or L comes this way; everything else
@@ -41,7 +41,6 @@ from PIL import Image
 
 _SOI = b"\xff\xd8\xff"  # what Pillow's JPEG plugin accepts as a JPEG start
 _MODE_OF = {"YCbCr": "RGB", "RGB": "RGB", "Gray": "L"}  # TurboJPEG colour space -> Pillow mode
-_L_WEIGHTS = np.array([19595, 38470, 7471], np.float32)
 
 
 class JpegGrey(NamedTuple):
@@ -85,16 +84,12 @@ def jpeg_grey(data: bytes, draft: int | None, max_pixels: int | None = None) -> 
 
 
 def pillow_l(rgb: np.ndarray) -> np.ndarray:
-    """Pillow's RGB -> L on an (h, w, 3) uint8 array: ``(R·19595 + G·38470 + B·7471 + 0x8000) >> 16``.
+    """Pillow's RGB -> L on an (h, w, 3) uint8 array: ``(R·19595 + G·38470 + B·7471 + 0x8000) >> 16``
+    (compiled: :mod:`dedup.rgb_to_l`, imported on the first image so that numba loads only
+    where images are converted)."""
+    from dedup.rgb_to_l import rgb_to_l
 
-    In float32, at under half the cost of the uint32 product (numpy's integer matmul has no
-    BLAS): every product and partial sum is an integer below 2**24 (the largest total is
-    255·65536 + 32768), so float32 holds each exactly in any order of addition, and the
-    shift is an exact multiplication by 2**-16 followed by truncation."""
-    total = rgb.astype(np.float32) @ _L_WEIGHTS
-    total += 32768.0
-    total *= np.float32(2.0 ** -16)
-    return total.astype(np.uint8)
+    return rgb_to_l(np.ascontiguousarray(rgb))
 
 
 __all__ = ["JpegGrey", "draft_scale", "jpeg_grey", "pillow_l"]
