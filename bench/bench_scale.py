@@ -27,13 +27,20 @@ a user runs it (a subprocess, its output in ``OUT.log``). Measured:
 * KB per pair growth of both peaks between consecutive sizes (1 KB = 1,000 bytes);
 * the counts per rejection reason from ``OUT/corpus.json``.
 
-The floor, per size, in this process on the first ``--floor-samples`` samples of the same
-shards: reading the tar (``curation.shards.read_shard``), then Pillow decode + pHash two ways —
-*reference*: full decode + ``imagehash.phash`` (what ``bench/bench_curate.py`` calls the
-floor), and *project*: what ``curation.checks.examine`` runs (reduced JPEG decode under the
-hash settings' draft, by ``dedup.jpeg_grey`` for a plain JPEG, the grey pixels kept, and their pHashes computed 1,000 at a time by
-``dedup.phash.phashes_from_grey``, as a raw shard's are). Printed: stage records/s/core / floor records/s/core for each (the issue's goal is
-on the reference), and the same ratio per CPU second.
+The floor, on the first ``--floor-samples`` samples of the same shards: reading the tar
+(``curation.shards.read_shard``), then Pillow decode + pHash two ways — *reference*: full
+decode + ``imagehash.phash`` (what ``bench/bench_curate.py`` calls the floor; the issue's goal
+is on it), and *project*: what ``curation.checks.examine`` runs (reduced JPEG decode under the
+hash settings' draft, by ``dedup.jpeg_grey`` for a plain JPEG, the grey pixels kept, and their
+pHashes computed 1,000 at a time by ``dedup.phash.phashes_from_grey``, as a raw shard's are).
+It is measured *beside each run*: right before and right after it, each time in as many
+processes at once as the run has workers (``floor_beside``), and the run is compared with the
+mean of the two. Why: this machine's speed drifts by a quarter between minutes, so a floor
+taken once per size compared runs with a machine that was no longer there; and a run on
+every core meets shared-cache and memory contention that a floor alone on one core does not
+(3-7 % here). The floor of one process, once per size (how earlier rounds measured), is
+printed beside it (``/ref 1-proc``). Printed: stage records/s/core / floor records/s/core for
+each, and the same ratio per CPU second.
 
 ``--runner-crossover N,...`` curates the first N pairs in one process and on ``--workers``
 worker processes, and prints which ``litflow curate`` chose left to itself.
@@ -47,6 +54,7 @@ reading unless ``--keep-outputs``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -216,6 +224,10 @@ def floor(raw: Path, limit: int) -> dict:
 
     out = {}
     for name, work in (("tar_read", None), ("reference_decode_imagehash", reference), ("project_decode_phash", project)):
+        if work is not None:  # warm: imports and compiled code (numba's) load before the clock starts
+            for data in itertools.islice(samples(), 50):
+                work(data)
+            greys.clear()
         n, wall, cpu = 0, time.perf_counter(), time.process_time()
         for data in samples():
             if work is not None:
@@ -225,6 +237,30 @@ def floor(raw: Path, limit: int) -> dict:
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         out[name] = {"records": n, "records_per_s": n / wall, "records_per_cpu_s": n / cpu if cpu else float("nan")}
     return out
+
+
+def floor_beside(raw: Path, limit: int, processes: int) -> dict:
+    """:func:`floor` in ``processes`` processes at once (each its own ``--floor-only`` run of this
+    script over the same samples), their rates averaged: the floor per core when as many cores
+    are busy as the measured run keeps busy. Measured here on 2 cores, two floors at once run
+    3-7 % slower each than one alone (shared cache and memory), so a run on every core is
+    compared with a floor under the same load."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--floor-only", str(raw), "--floor-samples", str(limit)]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT, text=True)
+             for _ in range(processes)]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode})")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return {name: {"records": results[0][name]["records"],
+                   **{rate: sum(r[name][rate] for r in results) / processes for rate in ("records_per_s", "records_per_cpu_s")}}
+            for name in results[0]}
+
+
+def _mean_floor(a: dict, b: dict) -> dict:
+    return {name: {rate: (a[name][rate] + b[name][rate]) / 2 for rate in ("records_per_s", "records_per_cpu_s")} for name in a}
 
 
 # ---------------------------------------------------------------- the report
@@ -249,7 +285,7 @@ def _growth(runs: list[dict]) -> None:
 def _print_table(runs: list[dict]) -> None:
     header = (f"{'pairs':>9} {'preset':<12}{'W':>2}{'wall s':>8}{'rec/s/core':>11}{'rec/cpu-s':>10}{'tree GB':>9}"
               f"{'PSS GB':>8}{'max proc GB':>12}{'KB/pair tree':>13}{'KB/pair PSS':>12}{'KB/pair proc':>13}{'/ref floor':>11}{'/proj floor':>12}"
-              f"{'/ref (cpu)':>11}{'kept':>9}")
+              f"{'/ref (cpu)':>11}{'/ref 1-proc':>12}{'kept':>9}")
     print("\n" + header)
     print("-" * len(header))
     for r in sorted(runs, key=lambda r: (r["preset"], r["workers"], r["pairs"])):
@@ -259,7 +295,7 @@ def _print_table(runs: list[dict]) -> None:
         print(f"{r['pairs']:>9,} {r['preset']:<12}{r['workers']:>2}{r['wall_s']:>8.1f}{r['records_per_s_per_core']:>11.0f}"
               f"{r['records_per_cpu_s']:>10.0f}{r['peak_tree_bytes'] / 1e9:>9.2f}"
               f"{r['peak_tree_pss_bytes'] / 1e9:>8.2f}{r['peak_process_bytes'] / 1e9:>12.2f}{tree:>13}{pss:>12}{proc:>13}{r['ratio_reference_floor']:>11.2f}{r['ratio_project_floor']:>12.2f}"
-              f"{r['ratio_reference_floor_cpu']:>11.2f}{r['kept']:>9,}")
+              f"{r['ratio_reference_floor_cpu']:>11.2f}{r['ratio_reference_floor_one_process']:>12.2f}{r['kept']:>9,}")
 
 
 def main() -> int:
@@ -275,6 +311,8 @@ def main() -> int:
     parser.add_argument("--real", action="store_true", help="also run bench/bench_curate.py on real demo data")
     parser.add_argument("--real-per-source", type=int, default=1100, help="bench_curate.py --per-source (default 1100)")
     parser.add_argument("--floor-samples", type=int, default=20_000, help="samples the floor reads per size (0 = all)")
+    parser.add_argument("--floor-only", metavar="RAW", help="print the floor of the raw shards in RAW as JSON, and stop "
+                        "(what floor_beside runs in each process)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gen-jobs", type=int, default=os.cpu_count() or 1, help="processes generating shards")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -282,6 +320,9 @@ def main() -> int:
     parser.add_argument("--keep-outputs", action="store_true", help="keep the curated folders under bench/results/scale-out")
     parser.add_argument("--out", default=str(RESULTS / "scale.json"))
     args = parser.parse_args()
+    if args.floor_only:
+        print(json.dumps(floor(Path(args.floor_only), args.floor_samples)))
+        return 0
     sizes = [int(s) for s in args.sizes.split(",") if s]
     presets = [p for p in args.presets.split(",") if p]
     print(f"bench_scale: sizes {sizes}, presets {presets}, {args.workers} workers, {os.cpu_count()} cores, "
@@ -296,16 +337,22 @@ def main() -> int:
     runs, floors, planted_counts = [], {}, {}
 
     def measure(n: int, raw: Path, preset: str, workers: int) -> dict:
+        before = floor_beside(raw, args.floor_samples, workers)
         r = curate(raw, preset, workers, args.set, args.keep_outputs)
-        f = floors[n]
-        r.update(pairs=n,
-                 ratio_reference_floor=r["records_per_s_per_core"] / f["reference_decode_imagehash"]["records_per_s"],
-                 ratio_project_floor=r["records_per_s_per_core"] / f["project_decode_phash"]["records_per_s"],
-                 ratio_reference_floor_cpu=r["records_per_cpu_s"] / f["reference_decode_imagehash"]["records_per_cpu_s"])
+        after = floor_beside(raw, args.floor_samples, workers)
+        beside, f = _mean_floor(before, after), floors[n]
+        ref = "reference_decode_imagehash"
+        r.update(pairs=n, floor_beside_before=before, floor_beside_after=after,
+                 ratio_reference_floor=r["records_per_s_per_core"] / beside[ref]["records_per_s"],
+                 ratio_project_floor=r["records_per_s_per_core"] / beside["project_decode_phash"]["records_per_s"],
+                 ratio_reference_floor_cpu=r["records_per_cpu_s"] / beside[ref]["records_per_cpu_s"],
+                 ratio_reference_floor_one_process=r["records_per_s_per_core"] / f[ref]["records_per_s"])
         runs.append(r)
         print(f"{n:>9,} {preset:<12} W={workers} wall {r['wall_s']:7.1f} s  {r['records_per_s_per_core']:6.0f} rec/s/core  "
               f"tree {r['peak_tree_bytes'] / 1e9:5.2f} GB, PSS {r['peak_tree_pss_bytes'] / 1e9:5.2f} GB (largest {r['peak_process_bytes'] / 1e9:4.2f} GB, "
-              f"{r['max_processes']} processes)  / ref floor {r['ratio_reference_floor']:.2f}  kept {r['kept']:,}  "
+              f"{r['max_processes']} processes)  / ref floor beside {r['ratio_reference_floor']:.2f} (floor {before[ref]['records_per_s']:.0f} "
+              f"before, {after[ref]['records_per_s']:.0f} after, {workers} at once; one process once: "
+              f"{r['ratio_reference_floor_one_process']:.2f})  kept {r['kept']:,}  "
               f"rejected {dict(sorted(r['rejected'].items()))}", flush=True)
         return r
 

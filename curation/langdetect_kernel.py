@@ -100,13 +100,15 @@ def detect_rows(rows, flat, offset, count, shift, table, outputs, z_first, z_sec
                     prob[j] *= weight + table[word, j]
                 if i % 5 == 0:
                     sump = python_sum(prob, compensated)  # _normalize_prob
-                    maxp = 0.0
                     for j in range(n_lang):
-                        p = prob[j] / sump
-                        if maxp < p:
-                            maxp = p
-                        prob[j] = p
-                    if maxp > CONV_THRESHOLD or i >= ITERATION_LIMIT:
+                        prob[j] = prob[j] / sump
+                    # langdetect keeps the largest p and tests it against the threshold; "some p
+                    # above it" is the same test, and without the running maximum the
+                    # divisions above vectorise (6 % of the loop's time)
+                    converged = False
+                    for j in range(n_lang):
+                        converged |= prob[j] > CONV_THRESHOLD
+                    if converged or i >= ITERATION_LIMIT:
                         break
                 i += 1
             if not ok:
