@@ -43,6 +43,10 @@ def test_ngram_extraction_is_langdetects_own(demo_data):
         "dog dog dog", " leading", "trailing ", "DOG dog Dog dOG", "ab ab", "ab",
         # append: URLs, mail, Vietnamese, space runs, the 10,000-character cap
         "see https://example.org/a?b=c and mail x.y@example.com now", "Tiếng Việt có dấu", "a" * 9_999 + "  bc d",
+        # the scans skipped when they cannot match: "://" without http, an "@" without a
+        # mail address, upper-case schemes; a URL and a mail address in non-ASCII text
+        "ftp://files.example.org/x and HTTP://CAPS.EXAMPLE/y", "@ alone, then a@b and trailing@",
+        "日本 https://example.jp/path メール name@example.com", "Việt https://x.vn a\u0301 b@c.vn",
         # cleaning: Latin letters dropped when under half the characters from U+0300 up
         # (Latin Extended Additional "ḀḁṫẞỳỸ" counts as non-Latin, as langdetect's own test does)
         "Москва Moscow столица", "ḀḁṫẞỳỸ ab", "ḀḁṫẞỳỸ abcd", "東京 Tokyo", "[\\]^_` `_^", "ÀÀÀÀ ab"]
