@@ -47,6 +47,8 @@ def image_member(sample: dict) -> str | None:
         if ext in sample:
             return ext
     return None
+
+
 ROLES = ("train", "test")
 
 

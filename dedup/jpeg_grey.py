@@ -18,8 +18,8 @@ re-encoded and thousands of damaged JPEGs):
   (``simplejpeg`` takes the smallest factor that meets both), giving Pillow's output size
   ``ceil(side / s)``; ``s = 1`` asks for no scaling at all;
 * RGB → L is Pillow's integer formula (``Convert.c``: ``(R·19595 + G·38470 + B·7471 +
-  0x8000) >> 16``, :func:`pillow_l`, compiled in :mod:`dedup.rgb_to_l`; checked on all 2**24 colours); a one-component JPEG is
-  decoded to grey directly, as Pillow does.
+  0x8000) >> 16``, :func:`pillow_l`, compiled in :mod:`dedup.rgb_to_l`; checked on all 2**24
+  colours); a one-component JPEG is decoded to grey directly, as Pillow does.
 
 Only what Pillow would open as a plain JPEG in mode RGB or L comes this way; everything else
 returns ``None`` and the caller takes Pillow's path, so every error, rejection and odd mode
