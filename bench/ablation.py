@@ -1,7 +1,7 @@
 """LiT's Table 2 ablation on real demo data: Lu vs Uu vs uu with the same budget (any of LiT's
 two-letter modes with ``--modes``, e.g. ``LU,UU``: the text tower follows the second letter).
 
-    .venv/bin/python bench/ablation.py [--steps 50] [--batch-size 32] [--eval-limit 400] [--work work/ablation]
+    .venv/bin/python bench/ablation.py [--steps 50] [--batch-size 32] [--eval-limit 400] [--seed 0] [--work work/ablation]
 
 Stages (each skipped when its output is complete, so a re-run resumes):
 
@@ -13,7 +13,7 @@ Stages (each skipped when its output is complete, so a re-run resumes):
 4. embed the curated images once with the locked EfficientNet-Lite0 (the cache of L? modes);
 5. train Lu (cache), Uu (EfficientNet-Lite0 from ImageNet, trained) and uu (same architecture,
    random init), each with a scratch text tower (LiT's u; ``LU``/``UU`` fine-tune MiniLM) — same
-   steps, batch, lr, warm-up, seed;
+   steps, batch, lr, warm-up, seed (``--seed``);
 6. evaluate each run on every registered set (``load_run`` + ``evaluate_model``, what ``evaluate_run``
    does, with a key-hash subsample of ``--eval-limit`` test images per set) and write
    ``WORK/ablation-s<steps>-b<batch>.{json,md}`` (runs in ``WORK/runs/<mode>-s<steps>-b<batch>``).
@@ -78,7 +78,9 @@ PAPER = {"Lu": 70.1, "Uu": 57.2, "uu": 50.6}  # LiT Table 2, ImageNet zero-shot 
 
 
 def budget(args) -> str:
-    return f"s{args.steps}-b{args.batch_size}"
+    """The runs' and outputs' name: steps, batch, and the seed when it is not 0 (seed 0's names
+    are those of the runs before ``--seed`` existed)."""
+    return f"s{args.steps}-b{args.batch_size}" + (f"-seed{args.seed}" if args.seed else "")
 
 
 def train_run(mode: str, work: Path, curated: Path, args) -> Path:
@@ -88,7 +90,7 @@ def train_run(mode: str, work: Path, curated: Path, args) -> Path:
     config = TrainConfig(shards=[str(curated / "shards")], out=str(out), mode=mode, image_tower=args.image_tower,
                          cache=str(work / "emb") if mode[0] == "L" else None,
                          batch_size=args.batch_size, steps=args.steps, lr=args.lr, warmup=args.warmup,
-                         seed=0, shuffle_buffer=1000, checkpoint_every=args.steps, device="cpu")
+                         seed=args.seed, shuffle_buffer=1000, checkpoint_every=args.steps, device="cpu")
     started = time.time()
     result = train(config)
     log(f"train {mode}: step {result['step']} in {time.time() - started:.0f} s")
@@ -141,7 +143,7 @@ def write_table(work: Path, rows: dict, args, timings: dict, curated: Path) -> N
 
     lines = [f"Corpus: {corpus['kept']} pairs kept of {corpus['inputs']} (lit-relaxed, image.min_side=48, eval "
              f"de-dup train+test: {corpus['rejected'].get('eval_duplicate', 0)} eval duplicates removed). Budget per "
-             f"mode: {args.steps} steps × batch {args.batch_size} (lr {args.lr}, warm-up {args.warmup}, seed 0); "
+             f"mode: {args.steps} steps × batch {args.batch_size} (lr {args.lr}, warm-up {args.warmup}, seed {args.seed}); "
              f"eval: ≤ {args.eval_limit} test images per set.", "",
              "| mode | image tower | text tower | LiT Table 2 (ImageNet 0-shot) | mnist top-1 | emoji top-1 | "
              "clipart i→t R@1 | clipart t→i R@1 | clipart t→i R@10 | headline | loss first→last 5 steps |",
@@ -178,6 +180,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--modes", default="Lu,Uu,uu")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (model init, shuffle); the data and the "
+                        "embedding cache are shared by every seed")
     parser.add_argument("--data-only", action="store_true", help="stop after curation")
     args = parser.parse_args()
     work = Path(args.work).resolve()
