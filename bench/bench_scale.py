@@ -254,13 +254,17 @@ def floor_beside(raw: Path, limit: int, processes: int) -> dict:
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode})")
         results.append(json.loads(out.strip().splitlines()[-1]))
-    return {name: {"records": results[0][name]["records"],
-                   **{rate: sum(r[name][rate] for r in results) / processes for rate in ("records_per_s", "records_per_cpu_s")}}
+    return {name: {"records": results[0][name]["records"], **_mean_rates([r[name] for r in results])}
             for name in results[0]}
 
 
+def _mean_rates(floors: list[dict]) -> dict:
+    """The mean of each rate of ``floors`` (one phase of :func:`floor` each)."""
+    return {rate: sum(f[rate] for f in floors) / len(floors) for rate in ("records_per_s", "records_per_cpu_s")}
+
+
 def _mean_floor(a: dict, b: dict) -> dict:
-    return {name: {rate: (a[name][rate] + b[name][rate]) / 2 for rate in ("records_per_s", "records_per_cpu_s")} for name in a}
+    return {name: _mean_rates([a[name], b[name]]) for name in a}
 
 
 # ---------------------------------------------------------------- the report
